@@ -1,0 +1,271 @@
+//! Compile-time configurations (the `CONFIG_QPW` and `PREEMPT_RT` axes) and
+//! the run-time mode (the `qpw=` boot option).
+
+use crate::error::Error;
+use std::fmt;
+
+/// A compile-time configuration of a [`Domain`](crate::Domain).
+///
+/// The kernel makes these choices with `CONFIG_QPW` and `PREEMPT_RT`; here they
+/// are type parameters, monomorphised, so the constant branches vanish from the
+/// owner's hot path and one program can hold every configuration side by side
+/// (the benchmarks do).
+pub trait Config: Send + Sync + 'static {
+    /// Whether the modes beyond `queue` exist (`CONFIG_QPW=y`). When `false`,
+    /// only [`Mode::Queue`] is accepted and the hot path has no mode branch.
+    const QPW: bool;
+    /// Whether the owner's local lock is always the slot's lock, as
+    /// `local_lock` is a per-CPU spinlock on `PREEMPT_RT`.
+    const RT: bool;
+    /// A short name for reports (`"qpw"`, `"no-qpw"`, `"rt qpw"`, `"rt no-qpw"`).
+    const NAME: &'static str;
+}
+
+/// The default configuration: modes on when the cargo feature `qpw` is on
+/// (the default), the local lock a plain flag.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Standard;
+impl Config for Standard {
+    const QPW: bool = cfg!(feature = "qpw");
+    const RT: bool = false;
+    const NAME: &'static str = if cfg!(feature = "qpw") { "qpw" } else { "no-qpw" };
+}
+
+/// `CONFIG_QPW=n`: only mode `queue`; whatever the cargo feature says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoQpw;
+impl Config for NoQpw {
+    const QPW: bool = false;
+    const RT: bool = false;
+    const NAME: &'static str = "no-qpw";
+}
+
+/// The `PREEMPT_RT` lock policy with the modes of the cargo feature `qpw`:
+/// the owner's local lock is always the slot's lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rt;
+impl Config for Rt {
+    const QPW: bool = cfg!(feature = "qpw");
+    const RT: bool = true;
+    const NAME: &'static str = if cfg!(feature = "qpw") { "rt qpw" } else { "rt no-qpw" };
+}
+
+/// The `PREEMPT_RT` lock policy without the modes (`CONFIG_QPW=n` on RT).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RtNoQpw;
+impl Config for RtNoQpw {
+    const QPW: bool = false;
+    const RT: bool = true;
+    const NAME: &'static str = "rt no-qpw";
+}
+
+/// How remote work reaches a slot, fixed when a [`Domain`](crate::Domain) is built.
+///
+/// | mode | owner hot path | remote drain | owner interrupted |
+/// |---|---|---|---|
+/// | `Queue` (`QPW=0`) | flag | queued; a signal makes the owner run it | once per drain |
+/// | `Remote` (`QPW=1`) | slot lock | the caller takes the slot lock and runs it | never |
+/// | `Defer` | flag | queued; run at the owner's next quiescent point, or by the caller while the owner is offline | never |
+/// | `Auto` | per slot | `Remote` on isolated CPUs, `Queue` elsewhere | never on isolated CPUs |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// `queue_work_on` + `flush_work`: the owner runs the work, prompted by a signal.
+    Queue,
+    /// QPW proper: the caller runs the work under the slot's lock.
+    Remote,
+    /// The owner runs the work at its next quiescent point; while offline, the caller does.
+    Defer,
+    /// `Remote` on the listed (isolated) CPUs, `Queue` on the others. `None`
+    /// reads `/sys/devices/system/cpu/isolated` and `.../nohz_full` when the
+    /// domain is built.
+    Auto(Option<Vec<usize>>),
+}
+
+/// The mode one slot runs in (an [`Mode::Auto`] domain mixes `Queue` and `Remote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SlotMode {
+    /// Work is run by the owner, prompted by a signal.
+    Queue,
+    /// Work is run by the caller under the slot lock.
+    Remote,
+    /// Work is run at the owner's quiescent point or by the caller while the owner is offline.
+    Defer,
+}
+
+impl SlotMode {
+    /// The name used in reports and in the `QPW` variable.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotMode::Queue => "queue",
+            SlotMode::Remote => "remote",
+            SlotMode::Defer => "defer",
+        }
+    }
+}
+
+/// The name of the environment variable that picks the default mode.
+pub const ENV_VAR: &str = "QPW";
+
+/// The values [`ENV_VAR`] accepts, for error messages and docs.
+pub const ACCEPTED: &str = "0, queue, 1, remote, defer, auto, auto:<cpu-list> (e.g. auto:2-7,9)";
+
+impl Mode {
+    /// The mode's name as the `QPW` variable spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Queue => "queue",
+            Mode::Remote => "remote",
+            Mode::Defer => "defer",
+            Mode::Auto(_) => "auto",
+        }
+    }
+
+    /// Parses a `QPW` value: `0`/`queue`, `1`/`remote`, `defer`, `auto`,
+    /// `auto:<cpu-list>`. Surrounding whitespace is ignored; case matters not.
+    ///
+    /// ```
+    /// use qpw::Mode;
+    /// assert_eq!(Mode::parse("1").unwrap(), Mode::Remote);
+    /// assert_eq!(Mode::parse("auto:1,3-4").unwrap(), Mode::Auto(Some(vec![1, 3, 4])));
+    /// let err = Mode::parse("bogus").unwrap_err().to_string();
+    /// assert!(err.contains("QPW") && err.contains("remote"));
+    /// ```
+    pub fn parse(s: &str) -> Result<Mode, Error> {
+        let t = s.trim();
+        let lower = t.to_ascii_lowercase();
+        let mode = match lower.as_str() {
+            "0" | "queue" => Mode::Queue,
+            "1" | "remote" => Mode::Remote,
+            "defer" => Mode::Defer,
+            "auto" => Mode::Auto(None),
+            _ => match lower.strip_prefix("auto:") {
+                Some(list) => Mode::Auto(Some(parse_cpu_list(list).map_err(|reason| {
+                    Error::BadMode { value: s.to_string(), reason }
+                })?)),
+                None => {
+                    return Err(Error::BadMode {
+                        value: s.to_string(),
+                        reason: format!("unknown mode; accepted values: {ACCEPTED}"),
+                    })
+                }
+            },
+        };
+        Ok(mode)
+    }
+
+    /// Reads [`ENV_VAR`]: `Ok(None)` when it is unset, an error naming the
+    /// variable when its value is not one of [`ACCEPTED`].
+    pub fn from_env() -> Result<Option<Mode>, Error> {
+        match std::env::var(ENV_VAR) {
+            Ok(v) => Mode::parse(&v).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => Err(Error::BadMode {
+                value: v.to_string_lossy().into_owned(),
+                reason: format!("not valid UTF-8; accepted values: {ACCEPTED}"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Auto(Some(list)) => write!(f, "auto:{}", format_cpu_list(list)),
+            m => f.write_str(m.name()),
+        }
+    }
+}
+
+/// Parses a kernel-style CPU list (`"0-3,8,10-11"`) into sorted, distinct CPUs.
+/// Overlaps are merged, as the kernel's `cpulist_parse` does; an empty list,
+/// a reversed range or a number above 65535 is an error naming the part.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    const MAX: usize = 65_535;
+    let mut cpus = Vec::new();
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty CPU list".to_string());
+    }
+    for part in s.split(',') {
+        let part = part.trim();
+        let num = |x: &str| -> Result<usize, String> {
+            let x = x.trim();
+            match x.parse::<usize>() {
+                Ok(n) if n <= MAX => Ok(n),
+                Ok(_) => Err(format!("CPU number `{x}` is above {MAX}")),
+                Err(_) => Err(format!("`{x}` in `{part}` is not a CPU number")),
+            }
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("range `{part}` is reversed"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(num(part)?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Formats CPUs as a kernel-style list with ranges (`[0,1,2,5]` → `"0-2,5"`).
+pub fn format_cpu_list(cpus: &[usize]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        let mut end = start;
+        while i + 1 < cpus.len() && cpus[i + 1] == end + 1 {
+            i += 1;
+            end = cpus[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}-{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_accepted_value() {
+        assert_eq!(Mode::parse("0").unwrap(), Mode::Queue);
+        assert_eq!(Mode::parse(" Queue ").unwrap(), Mode::Queue);
+        assert_eq!(Mode::parse("1").unwrap(), Mode::Remote);
+        assert_eq!(Mode::parse("remote").unwrap(), Mode::Remote);
+        assert_eq!(Mode::parse("defer").unwrap(), Mode::Defer);
+        assert_eq!(Mode::parse("auto").unwrap(), Mode::Auto(None));
+        assert_eq!(Mode::parse("auto:2-4,9,3").unwrap(), Mode::Auto(Some(vec![2, 3, 4, 9])));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_variable_name() {
+        for bad in ["", "2", "bogus", "auto:", "auto:3-1", "auto:x", "auto:1,,2", "auto:99999999"] {
+            let e = Mode::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("QPW"), "{bad:?}: {e}");
+        }
+        assert!(Mode::parse("bogus").unwrap_err().to_string().contains(ACCEPTED));
+        assert!(Mode::parse("auto:3-1").unwrap_err().to_string().contains("reversed"));
+    }
+
+    #[test]
+    fn cpu_list_round_trips() {
+        let l = parse_cpu_list("0-2,5,7-8").unwrap();
+        assert_eq!(l, vec![0, 1, 2, 5, 7, 8]);
+        assert_eq!(format_cpu_list(&l), "0-2,5,7-8");
+        assert_eq!(Mode::Auto(Some(l)).to_string(), "auto:0-2,5,7-8");
+    }
+}

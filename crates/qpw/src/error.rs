@@ -1,0 +1,184 @@
+//! Errors: each names what was wrong, and the call that returns one changed nothing.
+
+use std::fmt;
+
+/// What went wrong building a domain, binding a slot or reaching a slot remotely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The `QPW` variable (or a mode string) is not one of the accepted values.
+    BadMode {
+        /// The value given.
+        value: String,
+        /// What is wrong with it, with the accepted values.
+        reason: String,
+    },
+    /// A mode other than `queue` was asked of a configuration without QPW.
+    ModeNotCompiled {
+        /// The mode asked for.
+        mode: String,
+        /// The configuration's name.
+        config: &'static str,
+    },
+    /// `nr_cpus` of zero, or above the supported maximum.
+    BadCpuCount {
+        /// The count given.
+        nr_cpus: usize,
+        /// The largest count accepted.
+        max: usize,
+    },
+    /// A CPU (in an `auto:` list, or to bind) is not below `nr_cpus`.
+    CpuOutOfRange {
+        /// The CPU given.
+        cpu: usize,
+        /// The domain's slot count.
+        nr_cpus: usize,
+    },
+    /// Pinning was asked for a CPU this process may not run on.
+    CpuNotAllowed {
+        /// The CPU given.
+        cpu: usize,
+        /// The process's affinity, as a CPU list.
+        allowed: String,
+    },
+    /// The slot already has an owner.
+    SlotOwned {
+        /// The slot.
+        cpu: usize,
+    },
+    /// Every slot has an owner.
+    NoFreeSlot {
+        /// The domain's slot count.
+        nr_cpus: usize,
+    },
+    /// This thread already owns a slot of this domain.
+    AlreadyBound {
+        /// The slot it owns.
+        cpu: usize,
+    },
+    /// The owner of the slot is online, so the slot may not be touched
+    /// remotely in its mode.
+    OwnerOnline {
+        /// The slot.
+        cpu: usize,
+    },
+    /// The signal number is not a real-time signal.
+    BadSignal {
+        /// The number given.
+        signal: i32,
+        /// The range accepted.
+        range: (i32, i32),
+    },
+    /// The application already handles this signal.
+    SignalInUse {
+        /// The number given.
+        signal: i32,
+    },
+    /// The calling thread blocks the qpw signal, so queued work could never reach it.
+    SignalBlocked {
+        /// The signal.
+        signal: i32,
+    },
+    /// A system call failed.
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// `errno`.
+        errno: i32,
+    },
+    /// `with_local` was called again for the same domain from inside its closure.
+    Reentrant,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadMode { value, reason } => {
+                write!(f, "invalid value {value:?} for environment variable QPW (or mode): {reason}")
+            }
+            Error::ModeNotCompiled { mode, config } => write!(
+                f,
+                "mode `{mode}` is not available in configuration `{config}`: qpw was compiled without \
+                 the `qpw` feature (or with a no-qpw configuration), so only `queue` (QPW=0) exists"
+            ),
+            Error::BadCpuCount { nr_cpus, max } => {
+                write!(f, "nr_cpus must be between 1 and {max}, got {nr_cpus}")
+            }
+            Error::CpuOutOfRange { cpu, nr_cpus } => {
+                write!(f, "CPU {cpu} is out of range: this domain has slots 0..{nr_cpus}")
+            }
+            Error::CpuNotAllowed { cpu, allowed } => write!(
+                f,
+                "cannot pin to CPU {cpu}: it is not in this process's affinity mask (allowed: {allowed})"
+            ),
+            Error::SlotOwned { cpu } => write!(f, "slot {cpu} is already owned by another thread"),
+            Error::NoFreeSlot { nr_cpus } => write!(f, "all {nr_cpus} slots are owned"),
+            Error::AlreadyBound { cpu } => {
+                write!(f, "this thread already owns slot {cpu} of this domain")
+            }
+            Error::OwnerOnline { cpu } => write!(
+                f,
+                "slot {cpu} has an online owner and its mode does not allow remote access; \
+                 queue work on it instead"
+            ),
+            Error::BadSignal { signal, range } => write!(
+                f,
+                "signal {signal} is not a real-time signal; use {}..={}",
+                range.0, range.1
+            ),
+            Error::SignalInUse { signal } => write!(
+                f,
+                "signal {signal} already has a handler installed by the application; pick another \
+                 with Builder::signal"
+            ),
+            Error::SignalBlocked { signal } => write!(
+                f,
+                "this thread blocks signal {signal}, which qpw's queue mode needs to reach it; \
+                 unblock it or use mode remote or defer"
+            ),
+            Error::Os { what, errno } => {
+                write!(f, "{what} failed: {}", std::io::Error::from_raw_os_error(*errno))
+            }
+            Error::Reentrant => f.write_str(
+                "with_local was re-entered for the same domain from inside its own closure",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Why a [`Work::flush`](crate::Work::flush) returned without the work having run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// The bound passed before the work ran: the owner of `cpu` did not reach
+    /// a quiescent point (defer mode) or did not take the signal (queue mode).
+    /// The work stays queued and runs when the owner gets to it.
+    Timeout {
+        /// The slot whose owner did not run the work.
+        cpu: usize,
+        /// The bound, in milliseconds.
+        waited_ms: u64,
+    },
+    /// The work function panicked when it ran; the slot remains usable.
+    Panicked {
+        /// The slot.
+        cpu: usize,
+    },
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushError::Timeout { cpu, waited_ms } => write!(
+                f,
+                "work for slot {cpu} did not run within {waited_ms} ms: its owner did not reach a \
+                 quiescent point or take the signal"
+            ),
+            FlushError::Panicked { cpu } => write!(f, "work for slot {cpu} panicked"),
+        }
+    }
+}
+
+impl std::error::Error for FlushError {}

@@ -1,0 +1,121 @@
+//! Per-CPU data whose remote maintenance never interrupts the owners that
+//! must not be interrupted: the Linux kernel's QPW ("Queue PerCPU Work") for
+//! userspace.
+//!
+//! # The idea
+//!
+//! Per-CPU caches make hot paths cheap: each CPU owns a slot and touches it
+//! under a *local lock* that costs nothing. Now and then another CPU must act
+//! on *every* CPU's slot: drain a batch, return a cache, read a counter
+//! exactly. The kernel has two ways, and QPW is its switch between them:
+//!
+//! - **queue** (`qpw=0`, and mainline): queue the work on the target CPU and
+//!   wait for it. The target is interrupted (here: a real-time signal whose
+//!   handler runs the work). The owner's local lock stays free.
+//! - **remote** (`qpw=1`): make the local lock a real per-CPU spinlock, and run
+//!   the work *on the calling CPU* under the target's lock. The target is never
+//!   interrupted; its hot path pays one uncontended atomic.
+//!
+//! This crate adds **defer** (the owner runs queued work at its own quiescent
+//! points, as the competing kernel proposal runs it on return to userspace,
+//! and a caller runs it itself while the owner is offline) and **auto**
+//! (`remote` on isolated CPUs, `queue` elsewhere: a per-CPU choice no kernel
+//! offers).
+//!
+//! # Concepts
+//!
+//! | kernel | here |
+//! |---|---|
+//! | CPU | a slot of a [`Domain`]; a thread [binds](Domain::bind) to one and gets an [`Owner`] |
+//! | preemption off / `local_lock` | [`PerCpu::lock`] with the `&mut Owner`: a [`LocalGuard`] |
+//! | IPI + kworker | a real-time signal to the owner; work runs in its handler, or at the end of its local section |
+//! | per-CPU spinlock | the cell's lock word, taken by owner and remote alike in `remote` mode |
+//! | `INIT_QPW`, `queue_percpu_work_on`, `flush_percpu_work` | [`Domain::work`], [`Work::queue`], [`Work::flush`] |
+//! | `qpw_get_cpu`, `qpw_is_cpu_remote` | [`WorkCtx::cpu`], [`WorkCtx::is_remote`] |
+//! | return to userspace | [`Owner::quiescent`], [`Owner::offline`] |
+//! | `CONFIG_QPW` | cargo feature `qpw`, and the [`Config`] type parameter |
+//! | `qpw=` boot option | [`Mode`], from the `QPW` variable or [`Builder::mode`] |
+//! | `PREEMPT_RT` | the [`Rt`] configuration: the local lock is always the spinlock |
+//!
+//! # Example: a per-CPU counter drained by another thread
+//!
+//! ```
+//! use qpw::{Domain, Mode, PerCpu};
+//! use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+//!
+//! let domain: Domain = Domain::builder().mode(Mode::Remote).nr_cpus(2).build()?;
+//! let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
+//! let total = Arc::new(AtomicU64::new(0));
+//!
+//! // The drain: move each slot's count into the total.
+//! let drain = domain.work_all({
+//!     let (counts, total) = (counts.clone(), total.clone());
+//!     move |ctx| {
+//!         let mut c = counts.lock_ctx(ctx);
+//!         total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
+//!     }
+//! });
+//!
+//! let owner = std::thread::spawn({
+//!     let (domain, counts) = (domain.clone(), counts.clone());
+//!     move || {
+//!         let mut me = domain.bind_unpinned(1).unwrap();
+//!         for _ in 0..1000 {
+//!             *counts.lock(&mut me) += 1; // the hot path
+//!             me.quiescent();             // a no-op unless mode is defer
+//!         }
+//!     }
+//! });
+//! owner.join().unwrap();
+//! drain.run().unwrap(); // drain-all: every slot, and the caller knows it is done
+//! assert_eq!(total.load(Ordering::Relaxed), 1000);
+//! assert_eq!(domain.total_stats().signals_sent, 0); // remote mode never signals
+//! # Ok::<(), qpw::Error>(())
+//! ```
+//!
+//! # Rules kept (each tested)
+//!
+//! 1. At any instant at most one context touches a slot's data.
+//! 2. Queued work runs exactly once, with its slot's data in hand; `flush`
+//!    returns only after it ran; no work is lost when its owner exits.
+//! 3. `remote` and `defer` never signal; `auto` never signals an isolated slot.
+//!    [`SlotStats`] counts what was sent and run.
+//! 4. The signal handler allocates nothing, takes no lock its thread may hold
+//!    outside a local section, and keeps `errno`; it is installed with
+//!    `SA_RESTART`.
+//! 5. An owner that exits hands its slot back, drained.
+//! 6. Bad input gets an [`Error`] naming what was wrong, and changes nothing.
+//!
+//! # Signal-handler context
+//!
+//! In `queue` mode a work function may run inside a signal handler. It must
+//! then be async-signal-safe: no allocation, no lock the interrupted code
+//! could hold. Locking cells with [`PerCpu::lock_ctx`] is always fine.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod config;
+mod domain;
+mod error;
+mod owner;
+mod percpu;
+mod slot;
+mod stats;
+mod sync;
+mod sys;
+mod work;
+
+#[cfg(all(test, qpw_loom))]
+mod loom_tests;
+
+pub use config::{
+    format_cpu_list, parse_cpu_list, Config, Mode, NoQpw, Rt, RtNoQpw, SlotMode, Standard, ACCEPTED,
+    ENV_VAR,
+};
+pub use domain::{Builder, Domain, DEFAULT_FLUSH_TIMEOUT, MAX_CPUS};
+pub use error::{Error, FlushError};
+pub use owner::{Offline, Owner};
+pub use percpu::{CtxGuard, LocalGuard, PerCpu, RemoteGuard};
+pub use stats::SlotStats;
+pub use work::{Work, WorkCtx, WorkSet};

@@ -1,0 +1,301 @@
+//! Per-CPU storage: one cache-padded cell per slot, each with its QPW lock.
+
+use crate::config::{Config, SlotMode, Standard};
+use crate::domain::Domain;
+use crate::error::Error;
+use crate::owner::Owner;
+use crate::slot::{SlotState, SpinLock};
+use crate::sync::{signal_fence, MutPtr, Ordering, UnsafeCell};
+use crate::work::{CtxKind, WorkCtx};
+use crossbeam_utils::CachePadded;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+struct Cell<T> {
+    lock: SpinLock,
+    data: UnsafeCell<T>,
+}
+
+/// A value per slot of a [`Domain`], each in its own cache line pair.
+///
+/// Three ways in, as the kernel's tiers of per-CPU access:
+///
+/// | access | who | lock taken |
+/// |---|---|---|
+/// | [`lock`](Self::lock) with the [`Owner`] | the slot's owner | `queue`/`defer`: a flag, no atomic RMW; `remote` or RT: the cell's spinlock |
+/// | [`lock_ctx`](Self::lock_ctx) with a [`WorkCtx`] | a work function, wherever it runs | whatever its context needs |
+/// | [`remote`](Self::remote) with a slot number | any thread | `remote` mode: the cell's spinlock; otherwise only while the owner is absent or offline |
+///
+/// ```
+/// use qpw::{Domain, Mode, PerCpu};
+/// let domain: Domain = Domain::builder().mode(Mode::Remote).nr_cpus(2).build()?;
+/// let counts = PerCpu::new(&domain, |_| 0u64);
+/// let mut me = domain.bind_unpinned(0)?;
+/// *counts.lock(&mut me) += 1;            // owner: local section
+/// assert_eq!(*counts.remote(0)?, 1);     // remote mode: anyone may lock
+/// # Ok::<(), qpw::Error>(())
+/// ```
+///
+/// Wrong, and refused by the compiler: two local sections at once would give
+/// two `&mut` to one slot's data.
+///
+/// ```compile_fail
+/// # use qpw::{Domain, PerCpu};
+/// # let domain: Domain = Domain::new().unwrap();
+/// # let counts = PerCpu::new(&domain, |_| 0u64);
+/// let mut me = domain.bind_any().unwrap();
+/// let a = counts.lock(&mut me);
+/// let b = counts.lock(&mut me); // second mutable borrow of `me`
+/// # drop((a, b));
+/// ```
+pub struct PerCpu<T, C: Config = Standard> {
+    cells: Box<[CachePadded<Cell<T>>]>,
+    domain: Domain<C>,
+}
+
+// SAFETY: the slot protocol gives one context at a time exclusive access to a
+// cell's data, and that context may be on any thread, so `T: Send` is needed
+// and enough for both: no `&T` is ever shared between threads at once.
+unsafe impl<T: Send, C: Config> Send for PerCpu<T, C> {}
+// SAFETY: as above; `&PerCpu` only hands out access under the protocol.
+unsafe impl<T: Send, C: Config> Sync for PerCpu<T, C> {}
+
+impl<T: fmt::Debug, C: Config> fmt::Debug for PerCpu<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerCpu").field("nr_cpus", &self.cells.len()).finish_non_exhaustive()
+    }
+}
+
+impl<T, C: Config> PerCpu<T, C> {
+    /// One value per slot of `domain`, made by `init(cpu)`.
+    pub fn new(domain: &Domain<C>, mut init: impl FnMut(usize) -> T) -> Self {
+        let cells = (0..domain.nr_cpus())
+            .map(|c| CachePadded::new(Cell { lock: SpinLock::new(), data: UnsafeCell::new(init(c)) }))
+            .collect();
+        Self { cells, domain: domain.clone() }
+    }
+
+    /// The domain the values belong to.
+    pub fn domain(&self) -> &Domain<C> {
+        &self.domain
+    }
+
+    #[inline(always)]
+    fn check_domain(&self, domain_id: usize) {
+        // Another domain's owner would bring another domain's exclusion: unsound.
+        assert!(
+            domain_id == self.domain.id(),
+            "qpw: a PerCpu was accessed with an owner or work context of another domain"
+        );
+    }
+
+    /// Enters the owner's local section on this slot's value
+    /// (`local_lock` + `this_cpu_ptr`).
+    ///
+    /// In `queue` and `defer` modes this is a flag with compiler ordering
+    /// only; with `remote` slots or the RT policy it is the cell's spinlock.
+    /// Work signalled in the meantime runs when the guard drops.
+    #[inline(always)]
+    pub fn lock<'a>(&'a self, owner: &'a mut Owner<C>) -> LocalGuard<'a, T, C> {
+        self.check_domain(owner.domain.id());
+        // SAFETY: `owner.cpu` is below nr_cpus, which is `cells.len()` for
+        // every PerCpu of this (checked) domain.
+        let cell = unsafe { self.cells.get_unchecked(owner.cpu) };
+        let slot = owner.slot();
+        let spin = if C::QPW { owner.use_spin } else { C::RT };
+        let flag = !C::QPW || owner.use_flag;
+        if flag {
+            // A work function running in this thread's signal handler that
+            // reached this owner (through `with_local`) would alias the data.
+            assert!(
+                slot.in_section.load(Ordering::Relaxed) == 0,
+                "qpw: local section entered from inside this slot's work"
+            );
+            slot.in_section.store(1, Ordering::Relaxed);
+            signal_fence(Ordering::SeqCst);
+        }
+        if spin {
+            cell.lock.lock(&slot.counters);
+        }
+        LocalGuard { ptr: cell.data.get_mut_ptr(), cell, slot, spin, flag, _owner: PhantomData }
+    }
+
+    /// Runs `f` in the owner's local section.
+    #[inline(always)]
+    pub fn with<R>(&self, owner: &mut Owner<C>, f: impl FnOnce(&mut T) -> R) -> R {
+        f(&mut self.lock(owner))
+    }
+
+    /// Locks the value of the slot a work function runs for
+    /// (`qpw_lock(lock, qpw_get_cpu(work))`).
+    #[inline]
+    pub fn lock_ctx<'a>(&'a self, ctx: &'a mut WorkCtx<'_, C>) -> CtxGuard<'a, T> {
+        self.check_domain(ctx.slot.domain_id);
+        let cell = &self.cells[ctx.slot.cpu];
+        let spin = match ctx.kind {
+            CtxKind::RemoteLocked => true,
+            CtxKind::Owner => C::RT,
+            CtxKind::Busy => false,
+        };
+        if spin {
+            cell.lock.lock(&ctx.slot.counters);
+        }
+        CtxGuard { ptr: cell.data.get_mut_ptr(), lock: spin.then_some(&cell.lock), _ctx: PhantomData }
+    }
+
+    /// Locks slot `cpu`'s value from any thread: always in `remote` mode;
+    /// in the other modes only while the slot has no owner or its owner is
+    /// offline ([`Error::OwnerOnline`] otherwise: queue work instead).
+    pub fn remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
+        let slot = self.domain.slot(cpu)?;
+        let cell = &self.cells[cpu];
+        if C::QPW && slot.mode == SlotMode::Remote {
+            cell.lock.lock(&slot.counters);
+            return Ok(RemoteGuard { ptr: cell.data.get_mut_ptr(), cell, slot, spin: true });
+        }
+        if slot.try_take() {
+            return Ok(RemoteGuard { ptr: cell.data.get_mut_ptr(), cell, slot, spin: false });
+        }
+        Err(Error::OwnerOnline { cpu })
+    }
+
+    /// Every slot's value, given exclusive access to the whole `PerCpu`.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.cells.iter_mut().map(|c| c.data.get_mut())
+    }
+
+    /// The number of slots.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Always `false`: a domain has at least one slot.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+}
+
+/// The owner's local section on one slot's value; leaves it on drop.
+#[must_use = "if unused the local section ends at once"]
+pub struct LocalGuard<'a, T, C: Config> {
+    ptr: MutPtr<T>,
+    cell: &'a Cell<T>,
+    slot: &'a SlotState<C>,
+    spin: bool,
+    flag: bool,
+    _owner: PhantomData<&'a mut Owner<C>>,
+}
+
+impl<T, C: Config> Deref for LocalGuard<'_, T, C> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        // SAFETY: the section gives this guard exclusive access: the owner's
+        // flag keeps its handler out, the `&mut Owner` borrow keeps other
+        // sections out, remote threads stay out of an online owner's slot in
+        // queue/defer mode, and take the spinlock (held here) in remote mode.
+        unsafe { self.ptr.deref() }
+    }
+}
+
+impl<T, C: Config> DerefMut for LocalGuard<'_, T, C> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference.
+        unsafe { self.ptr.deref() }
+    }
+}
+
+impl<T, C: Config> Drop for LocalGuard<'_, T, C> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.spin {
+            self.cell.lock.unlock();
+        }
+        if self.flag {
+            signal_fence(Ordering::SeqCst);
+            self.slot.in_section.store(0, Ordering::Relaxed);
+            signal_fence(Ordering::SeqCst);
+            // Work signalled during the section (`preempt_enable`'s resched check).
+            if self.slot.has_pending() {
+                section_end(self.slot);
+            }
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn section_end<C: Config>(slot: &SlotState<C>) {
+    slot.run_pending_as_owner(crate::stats::RanAt::SectionEnd);
+}
+
+/// A work function's hold on one slot's value.
+#[must_use = "if unused the lock is released at once"]
+pub struct CtxGuard<'a, T> {
+    ptr: MutPtr<T>,
+    lock: Option<&'a SpinLock>,
+    _ctx: PhantomData<&'a mut ()>,
+}
+
+impl<T> Deref for CtxGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the work's context is exclusive for the slot (owner context,
+        // BUSY holder) or this guard holds the cell's spinlock (remote mode);
+        // the `&mut WorkCtx` borrow keeps a second guard out.
+        unsafe { self.ptr.deref() }
+    }
+}
+
+impl<T> DerefMut for CtxGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`.
+        unsafe { self.ptr.deref() }
+    }
+}
+
+impl<T> Drop for CtxGuard<'_, T> {
+    fn drop(&mut self) {
+        if let Some(l) = self.lock {
+            l.unlock();
+        }
+    }
+}
+
+/// Another thread's hold on one slot's value.
+#[must_use = "if unused the lock is released at once"]
+pub struct RemoteGuard<'a, T, C: Config> {
+    ptr: MutPtr<T>,
+    cell: &'a Cell<T>,
+    slot: &'a SlotState<C>,
+    spin: bool,
+}
+
+impl<T, C: Config> Deref for RemoteGuard<'_, T, C> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the cell's spinlock (remote mode, where the
+        // owner takes it too) or the slot's BUSY bit (owner absent or offline,
+        // and nobody else may take BUSY or come online meanwhile).
+        unsafe { self.ptr.deref() }
+    }
+}
+
+impl<T, C: Config> DerefMut for RemoteGuard<'_, T, C> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`.
+        unsafe { self.ptr.deref() }
+    }
+}
+
+impl<T, C: Config> Drop for RemoteGuard<'_, T, C> {
+    fn drop(&mut self) {
+        if self.spin {
+            self.cell.lock.unlock();
+        } else {
+            self.slot.release();
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The per-slot protocol: who may touch a slot's data, and how queued work
+//! reaches whoever may.
+//!
+//! # State
+//!
+//! `ctl` says who holds the slot:
+//!
+//! | `ctl` | meaning | who may touch the slot's data |
+//! |---|---|---|
+//! | `FREE` | no owner | nobody until a remote thread sets `BUSY` |
+//! | `ONLINE` | an owner is running | the owner's contexts (its code, its signal handler); in `remote` mode anyone holding a cell's lock |
+//! | `OFFLINE` | the owner is idle | nobody until a remote thread sets `BUSY` |
+//! | `FREE\|BUSY`, `OFFLINE\|BUSY` | a remote thread works on the slot | that thread alone |
+//!
+//! Pending work is an intrusive Treiber stack (`head`); pushing never
+//! allocates, and consumers take the whole stack at once (no ABA).
+//!
+//! # No lost work
+//!
+//! Every path that may leave work behind follows "publish, then look" with
+//! `SeqCst` on both sides: a pusher pushes, then reads `ctl`; a thread that
+//! leaves `ONLINE` or drops `BUSY` writes `ctl`, then reads `head`. One of the
+//! two sees the other, so the work is run by the owner, or by whichever thread
+//! [`SlotState::help`]s it.
+
+use crate::config::{Config, SlotMode};
+use crate::stats::{Counters, RanAt};
+use crate::sync::{signal_fence, spin_hint, yield_now, AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use crate::work::{CtxKind, WorkInner};
+use std::marker::PhantomData;
+use std::ptr;
+
+pub(crate) const FREE: u32 = 0;
+pub(crate) const ONLINE: u32 = 1;
+pub(crate) const OFFLINE: u32 = 2;
+pub(crate) const BUSY: u32 = 4;
+
+/// One slot's shared state. Cache-padded by its container.
+pub(crate) struct SlotState<C: Config> {
+    /// Owner-written, read by the owner's own signal handler: non-zero while
+    /// the owner is in a local section (the `preempt_count` analogue).
+    pub(crate) in_section: AtomicU32,
+    pub(crate) ctl: AtomicU32,
+    pub(crate) head: AtomicPtr<WorkInner<C>>,
+    /// The owner's kernel thread id while `ONLINE`/`OFFLINE`.
+    pub(crate) tid: AtomicU32,
+    /// A signal was sent and its handler has not started yet.
+    pub(crate) sig_inflight: AtomicBool,
+    pub(crate) mode: SlotMode,
+    pub(crate) cpu: usize,
+    pub(crate) domain_id: usize,
+    pub(crate) signal: i32,
+    pub(crate) counters: Counters,
+    _c: PhantomData<C>,
+}
+
+/// What [`SlotState::help`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Helped {
+    /// Nothing is pending.
+    Idle,
+    /// Work is pending and the owner is online: it is the owner's to run.
+    Online,
+    /// Another remote thread holds the slot; it will look again when it lets go.
+    Busy,
+}
+
+impl<C: Config> SlotState<C> {
+    pub(crate) fn new(cpu: usize, mode: SlotMode, domain_id: usize, signal: i32) -> Self {
+        Self {
+            in_section: AtomicU32::new(0),
+            ctl: AtomicU32::new(FREE),
+            head: AtomicPtr::new(ptr::null_mut()),
+            tid: AtomicU32::new(0),
+            sig_inflight: AtomicBool::new(false),
+            mode,
+            cpu,
+            domain_id,
+            signal,
+            counters: Counters::default(),
+            _c: PhantomData,
+        }
+    }
+
+    /// Pushes `w` (whose pending bit the caller just set) onto the pending stack.
+    pub(crate) fn push(&self, w: &WorkInner<C>) {
+        let wp = w as *const WorkInner<C> as *mut WorkInner<C>;
+        let mut h = self.head.load(Ordering::Relaxed);
+        loop {
+            w.next.store(h, Ordering::Relaxed);
+            match self.head.compare_exchange_weak(h, wp, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => h = now,
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.head.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Runs every pending work in context `kind`. The caller has exclusive
+    /// access to the slot's data in that context.
+    pub(crate) fn run_pending(&self, kind: CtxKind, at: RanAt) {
+        loop {
+            let mut list = self.head.swap(ptr::null_mut(), Ordering::SeqCst);
+            if list.is_null() {
+                return;
+            }
+            // The stack is LIFO; reverse it so works run in the order queued.
+            let mut fifo: *mut WorkInner<C> = ptr::null_mut();
+            while !list.is_null() {
+                // SAFETY: every pointer on the stack is a live WorkInner: a
+                // Work's drop waits until its work is no longer pending, and
+                // the pending bit is still set, so nobody else touches `next`.
+                let w = unsafe { &*list };
+                let next = w.next.load(Ordering::Relaxed);
+                w.next.store(fifo, Ordering::Relaxed);
+                fifo = list;
+                list = next;
+            }
+            while !fifo.is_null() {
+                // SAFETY: as above; `next` is read before `run` clears the
+                // pending bit, after which the work may be queued again.
+                let w = unsafe { &*fifo };
+                fifo = w.next.load(Ordering::Relaxed);
+                w.run(self, kind, at);
+            }
+        }
+    }
+
+    /// Runs pending work in one of the owner's own contexts (signal handler,
+    /// section end, quiescent point), marking the owner in a section meanwhile
+    /// so a signal arriving now leaves the work to this loop.
+    pub(crate) fn run_pending_as_owner(&self, at: RanAt) {
+        loop {
+            self.in_section.store(1, Ordering::Relaxed);
+            signal_fence(Ordering::SeqCst);
+            self.run_pending(CtxKind::Owner, at);
+            signal_fence(Ordering::SeqCst);
+            self.in_section.store(0, Ordering::Relaxed);
+            signal_fence(Ordering::SeqCst);
+            if self.head.load(Ordering::SeqCst).is_null() {
+                return;
+            }
+        }
+    }
+
+    /// Tries to take a slot whose owner is absent or offline (sets `BUSY`).
+    pub(crate) fn try_take(&self) -> bool {
+        let s = self.ctl.load(Ordering::SeqCst);
+        if s == ONLINE || s & BUSY != 0 {
+            return false;
+        }
+        self.ctl.compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+    }
+
+    /// Lets go of a slot taken with [`try_take`](Self::try_take), then runs
+    /// whatever was queued meanwhile.
+    pub(crate) fn release(&self) {
+        self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
+        self.help();
+    }
+
+    /// Runs pending work on behalf of an owner that is absent or offline.
+    pub(crate) fn help(&self) -> Helped {
+        loop {
+            if self.head.load(Ordering::SeqCst).is_null() {
+                return Helped::Idle;
+            }
+            let s = self.ctl.load(Ordering::SeqCst);
+            if s == ONLINE {
+                return Helped::Online;
+            }
+            if s & BUSY != 0 {
+                return Helped::Busy;
+            }
+            if self.ctl.compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+                self.run_pending(CtxKind::Busy, RanAt::Remote);
+                self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// After a push: gets the work to whoever may run it.
+    pub(crate) fn kick(&self) {
+        match self.help() {
+            Helped::Online if self.mode == SlotMode::Queue => self.signal_owner(),
+            _ => {}
+        }
+    }
+
+    /// Sends the qpw signal to the online owner, unless one is already on its
+    /// way (the handler clears `sig_inflight` before it looks at `head`).
+    pub(crate) fn signal_owner(&self) {
+        if self.sig_inflight.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let tid = self.tid.load(Ordering::SeqCst);
+        match crate::sys::signal_thread(tid as i32, self.signal) {
+            Ok(()) => self.counters.signal_sent(),
+            Err(e) => {
+                self.sig_inflight.store(false, Ordering::SeqCst);
+                if e == crate::sys::ESRCH && self.ctl.load(Ordering::SeqCst) == ONLINE {
+                    // The owner's thread is gone without unbinding (its token
+                    // was leaked). It can touch nothing any more: free the slot.
+                    if self.tid.load(Ordering::SeqCst) == tid
+                        && self
+                            .ctl
+                            .compare_exchange(ONLINE, FREE, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        self.help();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The signal handler's work for this slot (owner's thread, any point of its code).
+    pub(crate) fn on_signal(&self) {
+        self.sig_inflight.store(false, Ordering::SeqCst);
+        if self.mode != SlotMode::Queue || self.in_section.load(Ordering::Relaxed) != 0 {
+            // In a local section (or offline): the section's end runs the work.
+            return;
+        }
+        if !self.head.load(Ordering::SeqCst).is_null() {
+            self.run_pending_as_owner(RanAt::Handler);
+        }
+    }
+
+    /// Takes an unowned slot for binding: `FREE` → `ONLINE`, waiting out a
+    /// remote thread's `BUSY`. `Err(())` if another thread owns it.
+    pub(crate) fn acquire_owner(&self, tid: u32) -> Result<(), ()> {
+        loop {
+            match self.ctl.compare_exchange(FREE, BUSY, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(s) if s == BUSY => {
+                    spin_hint();
+                    yield_now();
+                }
+                Err(_) => return Err(()),
+            }
+        }
+        self.tid.store(tid, Ordering::SeqCst);
+        self.in_section.store(0, Ordering::Relaxed);
+        self.ctl.store(ONLINE, Ordering::SeqCst);
+        self.sig_inflight.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The owner leaves: runs its pending work, frees the slot, and runs
+    /// whatever was queued while it left.
+    pub(crate) fn release_owner(&self) {
+        self.run_pending_as_owner(RanAt::Quiescent);
+        self.ctl.store(FREE, Ordering::SeqCst);
+        self.help();
+    }
+
+    /// The owner goes idle: remote threads may work on the slot directly.
+    pub(crate) fn go_offline(&self) {
+        self.run_pending_as_owner(RanAt::Quiescent);
+        // Keep the signal handler away while offline.
+        self.in_section.store(1, Ordering::Relaxed);
+        signal_fence(Ordering::SeqCst);
+        self.ctl.store(OFFLINE, Ordering::SeqCst);
+        self.help();
+    }
+
+    /// The owner comes back: waits out a remote thread's `BUSY`, then runs
+    /// what was queued meanwhile.
+    pub(crate) fn go_online(&self) {
+        while self
+            .ctl
+            .compare_exchange(OFFLINE, ONLINE, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            spin_hint();
+            yield_now();
+        }
+        signal_fence(Ordering::SeqCst);
+        self.in_section.store(0, Ordering::Relaxed);
+        signal_fence(Ordering::SeqCst);
+        if !self.head.load(Ordering::SeqCst).is_null() {
+            self.run_pending_as_owner(RanAt::Quiescent);
+        }
+    }
+}
+
+/// A cell's lock word: the per-CPU spinlock of `qpw=1` and of `PREEMPT_RT`.
+pub(crate) struct SpinLock(AtomicU32);
+
+impl SpinLock {
+    pub(crate) fn new() -> Self {
+        Self(AtomicU32::new(0))
+    }
+
+    #[inline(always)]
+    pub(crate) fn lock(&self, counters: &Counters) {
+        if self.0.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.lock_slow(counters);
+        }
+    }
+
+    #[cold]
+    fn lock_slow(&self, counters: &Counters) {
+        counters.contended();
+        let mut spins = 0u32;
+        loop {
+            while self.0.load(Ordering::Relaxed) != 0 {
+                spins += 1;
+                if spins < 128 {
+                    spin_hint();
+                } else {
+                    yield_now();
+                }
+            }
+            if self.0.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return;
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn unlock(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}

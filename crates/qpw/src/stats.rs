@@ -1,0 +1,102 @@
+//! Per-slot counters: what the library sent and ran, so the rules are checked, not assumed.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Counters of one slot, readable at any time with [`Domain::stats`](crate::Domain::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SlotStats {
+    /// Signals sent to the slot's owner (queue mode only).
+    pub signals_sent: u64,
+    /// Works the owner ran in its signal handler.
+    pub works_in_handler: u64,
+    /// Works the owner ran when a local section ended (the signal came during it).
+    pub works_at_section_end: u64,
+    /// Works the owner ran at a quiescent point, when coming online, binding or unbinding.
+    pub works_at_quiescent: u64,
+    /// Works run by another thread: under the slot lock (remote mode) or while
+    /// the owner was offline or absent.
+    pub works_remote: u64,
+    /// Slot-lock acquisitions that found the lock taken.
+    pub lock_contended: u64,
+    /// Work functions that panicked.
+    pub works_panicked: u64,
+}
+
+impl SlotStats {
+    /// Works run by the owner, in any of its contexts.
+    pub fn works_by_owner(&self) -> u64 {
+        self.works_in_handler + self.works_at_section_end + self.works_at_quiescent
+    }
+
+    /// All works run, by anyone.
+    pub fn works_run(&self) -> u64 {
+        self.works_by_owner() + self.works_remote
+    }
+
+    /// Adds another slot's counters (for domain totals).
+    pub fn add(&mut self, o: &SlotStats) {
+        self.signals_sent += o.signals_sent;
+        self.works_in_handler += o.works_in_handler;
+        self.works_at_section_end += o.works_at_section_end;
+        self.works_at_quiescent += o.works_at_quiescent;
+        self.works_remote += o.works_remote;
+        self.lock_contended += o.lock_contended;
+        self.works_panicked += o.works_panicked;
+    }
+}
+
+/// Where a work ran, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RanAt {
+    Handler,
+    SectionEnd,
+    Quiescent,
+    Remote,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    signals_sent: AtomicU64,
+    in_handler: AtomicU64,
+    at_section_end: AtomicU64,
+    at_quiescent: AtomicU64,
+    remote: AtomicU64,
+    contended: AtomicU64,
+    panicked: AtomicU64,
+}
+
+impl Counters {
+    #[inline]
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn signal_sent(&self) {
+        Self::bump(&self.signals_sent)
+    }
+    pub(crate) fn contended(&self) {
+        Self::bump(&self.contended)
+    }
+    pub(crate) fn panicked(&self) {
+        Self::bump(&self.panicked)
+    }
+    pub(crate) fn ran(&self, at: RanAt) {
+        Self::bump(match at {
+            RanAt::Handler => &self.in_handler,
+            RanAt::SectionEnd => &self.at_section_end,
+            RanAt::Quiescent => &self.at_quiescent,
+            RanAt::Remote => &self.remote,
+        })
+    }
+    pub(crate) fn snapshot(&self) -> SlotStats {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SlotStats {
+            signals_sent: l(&self.signals_sent),
+            works_in_handler: l(&self.in_handler),
+            works_at_section_end: l(&self.at_section_end),
+            works_at_quiescent: l(&self.at_quiescent),
+            works_remote: l(&self.remote),
+            lock_contended: l(&self.contended),
+            works_panicked: l(&self.panicked),
+        }
+    }
+}

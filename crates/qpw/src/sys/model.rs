@@ -1,0 +1,44 @@
+//! The OS as loom models see it: two CPUs, signals recorded but delivered by
+//! the model itself (it calls the handler at the points it explores).
+
+use crate::error::Error;
+
+pub(crate) struct Affinity;
+pub(crate) fn allowed_cpus() -> Result<Vec<usize>, Error> {
+    Ok(vec![0, 1])
+}
+pub(crate) fn pin_current(_cpu: usize) -> Result<Affinity, Error> {
+    Ok(Affinity)
+}
+pub(crate) fn restore_affinity(_saved: &Affinity) {}
+pub(crate) fn gettid() -> i32 {
+    1
+}
+pub(crate) fn signal_thread(_tid: i32, _sig: i32) -> Result<(), i32> {
+    Ok(())
+}
+pub(crate) const ESRCH: i32 = 3;
+pub(crate) fn rt_signal_range() -> (i32, i32) {
+    (34, 64)
+}
+pub(crate) fn default_signal() -> i32 {
+    41
+}
+pub(crate) fn install_handler(
+    _sig: i32,
+    _handler: extern "C" fn(i32, *mut core::ffi::c_void, *mut core::ffi::c_void),
+) -> Result<bool, Error> {
+    Ok(false)
+}
+pub(crate) fn thread_blocks(_sig: i32) -> bool {
+    false
+}
+pub(crate) struct ErrnoGuard;
+impl ErrnoGuard {
+    pub(crate) fn save() -> Self {
+        ErrnoGuard
+    }
+}
+pub(crate) fn isolated_cpus() -> Result<Vec<usize>, Error> {
+    Ok(Vec::new())
+}
