@@ -28,7 +28,11 @@ pub struct Standard;
 impl Config for Standard {
     const QPW: bool = cfg!(feature = "qpw");
     const RT: bool = false;
-    const NAME: &'static str = if cfg!(feature = "qpw") { "qpw" } else { "no-qpw" };
+    const NAME: &'static str = if cfg!(feature = "qpw") {
+        "qpw"
+    } else {
+        "no-qpw"
+    };
 }
 
 /// `CONFIG_QPW=n`: only mode `queue`; whatever the cargo feature says.
@@ -47,7 +51,11 @@ pub struct Rt;
 impl Config for Rt {
     const QPW: bool = cfg!(feature = "qpw");
     const RT: bool = true;
-    const NAME: &'static str = if cfg!(feature = "qpw") { "rt qpw" } else { "rt no-qpw" };
+    const NAME: &'static str = if cfg!(feature = "qpw") {
+        "rt qpw"
+    } else {
+        "rt no-qpw"
+    };
 }
 
 /// The `PREEMPT_RT` lock policy without the modes (`CONFIG_QPW=n` on RT).
@@ -140,7 +148,10 @@ impl Mode {
             "auto" => Mode::Auto(None),
             _ => match lower.strip_prefix("auto:") {
                 Some(list) => Mode::Auto(Some(parse_cpu_list(list).map_err(|reason| {
-                    Error::BadMode { value: s.to_string(), reason }
+                    Error::BadMode {
+                        value: s.to_string(),
+                        reason,
+                    }
                 })?)),
                 None => {
                     return Err(Error::BadMode {
@@ -248,17 +259,35 @@ mod tests {
         assert_eq!(Mode::parse("remote").unwrap(), Mode::Remote);
         assert_eq!(Mode::parse("defer").unwrap(), Mode::Defer);
         assert_eq!(Mode::parse("auto").unwrap(), Mode::Auto(None));
-        assert_eq!(Mode::parse("auto:2-4,9,3").unwrap(), Mode::Auto(Some(vec![2, 3, 4, 9])));
+        assert_eq!(
+            Mode::parse("auto:2-4,9,3").unwrap(),
+            Mode::Auto(Some(vec![2, 3, 4, 9]))
+        );
     }
 
     #[test]
     fn rejects_bad_values_with_the_variable_name() {
-        for bad in ["", "2", "bogus", "auto:", "auto:3-1", "auto:x", "auto:1,,2", "auto:99999999"] {
+        for bad in [
+            "",
+            "2",
+            "bogus",
+            "auto:",
+            "auto:3-1",
+            "auto:x",
+            "auto:1,,2",
+            "auto:99999999",
+        ] {
             let e = Mode::parse(bad).unwrap_err().to_string();
             assert!(e.contains("QPW"), "{bad:?}: {e}");
         }
-        assert!(Mode::parse("bogus").unwrap_err().to_string().contains(ACCEPTED));
-        assert!(Mode::parse("auto:3-1").unwrap_err().to_string().contains("reversed"));
+        assert!(Mode::parse("bogus")
+            .unwrap_err()
+            .to_string()
+            .contains(ACCEPTED));
+        assert!(Mode::parse("auto:3-1")
+            .unwrap_err()
+            .to_string()
+            .contains("reversed"));
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub struct Domain<C: Config = Standard> {
 
 impl<C: Config> Clone for Domain<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -114,14 +116,20 @@ impl<C: Config> Builder<C> {
         let default_n = allowed.iter().max().map_or(1, |m| m + 1);
         let nr = self.nr_cpus.unwrap_or(default_n);
         if nr == 0 || nr > MAX_CPUS {
-            return Err(Error::BadCpuCount { nr_cpus: nr, max: MAX_CPUS });
+            return Err(Error::BadCpuCount {
+                nr_cpus: nr,
+                max: MAX_CPUS,
+            });
         }
         let mode = match self.mode {
             Some(m) => m,
             None => Mode::from_env()?.unwrap_or(Mode::Queue),
         };
         if !C::QPW && mode != Mode::Queue {
-            return Err(Error::ModeNotCompiled { mode: mode.to_string(), config: C::NAME });
+            return Err(Error::ModeNotCompiled {
+                mode: mode.to_string(),
+                config: C::NAME,
+            });
         }
         let slot_modes: Vec<SlotMode> = match &mode {
             Mode::Queue => vec![SlotMode::Queue; nr],
@@ -136,7 +144,10 @@ impl<C: Config> Builder<C> {
                         l.clone()
                     }
                     // CPUs the kernel isolates beyond our slots do not concern us.
-                    None => crate::sys::isolated_cpus()?.into_iter().filter(|&c| c < nr).collect(),
+                    None => crate::sys::isolated_cpus()?
+                        .into_iter()
+                        .filter(|&c| c < nr)
+                        .collect(),
                 };
                 (0..nr)
                     .map(|c| {
@@ -152,7 +163,10 @@ impl<C: Config> Builder<C> {
         let signal = self.signal.unwrap_or_else(crate::sys::default_signal);
         let (lo, hi) = crate::sys::rt_signal_range();
         if signal < lo || signal > hi {
-            return Err(Error::BadSignal { signal, range: (lo, hi) });
+            return Err(Error::BadSignal {
+                signal,
+                range: (lo, hi),
+            });
         }
         if slot_modes.contains(&SlotMode::Queue) {
             crate::owner::ensure_handler(signal)?;
@@ -218,7 +232,10 @@ impl<C: Config> Domain<C> {
             .slots
             .get(cpu)
             .map(|s| &**s)
-            .ok_or(Error::CpuOutOfRange { cpu, nr_cpus: self.nr_cpus() })
+            .ok_or(Error::CpuOutOfRange {
+                cpu,
+                nr_cpus: self.nr_cpus(),
+            })
     }
 
     /// Binds the calling thread to slot `cpu` and pins it to CPU `cpu`.
@@ -243,7 +260,9 @@ impl<C: Config> Domain<C> {
                 r => return r,
             }
         }
-        Err(Error::NoFreeSlot { nr_cpus: self.nr_cpus() })
+        Err(Error::NoFreeSlot {
+            nr_cpus: self.nr_cpus(),
+        })
     }
 
     /// Runs `f` with this thread's implicit owner of this domain, binding a
@@ -268,8 +287,9 @@ impl<C: Config> Domain<C> {
         &self,
         f: impl Fn(&mut WorkCtx<'_, C>) + Send + Sync + Clone + 'static,
     ) -> WorkSet<C> {
-        let works =
-            (0..self.nr_cpus()).map(|c| Work::new(self.inner.clone(), c, Box::new(f.clone()))).collect();
+        let works = (0..self.nr_cpus())
+            .map(|c| Work::new(self.inner.clone(), c, Box::new(f.clone())))
+            .collect();
         WorkSet { works }
     }
 
@@ -291,6 +311,12 @@ impl<C: Config> Domain<C> {
     pub fn is_owned(&self, cpu: usize) -> Result<bool, Error> {
         let s = self.slot(cpu)?.ctl.load(crate::sync::Ordering::SeqCst);
         Ok(s & !crate::slot::BUSY != crate::slot::FREE)
+    }
+
+    /// Whether slot `cpu`'s owner is offline (see [`Owner::offline`]).
+    pub fn is_offline(&self, cpu: usize) -> Result<bool, Error> {
+        let s = self.slot(cpu)?.ctl.load(crate::sync::Ordering::SeqCst);
+        Ok(s & !crate::slot::BUSY == crate::slot::OFFLINE)
     }
 
     pub(crate) fn id(&self) -> usize {

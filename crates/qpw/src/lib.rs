@@ -110,8 +110,8 @@ mod work;
 mod loom_tests;
 
 pub use config::{
-    format_cpu_list, parse_cpu_list, Config, Mode, NoQpw, Rt, RtNoQpw, SlotMode, Standard, ACCEPTED,
-    ENV_VAR,
+    format_cpu_list, parse_cpu_list, Config, Mode, NoQpw, Rt, RtNoQpw, SlotMode, Standard,
+    ACCEPTED, ENV_VAR,
 };
 pub use domain::{Builder, Domain, DEFAULT_FLUSH_TIMEOUT, MAX_CPUS};
 pub use error::{Error, FlushError};

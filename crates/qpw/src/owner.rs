@@ -6,13 +6,18 @@ use crate::domain::Domain;
 use crate::error::Error;
 use crate::slot::SlotState;
 use crate::stats::RanAt;
-use std::cell::{Cell, RefCell};
+#[cfg(not(qpw_loom))]
+use std::cell::Cell;
+use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::AtomicPtr;
+#[cfg(not(qpw_loom))]
+use std::sync::atomic::Ordering;
 
 /// One entry of this thread's list of owned slots. Heap-allocated at bind
 /// time so the handler can read it without allocating.
+#[cfg_attr(qpw_loom, allow(dead_code))] // the thread list is not modelled
 pub(crate) struct OwnerRec {
     next: AtomicPtr<OwnerRec>,
     slot: *const (),
@@ -61,7 +66,7 @@ fn unlink(rec: &OwnerRec) {
     OWNED.with(|h| {
         let target = rec as *const OwnerRec;
         let next = rec.next.load(Ordering::Relaxed);
-        if h.get() == target {
+        if std::ptr::eq(h.get(), target) {
             h.set(next);
         } else {
             let mut p = h.get();
@@ -69,7 +74,7 @@ fn unlink(rec: &OwnerRec) {
                 // SAFETY: records on this thread's list are live until unlinked,
                 // and only this thread links or unlinks them.
                 let r = unsafe { &*p };
-                if r.next.load(Ordering::Relaxed) as *const OwnerRec == target {
+                if std::ptr::eq(r.next.load(Ordering::Relaxed), target) {
                     r.next.store(next, Ordering::Relaxed);
                     break;
                 }
@@ -164,7 +169,10 @@ pub struct Owner<C: Config = crate::Standard> {
 
 impl<C: Config> fmt::Debug for Owner<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Owner").field("cpu", &self.cpu).field("pinned", &self.affinity.is_some()).finish()
+        f.debug_struct("Owner")
+            .field("cpu", &self.cpu)
+            .field("pinned", &self.affinity.is_some())
+            .finish()
     }
 }
 
@@ -175,13 +183,19 @@ impl<C: Config> Owner<C> {
             return Err(Error::AlreadyBound { cpu: owned });
         }
         if pin && !domain.inner.allowed.contains(&cpu) {
-            return Err(Error::CpuNotAllowed { cpu, allowed: domain.allowed_cpus() });
+            return Err(Error::CpuNotAllowed {
+                cpu,
+                allowed: domain.allowed_cpus(),
+            });
         }
         if slot.mode == SlotMode::Queue && crate::sys::thread_blocks(domain.signal()) {
-            return Err(Error::SignalBlocked { signal: domain.signal() });
+            return Err(Error::SignalBlocked {
+                signal: domain.signal(),
+            });
         }
         let tid = crate::sys::gettid() as u32;
-        slot.acquire_owner(tid).map_err(|()| Error::SlotOwned { cpu })?;
+        slot.acquire_owner(tid)
+            .map_err(|()| Error::SlotOwned { cpu })?;
         let affinity = if pin {
             match crate::sys::pin_current(cpu) {
                 Ok(a) => Some(a),
@@ -281,7 +295,9 @@ pub struct Offline<'a, C: Config = crate::Standard> {
 
 impl<C: Config> fmt::Debug for Offline<'_, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Offline").field("cpu", &self.owner.cpu).finish()
+        f.debug_struct("Offline")
+            .field("cpu", &self.owner.cpu)
+            .finish()
     }
 }
 
@@ -313,7 +329,9 @@ pub(crate) fn with_implicit<C: Config, R>(
         Some(o) => o,
         None => Box::new(domain.bind_any()?),
     };
-    let r = f(owner.downcast_mut::<Owner<C>>().expect("implicit owners are stored by domain id"));
+    let r = f(owner
+        .downcast_mut::<Owner<C>>()
+        .expect("implicit owners are stored by domain id"));
     IMPLICIT.with(|m| {
         let mut m = m.borrow_mut();
         match m.iter_mut().find(|(d, _)| *d == id) {

@@ -10,6 +10,7 @@ use crate::work::{CtxKind, WorkCtx};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 
 struct Cell<T> {
@@ -63,7 +64,9 @@ unsafe impl<T: Send, C: Config> Sync for PerCpu<T, C> {}
 
 impl<T: fmt::Debug, C: Config> fmt::Debug for PerCpu<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PerCpu").field("nr_cpus", &self.cells.len()).finish_non_exhaustive()
+        f.debug_struct("PerCpu")
+            .field("nr_cpus", &self.cells.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,9 +74,17 @@ impl<T, C: Config> PerCpu<T, C> {
     /// One value per slot of `domain`, made by `init(cpu)`.
     pub fn new(domain: &Domain<C>, mut init: impl FnMut(usize) -> T) -> Self {
         let cells = (0..domain.nr_cpus())
-            .map(|c| CachePadded::new(Cell { lock: SpinLock::new(), data: UnsafeCell::new(init(c)) }))
+            .map(|c| {
+                CachePadded::new(Cell {
+                    lock: SpinLock::new(),
+                    data: UnsafeCell::new(init(c)),
+                })
+            })
             .collect();
-        Self { cells, domain: domain.clone() }
+        Self {
+            cells,
+            domain: domain.clone(),
+        }
     }
 
     /// The domain the values belong to.
@@ -118,7 +129,14 @@ impl<T, C: Config> PerCpu<T, C> {
         if spin {
             cell.lock.lock(&slot.counters);
         }
-        LocalGuard { ptr: cell.data.get_mut_ptr(), cell, slot, spin, flag, _owner: PhantomData }
+        LocalGuard {
+            ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+            cell,
+            slot,
+            spin,
+            flag,
+            _owner: PhantomData,
+        }
     }
 
     /// Runs `f` in the owner's local section.
@@ -141,7 +159,11 @@ impl<T, C: Config> PerCpu<T, C> {
         if spin {
             cell.lock.lock(&ctx.slot.counters);
         }
-        CtxGuard { ptr: cell.data.get_mut_ptr(), lock: spin.then_some(&cell.lock), _ctx: PhantomData }
+        CtxGuard {
+            ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+            lock: spin.then_some(&cell.lock),
+            _ctx: PhantomData,
+        }
     }
 
     /// Locks slot `cpu`'s value from any thread: always in `remote` mode;
@@ -152,10 +174,20 @@ impl<T, C: Config> PerCpu<T, C> {
         let cell = &self.cells[cpu];
         if C::QPW && slot.mode == SlotMode::Remote {
             cell.lock.lock(&slot.counters);
-            return Ok(RemoteGuard { ptr: cell.data.get_mut_ptr(), cell, slot, spin: true });
+            return Ok(RemoteGuard {
+                ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+                cell,
+                slot,
+                spin: true,
+            });
         }
         if slot.try_take() {
-            return Ok(RemoteGuard { ptr: cell.data.get_mut_ptr(), cell, slot, spin: false });
+            return Ok(RemoteGuard {
+                ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+                cell,
+                slot,
+                spin: false,
+            });
         }
         Err(Error::OwnerOnline { cpu })
     }
@@ -179,7 +211,9 @@ impl<T, C: Config> PerCpu<T, C> {
 /// The owner's local section on one slot's value; leaves it on drop.
 #[must_use = "if unused the local section ends at once"]
 pub struct LocalGuard<'a, T, C: Config> {
-    ptr: MutPtr<T>,
+    // Ended first in `drop`, before the section ends and other contexts may
+    // touch the data (loom tracks it as a live access until then).
+    ptr: ManuallyDrop<MutPtr<T>>,
     cell: &'a Cell<T>,
     slot: &'a SlotState<C>,
     spin: bool,
@@ -195,7 +229,7 @@ impl<T, C: Config> Deref for LocalGuard<'_, T, C> {
         // flag keeps its handler out, the `&mut Owner` borrow keeps other
         // sections out, remote threads stay out of an online owner's slot in
         // queue/defer mode, and take the spinlock (held here) in remote mode.
-        unsafe { self.ptr.deref() }
+        unsafe { (*self.ptr).deref() }
     }
 }
 
@@ -203,13 +237,15 @@ impl<T, C: Config> DerefMut for LocalGuard<'_, T, C> {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`; `&mut self` makes this the only reference.
-        unsafe { self.ptr.deref() }
+        unsafe { (*self.ptr).deref() }
     }
 }
 
 impl<T, C: Config> Drop for LocalGuard<'_, T, C> {
     #[inline(always)]
     fn drop(&mut self) {
+        // SAFETY: `ptr` is dropped once, here, and not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.ptr) };
         if self.spin {
             self.cell.lock.unlock();
         }
@@ -234,7 +270,7 @@ fn section_end<C: Config>(slot: &SlotState<C>) {
 /// A work function's hold on one slot's value.
 #[must_use = "if unused the lock is released at once"]
 pub struct CtxGuard<'a, T> {
-    ptr: MutPtr<T>,
+    ptr: ManuallyDrop<MutPtr<T>>,
     lock: Option<&'a SpinLock>,
     _ctx: PhantomData<&'a mut ()>,
 }
@@ -245,19 +281,21 @@ impl<T> Deref for CtxGuard<'_, T> {
         // SAFETY: the work's context is exclusive for the slot (owner context,
         // BUSY holder) or this guard holds the cell's spinlock (remote mode);
         // the `&mut WorkCtx` borrow keeps a second guard out.
-        unsafe { self.ptr.deref() }
+        unsafe { (*self.ptr).deref() }
     }
 }
 
 impl<T> DerefMut for CtxGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`.
-        unsafe { self.ptr.deref() }
+        unsafe { (*self.ptr).deref() }
     }
 }
 
 impl<T> Drop for CtxGuard<'_, T> {
     fn drop(&mut self) {
+        // SAFETY: `ptr` is dropped once, here, and not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.ptr) };
         if let Some(l) = self.lock {
             l.unlock();
         }
@@ -267,7 +305,7 @@ impl<T> Drop for CtxGuard<'_, T> {
 /// Another thread's hold on one slot's value.
 #[must_use = "if unused the lock is released at once"]
 pub struct RemoteGuard<'a, T, C: Config> {
-    ptr: MutPtr<T>,
+    ptr: ManuallyDrop<MutPtr<T>>,
     cell: &'a Cell<T>,
     slot: &'a SlotState<C>,
     spin: bool,
@@ -279,23 +317,43 @@ impl<T, C: Config> Deref for RemoteGuard<'_, T, C> {
         // SAFETY: the guard holds the cell's spinlock (remote mode, where the
         // owner takes it too) or the slot's BUSY bit (owner absent or offline,
         // and nobody else may take BUSY or come online meanwhile).
-        unsafe { self.ptr.deref() }
+        unsafe { (*self.ptr).deref() }
     }
 }
 
 impl<T, C: Config> DerefMut for RemoteGuard<'_, T, C> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`.
-        unsafe { self.ptr.deref() }
+        unsafe { (*self.ptr).deref() }
     }
 }
 
 impl<T, C: Config> Drop for RemoteGuard<'_, T, C> {
     fn drop(&mut self) {
+        // SAFETY: `ptr` is dropped once, here, and not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.ptr) };
         if self.spin {
             self.cell.lock.unlock();
         } else {
             self.slot.release();
         }
+    }
+}
+
+impl<T: fmt::Debug, C: Config> fmt::Debug for LocalGuard<'_, T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LocalGuard").field(&**self).finish()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for CtxGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CtxGuard").field(&**self).finish()
+    }
+}
+
+impl<T: fmt::Debug, C: Config> fmt::Debug for RemoteGuard<'_, T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RemoteGuard").field(&**self).finish()
     }
 }

@@ -88,7 +88,10 @@ impl<C: Config> SlotState<C> {
         let mut h = self.head.load(Ordering::Relaxed);
         loop {
             w.next.store(h, Ordering::Relaxed);
-            match self.head.compare_exchange_weak(h, wp, Ordering::SeqCst, Ordering::Relaxed) {
+            match self
+                .head
+                .compare_exchange_weak(h, wp, Ordering::SeqCst, Ordering::Relaxed)
+            {
                 Ok(_) => return,
                 Err(now) => h = now,
             }
@@ -153,7 +156,9 @@ impl<C: Config> SlotState<C> {
         if s == ONLINE || s & BUSY != 0 {
             return false;
         }
-        self.ctl.compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        self.ctl
+            .compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Lets go of a slot taken with [`try_take`](Self::try_take), then runs
@@ -176,7 +181,11 @@ impl<C: Config> SlotState<C> {
             if s & BUSY != 0 {
                 return Helped::Busy;
             }
-            if self.ctl.compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+            if self
+                .ctl
+                .compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
                 self.run_pending(CtxKind::Busy, RanAt::Remote);
                 self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
             }
@@ -234,7 +243,10 @@ impl<C: Config> SlotState<C> {
     /// remote thread's `BUSY`. `Err(())` if another thread owns it.
     pub(crate) fn acquire_owner(&self, tid: u32) -> Result<(), ()> {
         loop {
-            match self.ctl.compare_exchange(FREE, BUSY, Ordering::SeqCst, Ordering::Relaxed) {
+            match self
+                .ctl
+                .compare_exchange(FREE, BUSY, Ordering::SeqCst, Ordering::Relaxed)
+            {
                 Ok(_) => break,
                 Err(s) if s == BUSY => {
                     spin_hint();
@@ -298,7 +310,11 @@ impl SpinLock {
 
     #[inline(always)]
     pub(crate) fn lock(&self, counters: &Counters) {
-        if self.0.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if self
+            .0
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             self.lock_slow(counters);
         }
     }
@@ -316,7 +332,11 @@ impl SpinLock {
                     yield_now();
                 }
             }
-            if self.0.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            if self
+                .0
+                .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
                 return;
             }
         }

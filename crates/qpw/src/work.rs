@@ -42,7 +42,11 @@ pub struct WorkCtx<'a, C: Config = crate::Standard> {
 
 impl<'a, C: Config> WorkCtx<'a, C> {
     pub(crate) fn new(slot: &'a SlotState<C>, kind: CtxKind) -> Self {
-        Self { slot, kind, _not_send: PhantomData }
+        Self {
+            slot,
+            kind,
+            _not_send: PhantomData,
+        }
     }
 
     /// The slot this work was queued for (`qpw_get_cpu`).
@@ -64,7 +68,10 @@ impl<'a, C: Config> WorkCtx<'a, C> {
 
 impl<C: Config> fmt::Debug for WorkCtx<'_, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkCtx").field("cpu", &self.cpu()).field("kind", &self.kind).finish()
+        f.debug_struct("WorkCtx")
+            .field("cpu", &self.cpu())
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -105,7 +112,10 @@ impl<C: Config> WorkInner<C> {
                 return false;
             }
             let new = (((s >> 1) + 1) << 1) | PENDING;
-            match self.state.compare_exchange_weak(s, new, Ordering::SeqCst, Ordering::Relaxed) {
+            match self
+                .state
+                .compare_exchange_weak(s, new, Ordering::SeqCst, Ordering::Relaxed)
+            {
                 Ok(_) => return true,
                 Err(now) => s = now,
             }
@@ -151,11 +161,17 @@ impl<C: Config> Work<C> {
             next: AtomicPtr::new(ptr::null_mut()),
             func,
         });
-        Self { inner: Some(inner), domain, cpu }
+        Self {
+            inner: Some(inner),
+            domain,
+            cpu,
+        }
     }
 
     fn inner(&self) -> &WorkInner<C> {
-        self.inner.as_deref().expect("a Work's inner is only taken by its drop")
+        self.inner
+            .as_deref()
+            .expect("a Work's inner is only taken by its drop")
     }
 
     fn slot(&self) -> &SlotState<C> {
@@ -241,7 +257,11 @@ pub(crate) struct Waiter {
 
 impl Waiter {
     pub(crate) fn new(timeout: Duration) -> Self {
-        Self { start: Instant::now(), timeout, spins: 0 }
+        Self {
+            start: Instant::now(),
+            timeout,
+            spins: 0,
+        }
     }
 
     /// Waits a little; `true` once the deadline has passed.
@@ -270,7 +290,9 @@ pub struct WorkSet<C: Config = crate::Standard> {
 
 impl<C: Config> fmt::Debug for WorkSet<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkSet").field("slots", &self.works.len()).finish()
+        f.debug_struct("WorkSet")
+            .field("slots", &self.works.len())
+            .finish()
     }
 }
 
@@ -293,7 +315,9 @@ impl<C: Config> WorkSet<C> {
         Self::queue_then_flush(chosen.into_iter())
     }
 
-    fn queue_then_flush<'a>(works: impl Iterator<Item = &'a Work<C>> + Clone) -> Result<(), FlushError> {
+    fn queue_then_flush<'a>(
+        works: impl Iterator<Item = &'a Work<C>> + Clone,
+    ) -> Result<(), FlushError> {
         for w in works.clone() {
             w.queue();
         }

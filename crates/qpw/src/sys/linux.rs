@@ -21,10 +21,17 @@ fn get_affinity(pid: libc::pid_t) -> Result<libc::cpu_set_t, Error> {
     let mut set = MaybeUninit::<libc::cpu_set_t>::zeroed();
     // SAFETY: `set` points to writable memory of the size passed.
     let rc = unsafe {
-        libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), set.as_mut_ptr())
+        libc::sched_getaffinity(
+            pid,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            set.as_mut_ptr(),
+        )
     };
     if rc != 0 {
-        return Err(Error::Os { what: "sched_getaffinity", errno: errno() });
+        return Err(Error::Os {
+            what: "sched_getaffinity",
+            errno: errno(),
+        });
     }
     // SAFETY: zeroed is a valid cpu_set_t, and the kernel filled it in.
     Ok(unsafe { set.assume_init() })
@@ -34,7 +41,10 @@ fn set_affinity(set: &libc::cpu_set_t) -> Result<(), Error> {
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
     if rc != 0 {
-        return Err(Error::Os { what: "sched_setaffinity", errno: errno() });
+        return Err(Error::Os {
+            what: "sched_setaffinity",
+            errno: errno(),
+        });
     }
     Ok(())
 }
@@ -105,7 +115,10 @@ pub(crate) fn install_handler(
     let mut old = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: a null new action only queries; `old` is writable.
     if unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) } != 0 {
-        return Err(Error::Os { what: "sigaction (query)", errno: errno() });
+        return Err(Error::Os {
+            what: "sigaction (query)",
+            errno: errno(),
+        });
     }
     // SAFETY: initialised by the successful query above.
     let old = unsafe { old.assume_init() };
@@ -125,7 +138,10 @@ pub(crate) fn install_handler(
     // SAFETY: `new` is a fully initialised sigaction whose handler is an
     // extern "C" fn of the SA_SIGINFO signature.
     if unsafe { libc::sigaction(sig, new, std::ptr::null_mut()) } != 0 {
-        return Err(Error::Os { what: "sigaction (install)", errno: errno() });
+        return Err(Error::Os {
+            what: "sigaction (install)",
+            errno: errno(),
+        });
     }
     Ok(true)
 }
@@ -162,8 +178,13 @@ impl Drop for ErrnoGuard {
 /// `/sys/devices/system/cpu`), merged. Missing or empty files give none.
 pub(crate) fn isolated_cpus() -> Result<Vec<usize>, Error> {
     let mut all = Vec::new();
-    for file in ["/sys/devices/system/cpu/isolated", "/sys/devices/system/cpu/nohz_full"] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+    for file in [
+        "/sys/devices/system/cpu/isolated",
+        "/sys/devices/system/cpu/nohz_full",
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
         let text = text.trim();
         if text.is_empty() || text == "(null)" {
             continue;

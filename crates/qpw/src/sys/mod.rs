@@ -14,4 +14,6 @@ mod model;
 pub(crate) use model::*;
 
 #[cfg(not(any(target_os = "linux", qpw_loom)))]
-compile_error!("qpw supports Linux only (it needs tgkill, sched_setaffinity and real-time signals)");
+compile_error!(
+    "qpw supports Linux only (it needs tgkill, sched_setaffinity and real-time signals)"
+);

@@ -33,7 +33,9 @@ pub(crate) fn install_handler(
 pub(crate) fn thread_blocks(_sig: i32) -> bool {
     false
 }
+#[allow(dead_code)] // the handler is not modelled
 pub(crate) struct ErrnoGuard;
+#[allow(dead_code)] // the handler is not modelled
 impl ErrnoGuard {
     pub(crate) fn save() -> Self {
         ErrnoGuard

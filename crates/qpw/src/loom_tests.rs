@@ -1,0 +1,248 @@
+//! loom models of the slot protocol (run by `.ci/loom.sh`).
+//!
+//! The signal handler runs on the owner's thread, between two of its
+//! instructions, so it is modelled as a call the owner's loom thread makes at
+//! a chosen point (each model loops over every point), not as a thread of its
+//! own: loom then explores every interleaving of the owner (with its handler)
+//! against the remote threads. `UnsafeCell` accesses are tracked, so two
+//! contexts touching one slot's data at once fail the model (rule 1).
+
+use crate::sync::{Arc, Ordering};
+use crate::{Config, Domain, Mode, PerCpu, Rt, Standard};
+use loom::sync::atomic::AtomicUsize;
+use loom::thread;
+use std::time::Duration;
+
+const FOREVER: Duration = Duration::from_secs(3600);
+
+fn domain<C: Config>(mode: Mode) -> Domain<C> {
+    Domain::<C>::builder()
+        .mode(mode)
+        .nr_cpus(2)
+        .flush_timeout(FOREVER)
+        .build()
+        .unwrap()
+}
+
+/// A domain, a counter per slot, and a work on slot 1 that increments the
+/// counter through its context and counts its runs.
+struct Fixture<C: Config> {
+    domain: Domain<C>,
+    data: Arc<PerCpu<u64, C>>,
+    runs: Arc<AtomicUsize>,
+}
+
+impl<C: Config> Fixture<C> {
+    fn new(mode: Mode) -> Self {
+        let domain = domain::<C>(mode);
+        let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+        Self {
+            domain,
+            data,
+            runs: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn work(&self) -> crate::Work<C> {
+        let (data, runs) = (self.data.clone(), self.runs.clone());
+        self.domain
+            .work(1, move |ctx| {
+                *data.lock_ctx(ctx) += 1;
+                runs.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap()
+    }
+
+    fn signal(&self) {
+        self.domain.inner.slots[1].on_signal();
+    }
+}
+
+/// Queue mode: the owner does a local section while a remote thread queues
+/// and flushes; the handler lands at point `at` of the owner's code. The work
+/// runs once, never inside the section, and the flush returns.
+fn queue_signal_at(at: usize) {
+    loom::model(move || {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        let work = Arc::new(f.work());
+        let remote = thread::spawn({
+            let work = work.clone();
+            move || {
+                work.queue();
+            }
+        });
+        if at == 0 {
+            f.signal();
+        }
+        {
+            let mut g = f.data.lock(&mut me);
+            if at == 1 {
+                f.signal(); // inside the section: must leave the work alone
+            }
+            *g += 10;
+        }
+        if at == 2 {
+            f.signal();
+        }
+        remote.join().unwrap();
+        // The signal the remote thread sent is delivered by now at the latest.
+        f.signal();
+        work.flush().unwrap();
+        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(*f.data.lock(&mut me), 11);
+    });
+}
+
+#[test]
+fn loom_queue_signal_before_section() {
+    queue_signal_at(0);
+}
+
+#[test]
+fn loom_queue_signal_inside_section() {
+    queue_signal_at(1);
+}
+
+#[test]
+fn loom_queue_signal_after_section() {
+    queue_signal_at(2);
+}
+
+/// The owner unbinds while a remote thread queues (and does not flush: no
+/// waiter helps). The work runs exactly once anyway: by the owner on its way
+/// out, or by the queuer once the slot is free. Then a flush returns at once.
+#[test]
+fn loom_owner_exit_races_queue() {
+    for mode in [Mode::Queue, Mode::Defer] {
+        loom::model(move || {
+            let f = Fixture::<Standard>::new(mode.clone());
+            let work = Arc::new(f.work());
+            let me = f.domain.bind_unpinned(1).unwrap();
+            let remote = thread::spawn({
+                let work = work.clone();
+                move || {
+                    work.queue();
+                }
+            });
+            drop(me);
+            remote.join().unwrap();
+            assert_eq!(f.runs.load(Ordering::SeqCst), 1, "work lost or doubled");
+            assert!(!work.is_pending());
+            assert_eq!(*f.data.remote(1).unwrap(), 1);
+        });
+    }
+}
+
+/// Defer mode: the owner goes offline and comes back while a remote thread
+/// queues and flushes. The owner's data access and the work's never overlap
+/// (loom tracks the cell), and the work runs once.
+#[test]
+fn loom_defer_offline_online() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Defer);
+        let work = Arc::new(f.work());
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        let remote = thread::spawn({
+            let work = work.clone();
+            move || {
+                work.queue();
+                work.flush().unwrap();
+            }
+        });
+        drop(me.offline());
+        *f.data.lock(&mut me) += 10;
+        // The flusher may still wait for a quiescent point.
+        while f.runs.load(Ordering::SeqCst) == 0 {
+            me.quiescent();
+            thread::yield_now();
+        }
+        remote.join().unwrap();
+        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(*f.data.lock(&mut me), 11);
+    });
+}
+
+/// Remote mode (and the RT policy): the owner's section and the caller's run
+/// both take the cell's spinlock; their accesses never overlap.
+fn remote_mode_exclusion<C: Config>() {
+    loom::model(|| {
+        let f = Fixture::<C>::new(Mode::Remote);
+        let work = Arc::new(f.work());
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        let remote = thread::spawn({
+            let work = work.clone();
+            move || {
+                work.queue();
+                work.flush().unwrap();
+            }
+        });
+        *f.data.lock(&mut me) += 10;
+        remote.join().unwrap();
+        assert_eq!(*f.data.lock(&mut me), 11);
+        assert_eq!(f.domain.total_stats().signals_sent, 0);
+    });
+}
+
+#[test]
+fn loom_remote_mode_exclusion() {
+    remote_mode_exclusion::<Standard>();
+}
+
+#[test]
+fn loom_rt_remote_mode_exclusion() {
+    remote_mode_exclusion::<Rt>();
+}
+
+/// A thread binds a free slot while another holds it remotely (`BUSY`): the
+/// binder waits, and their accesses never overlap.
+#[test]
+fn loom_bind_waits_for_remote_holder() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let remote = thread::spawn({
+            let data = f.data.clone();
+            move || {
+                if let Ok(mut g) = data.remote(1) {
+                    *g += 1;
+                }
+            }
+        });
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        *f.data.lock(&mut me) += 10;
+        drop(me);
+        remote.join().unwrap();
+        let v = *f.data.remote(1).unwrap();
+        assert!(v == 11 || v == 10, "{v}");
+    });
+}
+
+/// Two remote threads queue the same work on an absent owner's slot: it is
+/// pending at most once, runs once per successful queueing, and both flushes
+/// return.
+#[test]
+fn loom_two_queuers_no_owner() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let work = Arc::new(f.work());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let t: Vec<_> = (0..2)
+            .map(|_| {
+                let (work, queued) = (work.clone(), queued.clone());
+                thread::spawn(move || {
+                    if work.queue() {
+                        queued.fetch_add(1, Ordering::SeqCst);
+                    }
+                    work.flush().unwrap();
+                })
+            })
+            .collect();
+        for t in t {
+            t.join().unwrap();
+        }
+        let q = queued.load(Ordering::SeqCst);
+        assert!(q >= 1);
+        assert_eq!(f.runs.load(Ordering::SeqCst), q);
+        assert_eq!(*f.data.remote(1).unwrap(), q as u64);
+    });
+}

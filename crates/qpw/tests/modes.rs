@@ -1,0 +1,613 @@
+//! The rules of the mechanism, per mode (issue 2's list).
+
+use qpw::{
+    Config, Domain, Error, FlushError, Mode, NoQpw, PerCpu, Rt, RtNoQpw, SlotMode, Standard,
+};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+const OWNERS: usize = 8;
+const DRAINS: usize = 40;
+
+/// 8 owner threads increment their slot while a drainer moves slot counts
+/// into a global total; after the final drain the total equals all increments.
+fn conservation<C: Config>(mode: Mode) -> Domain<C> {
+    let domain: Domain<C> = Domain::builder()
+        .mode(mode)
+        .nr_cpus(OWNERS)
+        .flush_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    let total = Arc::new(AtomicU64::new(0));
+    let drain = domain.work_all({
+        let (counts, total) = (counts.clone(), total.clone());
+        move |ctx| {
+            let mut c = counts.lock_ctx(ctx);
+            total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let bound = Arc::new(Barrier::new(OWNERS + 1));
+    let done = Arc::new(Barrier::new(OWNERS + 1));
+    let owners: Vec<_> = (0..OWNERS)
+        .map(|cpu| {
+            let (domain, counts, stop, bound, done) = (
+                domain.clone(),
+                counts.clone(),
+                stop.clone(),
+                bound.clone(),
+                done.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut me = domain.bind_unpinned(cpu).unwrap();
+                bound.wait();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    *counts.lock(&mut me) += 1;
+                    n += 1;
+                    me.quiescent();
+                    if n % 64 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                // Stay online until the drainer has looked at the stats, so
+                // the drains above reached online owners.
+                me.idle(|| done.wait());
+                n
+            })
+        })
+        .collect();
+    bound.wait();
+    for _ in 0..DRAINS {
+        drain.run().unwrap();
+    }
+    let online_stats: Vec<_> = (0..OWNERS).map(|c| domain.stats(c).unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    done.wait();
+    let made: u64 = owners.into_iter().map(|t| t.join().unwrap()).sum();
+    // Every owner has exited: the final drain runs in the caller.
+    drain.run().unwrap();
+    assert_eq!(
+        total.load(Ordering::Relaxed),
+        made,
+        "increments lost or doubled"
+    );
+    for (cpu, s) in online_stats.iter().enumerate() {
+        let slot_mode = domain.slot_mode(cpu).unwrap();
+        match slot_mode {
+            SlotMode::Queue => {
+                assert!(
+                    s.signals_sent >= 1,
+                    "queue slot {cpu} was drained without a signal: {s:?}"
+                );
+                assert!(
+                    s.works_by_owner() >= 1,
+                    "queue slot {cpu}: owner ran nothing: {s:?}"
+                );
+            }
+            SlotMode::Remote | SlotMode::Defer => {
+                assert_eq!(
+                    s.signals_sent, 0,
+                    "{slot_mode:?} slot {cpu} was signalled: {s:?}"
+                )
+            }
+        }
+        assert_eq!(
+            s.works_run(),
+            DRAINS as u64,
+            "slot {cpu}: every drain runs once: {s:?}"
+        );
+        if slot_mode == SlotMode::Remote {
+            assert_eq!(
+                s.works_remote, DRAINS as u64,
+                "remote slot {cpu} ran in its owner: {s:?}"
+            );
+        }
+    }
+    domain
+}
+
+#[test]
+fn conservation_queue() {
+    conservation::<Standard>(Mode::Queue);
+}
+
+#[test]
+fn conservation_remote() {
+    let d = conservation::<Standard>(Mode::Remote);
+    assert_eq!(d.total_stats().signals_sent, 0);
+}
+
+#[test]
+fn conservation_defer() {
+    let d = conservation::<Standard>(Mode::Defer);
+    assert_eq!(d.total_stats().signals_sent, 0);
+}
+
+#[test]
+fn conservation_auto_isolated_slots_are_never_signalled() {
+    let d = conservation::<Standard>(Mode::Auto(Some(vec![1, 2, 5])));
+    for cpu in 0..OWNERS {
+        let expected = if [1, 2, 5].contains(&cpu) {
+            SlotMode::Remote
+        } else {
+            SlotMode::Queue
+        };
+        assert_eq!(d.slot_mode(cpu).unwrap(), expected);
+        if expected == SlotMode::Remote {
+            assert_eq!(d.stats(cpu).unwrap().signals_sent, 0);
+        }
+    }
+}
+
+#[test]
+fn conservation_no_qpw() {
+    conservation::<NoQpw>(Mode::Queue);
+}
+
+#[test]
+fn conservation_rt_queue() {
+    conservation::<Rt>(Mode::Queue);
+}
+
+#[test]
+fn conservation_rt_remote() {
+    let d = conservation::<Rt>(Mode::Remote);
+    assert_eq!(d.total_stats().signals_sent, 0);
+}
+
+#[test]
+fn conservation_rt_no_qpw() {
+    conservation::<RtNoQpw>(Mode::Queue);
+}
+
+/// A signal that arrives while the owner is inside a local section: the work
+/// runs after the section ends, never inside it.
+#[test]
+fn signal_during_section_runs_at_section_end() {
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(2)
+        .build()
+        .unwrap();
+    let data = Arc::new(PerCpu::new(&domain, |_| 0u32));
+    let in_section = Arc::new(AtomicBool::new(false));
+    let ran_inside = Arc::new(AtomicUsize::new(0));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let work = domain
+        .work(1, {
+            let (data, in_section, ran_inside, ran) = (
+                data.clone(),
+                in_section.clone(),
+                ran_inside.clone(),
+                ran.clone(),
+            );
+            move |ctx| {
+                if in_section.load(Ordering::SeqCst) {
+                    ran_inside.fetch_add(1, Ordering::SeqCst);
+                }
+                *data.lock_ctx(ctx) += 1;
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    let entered = Arc::new(Barrier::new(2));
+    let owner = std::thread::spawn({
+        let (domain, data, in_section, entered) = (
+            domain.clone(),
+            data.clone(),
+            in_section.clone(),
+            entered.clone(),
+        );
+        move || {
+            let mut me = domain.bind_unpinned(1).unwrap();
+            {
+                let mut g = data.lock(&mut me);
+                in_section.store(true, Ordering::SeqCst);
+                entered.wait();
+                // Wait until the signal was sent, then make system calls: a
+                // pending signal is delivered on the way back from the kernel.
+                while domain.stats(1).unwrap().signals_sent == 0 {
+                    std::hint::spin_loop();
+                }
+                for _ in 0..20 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                *g += 100;
+                in_section.store(false, Ordering::SeqCst);
+            }
+            let after = *data.lock(&mut me);
+            (after, domain.stats(1).unwrap())
+        }
+    });
+    entered.wait();
+    assert!(work.queue());
+    work.flush().unwrap();
+    let (after, stats) = owner.join().unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        ran_inside.load(Ordering::SeqCst),
+        0,
+        "work ran inside the local section"
+    );
+    assert_eq!(after, 101);
+    assert_eq!(stats.signals_sent, 1);
+    assert_eq!(stats.works_at_section_end, 1, "{stats:?}");
+    assert_eq!(stats.works_in_handler, 0, "{stats:?}");
+}
+
+/// The handler runs the work when the owner is outside any section.
+#[test]
+fn signal_outside_section_runs_in_handler() {
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(2)
+        .build()
+        .unwrap();
+    let ran_on = Arc::new(AtomicU64::new(0));
+    let work = domain
+        .work(0, {
+            let ran_on = ran_on.clone();
+            move |ctx| {
+                assert!(!ctx.is_remote());
+                ran_on.store(libc_gettid(), Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    let ready = Arc::new(Barrier::new(2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let owner = std::thread::spawn({
+        let (domain, ready, stop) = (domain.clone(), ready.clone(), stop.clone());
+        move || {
+            let _me = domain.bind_unpinned(0).unwrap();
+            ready.wait();
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            libc_gettid()
+        }
+    });
+    ready.wait();
+    work.queue();
+    work.flush().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let owner_tid = owner.join().unwrap();
+    assert_eq!(
+        ran_on.load(Ordering::SeqCst),
+        owner_tid,
+        "work ran on another thread"
+    );
+    let s = domain.stats(0).unwrap();
+    assert_eq!((s.signals_sent, s.works_in_handler), (1, 1), "{s:?}");
+}
+
+fn libc_gettid() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u64 }
+}
+
+/// An owner thread exits with work queued for it: the work runs once, flush returns.
+#[test]
+fn owner_exit_runs_queued_work_once() {
+    for mode in [Mode::Defer, Mode::Queue] {
+        let domain: Domain = Domain::builder()
+            .mode(mode.clone())
+            .nr_cpus(2)
+            .build()
+            .unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let work = domain
+            .work(1, {
+                let runs = runs.clone();
+                move |_| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .unwrap();
+        let (queued_tx, queued_rx) = std::sync::mpsc::channel::<()>();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<()>();
+        let owner = std::thread::spawn({
+            let domain = domain.clone();
+            move || {
+                let me = domain.bind_unpinned(1).unwrap();
+                // Block the signal's effect: wait on a channel (the handler may
+                // still run it in queue mode; either way it runs once).
+                bound_tx.send(()).unwrap();
+                queued_rx.recv().unwrap();
+                drop(me);
+            }
+        });
+        bound_rx.recv().unwrap();
+        work.queue();
+        queued_tx.send(()).unwrap();
+        owner.join().unwrap();
+        work.flush().unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{mode}");
+        assert!(!domain.is_owned(1).unwrap(), "the slot is free again");
+        // And the slot is reusable.
+        let again = domain.bind_unpinned(1).unwrap();
+        assert_eq!(again.cpu(), 1);
+    }
+}
+
+/// Defer: an owner that never reaches a quiescent point makes the bounded
+/// flush fail, naming the slot; once it goes offline the caller runs the work.
+#[test]
+fn defer_bounded_flush_and_offline_owner() {
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Defer)
+        .nr_cpus(2)
+        .build()
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let remote_runs = Arc::new(AtomicUsize::new(0));
+    let work = domain
+        .work(1, {
+            let (runs, remote_runs) = (runs.clone(), remote_runs.clone());
+            move |ctx| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                if ctx.is_remote() {
+                    remote_runs.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .unwrap();
+    let (go_offline_tx, go_offline_rx) = std::sync::mpsc::channel::<()>();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let owner = std::thread::spawn({
+        let domain = domain.clone();
+        move || {
+            let mut me = domain.bind_unpinned(1).unwrap();
+            bound_tx.send(()).unwrap();
+            go_offline_rx.recv().unwrap(); // busy elsewhere: no quiescent point
+            me.idle(|| done_rx.recv().unwrap());
+        }
+    });
+    bound_rx.recv().unwrap();
+    work.queue();
+    let err = work.flush_timeout(Duration::from_millis(50)).unwrap_err();
+    assert_eq!(
+        err,
+        FlushError::Timeout {
+            cpu: 1,
+            waited_ms: 50
+        }
+    );
+    assert!(err.to_string().contains("slot 1"));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    go_offline_tx.send(()).unwrap();
+    // Going offline is a quiescent point: the owner runs what is queued first.
+    work.flush().unwrap();
+    assert_eq!(
+        (
+            runs.load(Ordering::SeqCst),
+            remote_runs.load(Ordering::SeqCst)
+        ),
+        (1, 0)
+    );
+    // While it is offline, work queued runs in the caller, at once.
+    while !domain.is_offline(1).unwrap() {
+        std::thread::yield_now();
+    }
+    assert!(work.queue());
+    assert_eq!(
+        (
+            runs.load(Ordering::SeqCst),
+            remote_runs.load(Ordering::SeqCst)
+        ),
+        (2, 1)
+    );
+    work.flush().unwrap();
+    done_tx.send(()).unwrap();
+    owner.join().unwrap();
+    let s = domain.stats(1).unwrap();
+    assert_eq!(
+        (s.signals_sent, s.works_remote, s.works_at_quiescent),
+        (0, 1, 1),
+        "{s:?}"
+    );
+}
+
+/// Remote access to an online owner's slot is refused outside remote mode,
+/// and allowed while the owner is offline.
+#[test]
+fn remote_access_follows_the_owner_state() {
+    for mode in [Mode::Queue, Mode::Defer] {
+        let domain: Domain = Domain::builder().mode(mode).nr_cpus(2).build().unwrap();
+        let data = PerCpu::new(&domain, |c| c as u32);
+        let mut me = domain.bind_unpinned(0).unwrap();
+        assert_eq!(data.remote(0).unwrap_err(), Error::OwnerOnline { cpu: 0 });
+        *data.remote(1).unwrap() += 10; // no owner
+        {
+            let _off = me.offline();
+            *data.remote(0).unwrap() += 5;
+        }
+        assert_eq!(*data.lock(&mut me), 5);
+        assert_eq!(*data.remote(1).unwrap(), 11);
+    }
+}
+
+/// Bad input: clear errors, nothing changed.
+#[test]
+fn bad_input_gets_clear_errors() {
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(8)
+        .build()
+        .unwrap();
+    // A CPU outside the affinity mask (this process may run on 0..nproc).
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    if cpus < 8 {
+        let e = domain.bind(7).unwrap_err();
+        assert!(matches!(e, Error::CpuNotAllowed { cpu: 7, .. }), "{e}");
+        assert!(e.to_string().contains("affinity"), "{e}");
+        assert!(
+            !domain.is_owned(7).unwrap(),
+            "a failed bind must leave the slot free"
+        );
+    }
+    assert_eq!(
+        domain.bind(8).unwrap_err(),
+        Error::CpuOutOfRange { cpu: 8, nr_cpus: 8 }
+    );
+    // A slot already owned.
+    let _me = domain.bind_unpinned(3).unwrap();
+    let e = std::thread::spawn({
+        let d = domain.clone();
+        move || d.bind_unpinned(3).unwrap_err()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(e, Error::SlotOwned { cpu: 3 });
+    assert_eq!(
+        domain.bind_unpinned(4).unwrap_err(),
+        Error::AlreadyBound { cpu: 3 }
+    );
+    // Counts and modes.
+    assert!(matches!(
+        Domain::<Standard>::builder().nr_cpus(0).build(),
+        Err(Error::BadCpuCount { .. })
+    ));
+    let e = Domain::<Standard>::builder()
+        .mode(Mode::Auto(Some(vec![9])))
+        .nr_cpus(4)
+        .build()
+        .unwrap_err();
+    assert_eq!(e, Error::CpuOutOfRange { cpu: 9, nr_cpus: 4 });
+    let e = Domain::<NoQpw>::builder()
+        .mode(Mode::Remote)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("only `queue`"), "{e}");
+    // Not a real-time signal.
+    let e = Domain::<Standard>::builder()
+        .signal(libc::SIGUSR1)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, Error::BadSignal { .. }), "{e}");
+}
+
+extern "C" fn app_handler(_: i32) {}
+
+/// A signal number the application already uses is refused, and the
+/// application's handler stays in place.
+#[test]
+fn signal_already_in_use_is_refused() {
+    let sig = libc::SIGRTMIN() + 11;
+    // SAFETY: installing a plain handler for a real-time signal nobody else uses.
+    let prev = unsafe { libc::signal(sig, app_handler as *const () as libc::sighandler_t) };
+    assert_ne!(prev, libc::SIG_ERR);
+    let e = Domain::<Standard>::builder()
+        .mode(Mode::Queue)
+        .signal(sig)
+        .build()
+        .unwrap_err();
+    assert_eq!(e, Error::SignalInUse { signal: sig });
+    assert!(e.to_string().contains("already has a handler"));
+    // SAFETY: querying the current handler.
+    let now = unsafe { libc::signal(sig, libc::SIG_DFL) };
+    assert_eq!(
+        now, app_handler as *const () as libc::sighandler_t,
+        "our handler must not replace the application's"
+    );
+    // Remote mode needs no signal, so it does not care.
+    assert!(Domain::<Standard>::builder()
+        .mode(Mode::Remote)
+        .signal(sig)
+        .build()
+        .is_ok());
+}
+
+/// Implicit binding: a free slot on first use, freed and drained at thread exit.
+#[test]
+fn implicit_owner_binds_on_first_use_and_frees_at_exit() {
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(1)
+        .build()
+        .unwrap();
+    let data = Arc::new(PerCpu::new(&domain, |_| 0u32));
+    for _ in 0..3 {
+        std::thread::spawn({
+            let (domain, data) = (domain.clone(), data.clone());
+            move || {
+                let cpu = domain.with_local(|me| {
+                    *data.lock(me) += 1;
+                    me.cpu()
+                });
+                assert_eq!(cpu.unwrap(), 0);
+                // Re-entry for the same domain is refused, not a second binding.
+                let inner = domain.with_local(|_| domain.with_local(|_| ()));
+                assert_eq!(inner.unwrap().unwrap_err(), Error::Reentrant);
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(
+            !domain.is_owned(0).unwrap(),
+            "the exiting thread freed its slot"
+        );
+    }
+    assert_eq!(*data.remote(0).unwrap(), 3);
+}
+
+/// Several domains with different modes in one process, one thread owning a
+/// slot in each.
+#[test]
+fn domains_of_different_modes_coexist() {
+    let q: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(2)
+        .build()
+        .unwrap();
+    let r: Domain<Rt> = Domain::builder()
+        .mode(Mode::Remote)
+        .nr_cpus(2)
+        .build()
+        .unwrap();
+    let qd = Arc::new(PerCpu::new(&q, |_| 0u64));
+    let rd = Arc::new(PerCpu::new(&r, |_| 0u64));
+    let qw = q.work_all({
+        let qd = qd.clone();
+        move |ctx| *qd.lock_ctx(ctx) += 1
+    });
+    let rw = r.work_all({
+        let rd = rd.clone();
+        move |ctx| *rd.lock_ctx(ctx) += 1
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(2));
+    let t = std::thread::spawn({
+        let (q, r, qd, rd, stop, ready) = (
+            q.clone(),
+            r.clone(),
+            qd.clone(),
+            rd.clone(),
+            stop.clone(),
+            ready.clone(),
+        );
+        move || {
+            let mut a = q.bind_unpinned(1).unwrap();
+            let mut b = r.bind_unpinned(1).unwrap();
+            ready.wait();
+            while !stop.load(Ordering::Relaxed) {
+                *qd.lock(&mut a) += 0;
+                *rd.lock(&mut b) += 0;
+            }
+        }
+    });
+    ready.wait();
+    for _ in 0..10 {
+        qw.run().unwrap();
+        rw.run().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
+    assert_eq!(*qd.remote(1).unwrap(), 10);
+    assert_eq!(*rd.remote(1).unwrap(), 10);
+    assert!(q.stats(1).unwrap().signals_sent >= 1);
+    assert_eq!(r.total_stats().signals_sent, 0);
+}
