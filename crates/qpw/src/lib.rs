@@ -109,6 +109,11 @@ mod work;
 #[cfg(all(test, qpw_loom))]
 mod loom_tests;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use config::{
     format_cpu_list, parse_cpu_list, Config, Mode, NoQpw, Rt, RtNoQpw, SlotMode, Standard,
     ACCEPTED, ENV_VAR,

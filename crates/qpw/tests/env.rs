@@ -1,4 +1,5 @@
 //! The `QPW` variable. Its own test binary: it sets the process environment.
+#![cfg(feature = "qpw")]
 
 use qpw::{Domain, Error, Mode, Standard};
 

@@ -1,4 +1,6 @@
 //! The rules of the mechanism, per mode (issue 2's list).
+// Without the `qpw` feature the mode tests are compiled out; their helpers stay.
+#![cfg_attr(not(feature = "qpw"), allow(unused_imports, dead_code))]
 
 use qpw::{
     Config, Domain, Error, FlushError, Mode, NoQpw, PerCpu, Rt, RtNoQpw, SlotMode, Standard,
@@ -114,18 +116,21 @@ fn conservation_queue() {
     conservation::<Standard>(Mode::Queue);
 }
 
+#[cfg(feature = "qpw")]
 #[test]
 fn conservation_remote() {
     let d = conservation::<Standard>(Mode::Remote);
     assert_eq!(d.total_stats().signals_sent, 0);
 }
 
+#[cfg(feature = "qpw")]
 #[test]
 fn conservation_defer() {
     let d = conservation::<Standard>(Mode::Defer);
     assert_eq!(d.total_stats().signals_sent, 0);
 }
 
+#[cfg(feature = "qpw")]
 #[test]
 fn conservation_auto_isolated_slots_are_never_signalled() {
     let d = conservation::<Standard>(Mode::Auto(Some(vec![1, 2, 5])));
@@ -152,6 +157,7 @@ fn conservation_rt_queue() {
     conservation::<Rt>(Mode::Queue);
 }
 
+#[cfg(feature = "qpw")]
 #[test]
 fn conservation_rt_remote() {
     let d = conservation::<Rt>(Mode::Remote);
@@ -289,6 +295,7 @@ fn libc_gettid() -> u64 {
 }
 
 /// An owner thread exits with work queued for it: the work runs once, flush returns.
+#[cfg(feature = "qpw")]
 #[test]
 fn owner_exit_runs_queued_work_once() {
     for mode in [Mode::Defer, Mode::Queue] {
@@ -334,6 +341,7 @@ fn owner_exit_runs_queued_work_once() {
 
 /// Defer: an owner that never reaches a quiescent point makes the bounded
 /// flush fail, naming the slot; once it goes offline the caller runs the work.
+#[cfg(feature = "qpw")]
 #[test]
 fn defer_bounded_flush_and_offline_owner() {
     let domain: Domain = Domain::builder()
@@ -413,6 +421,7 @@ fn defer_bounded_flush_and_offline_owner() {
 
 /// Remote access to an online owner's slot is refused outside remote mode,
 /// and allowed while the owner is offline.
+#[cfg(feature = "qpw")]
 #[test]
 fn remote_access_follows_the_owner_state() {
     for mode in [Mode::Queue, Mode::Defer] {
@@ -476,7 +485,11 @@ fn bad_input_gets_clear_errors() {
         .nr_cpus(4)
         .build()
         .unwrap_err();
-    assert_eq!(e, Error::CpuOutOfRange { cpu: 9, nr_cpus: 4 });
+    if cfg!(feature = "qpw") {
+        assert_eq!(e, Error::CpuOutOfRange { cpu: 9, nr_cpus: 4 });
+    } else {
+        assert!(matches!(e, Error::ModeNotCompiled { .. }), "{e}");
+    }
     let e = Domain::<NoQpw>::builder()
         .mode(Mode::Remote)
         .build()
@@ -494,6 +507,7 @@ extern "C" fn app_handler(_: i32) {}
 
 /// A signal number the application already uses is refused, and the
 /// application's handler stays in place.
+#[cfg(feature = "qpw")]
 #[test]
 fn signal_already_in_use_is_refused() {
     let sig = libc::SIGRTMIN() + 11;
@@ -556,6 +570,7 @@ fn implicit_owner_binds_on_first_use_and_frees_at_exit() {
 
 /// Several domains with different modes in one process, one thread owning a
 /// slot in each.
+#[cfg(feature = "qpw")]
 #[test]
 fn domains_of_different_modes_coexist() {
     let q: Domain = Domain::builder()
@@ -610,4 +625,23 @@ fn domains_of_different_modes_coexist() {
     assert_eq!(*rd.remote(1).unwrap(), 10);
     assert!(q.stats(1).unwrap().signals_sent >= 1);
     assert_eq!(r.total_stats().signals_sent, 0);
+}
+
+/// Without the `qpw` feature only `queue` exists, and asking for another
+/// mode is an error that says so.
+#[cfg(not(feature = "qpw"))]
+#[test]
+fn modes_are_compiled_out_without_the_feature() {
+    for mode in [Mode::Remote, Mode::Defer, Mode::Auto(Some(vec![0]))] {
+        let e = Domain::<Standard>::builder()
+            .mode(mode)
+            .build()
+            .unwrap_err();
+        assert!(matches!(e, Error::ModeNotCompiled { .. }), "{e}");
+        let e = Domain::<Rt>::builder()
+            .mode(Mode::Remote)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("`qpw` feature"), "{e}");
+    }
 }
