@@ -109,6 +109,30 @@ fn owned_in(domain_id: usize) -> Option<usize> {
     }
 }
 
+/// Whether the calling thread is the owner of `slot` (walks its short list;
+/// async-signal-safe).
+pub(crate) fn current_thread_owns<C: Config>(slot: &SlotState<C>) -> bool {
+    #[cfg(not(qpw_loom))]
+    {
+        let target = slot as *const SlotState<C> as *const ();
+        let mut p = owned_head();
+        while !p.is_null() {
+            // SAFETY: records on this thread's list are live while linked.
+            let r = unsafe { &*p };
+            if std::ptr::eq(r.slot, target) {
+                return true;
+            }
+            p = r.next.load(Ordering::Relaxed);
+        }
+        false
+    }
+    #[cfg(qpw_loom)]
+    {
+        let _ = slot;
+        false
+    }
+}
+
 /// The qpw signal handler: runs pending work of every slot this thread owns,
 /// unless the thread is inside that slot's local section.
 ///
@@ -161,7 +185,7 @@ pub struct Owner<C: Config = crate::Standard> {
     pub(crate) cpu: usize,
     /// The cell's spinlock is the local lock (`remote` slot, or RT policy).
     pub(crate) use_spin: bool,
-    /// The in-section flag is kept (a `queue` slot: its handler reads it).
+    /// The in-section flag is kept (`queue` and `defer` slots).
     pub(crate) use_flag: bool,
     affinity: Option<crate::sys::Affinity>,
     _not_send: PhantomData<*mut ()>,
@@ -218,7 +242,9 @@ impl<C: Config> Owner<C> {
             }),
             cpu,
             use_spin: C::RT || remote,
-            use_flag: !C::QPW || slot.mode == SlotMode::Queue,
+            // Queue slots: the handler reads it. Defer slots: a drain-all by
+            // the owner itself runs its own work only outside a section.
+            use_flag: !C::QPW || slot.mode != SlotMode::Remote,
             affinity,
             domain,
             _not_send: PhantomData,

@@ -176,6 +176,14 @@ impl<C: Config> SlotState<C> {
             }
             let s = self.ctl.load(Ordering::SeqCst);
             if s == ONLINE {
+                // The caller is the owner itself (a drain-all from an owner
+                // thread), outside a local section: this is a quiescent point.
+                if crate::owner::current_thread_owns(self)
+                    && self.in_section.load(Ordering::Relaxed) == 0
+                {
+                    self.run_pending_as_owner(RanAt::Quiescent);
+                    continue;
+                }
                 return Helped::Online;
             }
             if s & BUSY != 0 {

@@ -645,3 +645,37 @@ fn modes_are_compiled_out_without_the_feature() {
         assert!(e.to_string().contains("`qpw` feature"), "{e}");
     }
 }
+
+/// An owner thread that drains all slots, its own included, does not wait on
+/// itself: outside a section its own slot's work runs at once, in its thread.
+#[cfg(feature = "qpw")]
+#[test]
+fn owner_drains_its_own_slot() {
+    for mode in [Mode::Queue, Mode::Defer] {
+        let domain: Domain = Domain::builder()
+            .mode(mode.clone())
+            .nr_cpus(2)
+            .flush_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let data = Arc::new(PerCpu::new(&domain, |_| 1u64));
+        let total = Arc::new(AtomicU64::new(0));
+        let drain = domain.work_all({
+            let (data, total) = (data.clone(), total.clone());
+            move |ctx| {
+                total.fetch_add(std::mem::take(&mut *data.lock_ctx(ctx)), Ordering::SeqCst);
+            }
+        });
+        let mut me = domain.bind_unpinned(0).unwrap();
+        *data.lock(&mut me) += 1;
+        drain.run().unwrap();
+        assert_eq!(total.load(Ordering::SeqCst), 3, "{mode}");
+        let s = domain.stats(0).unwrap();
+        assert_eq!(
+            s.signals_sent, 0,
+            "{mode}: the owner signalled itself: {s:?}"
+        );
+        assert_eq!(s.works_at_quiescent, 1, "{mode}: {s:?}");
+        drop(me);
+    }
+}
