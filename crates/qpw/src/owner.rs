@@ -182,6 +182,8 @@ pub(crate) fn ensure_handler(signal: i32) -> Result<(), Error> {
 pub struct Owner<C: Config = crate::Standard> {
     pub(crate) domain: Domain<C>,
     rec: Box<OwnerRec>,
+    /// `&domain.slots[cpu]`, cached for the hot path (the domain outlives it).
+    slot: std::ptr::NonNull<SlotState<C>>,
     pub(crate) cpu: usize,
     /// The cell's spinlock is the local lock (`remote` slot, or RT policy).
     pub(crate) use_spin: bool,
@@ -240,6 +242,7 @@ impl<C: Config> Owner<C> {
                 domain_id: domain.id(),
                 cpu,
             }),
+            slot: std::ptr::NonNull::from(slot),
             cpu,
             use_spin: C::RT || remote,
             // Queue slots: the handler reads it. Defer slots: a drain-all by
@@ -257,8 +260,9 @@ impl<C: Config> Owner<C> {
 
     #[inline(always)]
     pub(crate) fn slot(&self) -> &SlotState<C> {
-        // SAFETY: `cpu` was checked against the domain's slots at bind time.
-        unsafe { self.domain.inner.slots.get_unchecked(self.cpu) }
+        // SAFETY: points into `self.domain`'s slots, which live as long as
+        // the domain, which this owner keeps alive.
+        unsafe { self.slot.as_ref() }
     }
 
     /// The slot this thread owns (`smp_processor_id()`).

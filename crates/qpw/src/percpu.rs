@@ -5,7 +5,7 @@ use crate::domain::Domain;
 use crate::error::Error;
 use crate::owner::Owner;
 use crate::slot::{SlotState, SpinLock};
-use crate::sync::{signal_fence, MutPtr, Ordering, UnsafeCell};
+use crate::sync::{signal_fence, Arc, MutPtr, Ordering, UnsafeCell};
 use crate::work::{CtxKind, WorkCtx};
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -109,7 +109,11 @@ impl<T, C: Config> PerCpu<T, C> {
     /// Work signalled in the meantime runs when the guard drops.
     #[inline(always)]
     pub fn lock<'a>(&'a self, owner: &'a mut Owner<C>) -> LocalGuard<'a, T, C> {
-        self.check_domain(owner.domain.id());
+        // Another domain's owner would bring another domain's exclusion: unsound.
+        assert!(
+            Arc::ptr_eq(&self.domain.inner, &owner.domain.inner),
+            "qpw: a PerCpu was locked with an owner of another domain"
+        );
         // SAFETY: `owner.cpu` is below nr_cpus, which is `cells.len()` for
         // every PerCpu of this (checked) domain.
         let cell = unsafe { self.cells.get_unchecked(owner.cpu) };

@@ -679,3 +679,23 @@ fn owner_drains_its_own_slot() {
         drop(me);
     }
 }
+
+/// An owner of one domain cannot enter a section on another domain's data:
+/// that domain's exclusion would not be in force.
+#[test]
+#[should_panic(expected = "owner of another domain")]
+fn owner_of_another_domain_is_refused() {
+    let a: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(2)
+        .build()
+        .unwrap();
+    let b: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(2)
+        .build()
+        .unwrap();
+    let data_b = PerCpu::new(&b, |_| 0u8);
+    let mut owner_a = a.bind_unpinned(0).unwrap();
+    let _g = data_b.lock(&mut owner_a);
+}
