@@ -192,7 +192,9 @@ impl fmt::Display for Mode {
 /// a reversed range or a number above 65535 is an error naming the part.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     const MAX: usize = 65_535;
-    let mut cpus = Vec::new();
+    // Ranges first, expanded once merged: memory and time follow the input's
+    // length and the distinct CPUs, not the sum of (overlapping) range lengths.
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
     let s = s.trim();
     if s.is_empty() {
         return Err("empty CPU list".to_string());
@@ -213,13 +215,24 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
                 if a > b {
                     return Err(format!("range `{part}` is reversed"));
                 }
-                cpus.extend(a..=b);
+                ranges.push((a, b));
             }
-            None => cpus.push(num(part)?),
+            None => {
+                let n = num(part)?;
+                ranges.push((n, n));
+            }
         }
     }
-    cpus.sort_unstable();
-    cpus.dedup();
+    ranges.sort_unstable();
+    let mut cpus = Vec::new();
+    let mut next = 0; // the lowest CPU not emitted yet
+    for (a, b) in ranges {
+        let start = a.max(next);
+        if start <= b {
+            cpus.extend(start..=b);
+            next = b + 1;
+        }
+    }
     Ok(cpus)
 }
 

@@ -187,8 +187,6 @@ pub struct Owner<C: Config = crate::Standard> {
     pub(crate) cpu: usize,
     /// The cell's spinlock is the local lock (`remote` slot, or RT policy).
     pub(crate) use_spin: bool,
-    /// The in-section flag is kept (`queue` and `defer` slots).
-    pub(crate) use_flag: bool,
     affinity: Option<crate::sys::Affinity>,
     _not_send: PhantomData<*mut ()>,
 }
@@ -245,9 +243,6 @@ impl<C: Config> Owner<C> {
             slot: std::ptr::NonNull::from(slot),
             cpu,
             use_spin: C::RT || remote,
-            // Queue slots: the handler reads it. Defer slots: a drain-all by
-            // the owner itself runs its own work only outside a section.
-            use_flag: !C::QPW || slot.mode != SlotMode::Remote,
             affinity,
             domain,
             _not_send: PhantomData,

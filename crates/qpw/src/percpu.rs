@@ -119,17 +119,19 @@ impl<T, C: Config> PerCpu<T, C> {
         let cell = unsafe { self.cells.get_unchecked(owner.cpu) };
         let slot = owner.slot();
         let spin = if C::QPW { owner.use_spin } else { C::RT };
-        let flag = !C::QPW || owner.use_flag;
-        if flag {
-            // A work function running in this thread's signal handler that
-            // reached this owner (through `with_local`) would alias the data.
-            assert!(
-                slot.in_section.load(Ordering::Relaxed) == 0,
-                "qpw: local section entered from inside this slot's work"
-            );
-            slot.in_section.store(1, Ordering::Relaxed);
-            signal_fence(Ordering::SeqCst);
-        }
+        // The section flag, in every mode: `queue`'s handler reads it, a
+        // `remote` caller hands work to an owner that is in a section (and
+        // may be preempted there) instead of waiting, and an owner's own
+        // drain-all runs its work only outside one.
+        //
+        // A work function running in this thread's signal handler that
+        // reached this owner (through `with_local`) would alias the data.
+        assert!(
+            slot.in_section.load(Ordering::Relaxed) == 0,
+            "qpw: local section entered from inside this slot's work"
+        );
+        slot.in_section.store(1, Ordering::Relaxed);
+        signal_fence(Ordering::SeqCst);
         if spin {
             cell.lock.lock(&slot.counters);
         }
@@ -138,7 +140,6 @@ impl<T, C: Config> PerCpu<T, C> {
             cell,
             slot,
             spin,
-            flag,
             _owner: PhantomData,
         }
     }
@@ -157,7 +158,8 @@ impl<T, C: Config> PerCpu<T, C> {
         let cell = &self.cells[ctx.slot.cpu];
         let spin = match ctx.kind {
             CtxKind::RemoteLocked => true,
-            CtxKind::Owner => C::RT,
+            // Remote callers lock the cells of a `remote` slot: so must its owner.
+            CtxKind::Owner => C::RT || (C::QPW && ctx.slot.mode == SlotMode::Remote),
             CtxKind::Busy => false,
         };
         if spin {
@@ -221,7 +223,6 @@ pub struct LocalGuard<'a, T, C: Config> {
     cell: &'a Cell<T>,
     slot: &'a SlotState<C>,
     spin: bool,
-    flag: bool,
     _owner: PhantomData<&'a mut Owner<C>>,
 }
 
@@ -253,14 +254,12 @@ impl<T, C: Config> Drop for LocalGuard<'_, T, C> {
         if self.spin {
             self.cell.lock.unlock();
         }
-        if self.flag {
-            signal_fence(Ordering::SeqCst);
-            self.slot.in_section.store(0, Ordering::Relaxed);
-            signal_fence(Ordering::SeqCst);
-            // Work signalled during the section (`preempt_enable`'s resched check).
-            if self.slot.has_pending() {
-                section_end(self.slot);
-            }
+        signal_fence(Ordering::SeqCst);
+        self.slot.in_section.store(0, Ordering::Relaxed);
+        signal_fence(Ordering::SeqCst);
+        // Work that came during the section (`preempt_enable`'s resched check).
+        if self.slot.has_pending() {
+            section_end(self.slot);
         }
     }
 }

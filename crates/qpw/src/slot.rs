@@ -168,13 +168,23 @@ impl<C: Config> SlotState<C> {
         self.help();
     }
 
-    /// Runs pending work on behalf of an owner that is absent or offline.
+    /// Runs pending work on behalf of an owner that is absent or offline
+    /// (or, in `remote` mode, outside a local section).
     pub(crate) fn help(&self) -> Helped {
         loop {
             if self.head.load(Ordering::SeqCst).is_null() {
                 return Helped::Idle;
             }
             let s = self.ctl.load(Ordering::SeqCst);
+            if self.mode == SlotMode::Remote {
+                // The cells' spinlocks protect the data; only an owner inside
+                // a section (which runs the stack when it leaves) is waited for.
+                if s == ONLINE && self.in_section.load(Ordering::SeqCst) != 0 {
+                    return Helped::Online;
+                }
+                self.run_pending(CtxKind::RemoteLocked, RanAt::Remote);
+                continue;
+            }
             if s == ONLINE {
                 // The caller is the owner itself (a drain-all from an owner
                 // thread), outside a local section: this is a quiescent point.
@@ -198,6 +208,29 @@ impl<C: Config> SlotState<C> {
                 self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
             }
         }
+    }
+
+    /// `remote` mode: waits a little for an online owner to leave its local
+    /// section. `false` if it stays inside (a userspace owner can be
+    /// preempted while holding its lock, which the kernel's spinlocks
+    /// prevent), or if the caller is that owner: then the work is better left
+    /// to the owner's section end than waited for.
+    pub(crate) fn wait_out_section(&self) -> bool {
+        #[cfg(not(qpw_loom))]
+        const SPINS: u32 = 256;
+        #[cfg(qpw_loom)]
+        const SPINS: u32 = 2;
+        let mut spins = 0;
+        while self.ctl.load(Ordering::SeqCst) == ONLINE
+            && self.in_section.load(Ordering::SeqCst) != 0
+        {
+            spins += 1;
+            if spins > SPINS || crate::owner::current_thread_owns(self) {
+                return false;
+            }
+            spin_hint();
+        }
+        true
     }
 
     /// After a push: gets the work to whoever may run it.

@@ -193,7 +193,15 @@ impl<C: Config> Work<C> {
         }
         let slot = self.slot();
         if slot.mode == SlotMode::Remote {
-            w.run(slot, CtxKind::RemoteLocked, RanAt::Remote);
+            if slot.wait_out_section() {
+                w.run(slot, CtxKind::RemoteLocked, RanAt::Remote);
+            } else {
+                // The owner is stuck in a section (preempted, most likely):
+                // it runs the work when it leaves, and so does a flusher
+                // once it sees it out. No signal either way.
+                slot.push(w);
+                slot.help();
+            }
         } else {
             slot.push(w);
             slot.kick();

@@ -102,9 +102,15 @@ fn conservation<C: Config>(mode: Mode) -> Domain<C> {
             "slot {cpu}: every drain runs once: {s:?}"
         );
         if slot_mode == SlotMode::Remote {
+            // Never interrupted: the caller ran it, or (owner preempted
+            // inside a section) the owner did as its section ended.
             assert_eq!(
-                s.works_remote, DRAINS as u64,
-                "remote slot {cpu} ran in its owner: {s:?}"
+                s.works_in_handler, 0,
+                "remote slot {cpu} ran work in a handler: {s:?}"
+            );
+            assert_eq!(
+                s.works_remote + s.works_at_section_end + s.works_at_quiescent,
+                DRAINS as u64
             );
         }
     }
@@ -698,4 +704,52 @@ fn owner_of_another_domain_is_refused() {
     let data_b = PerCpu::new(&b, |_| 0u8);
     let mut owner_a = a.bind_unpinned(0).unwrap();
     let _g = data_b.lock(&mut owner_a);
+}
+
+/// Remote mode, owner stuck inside a section (as a preempted owner is): the
+/// caller does not wait for it; the owner runs the work as the section ends,
+/// without a signal, and the flush returns then.
+#[cfg(feature = "qpw")]
+#[test]
+fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Remote)
+        .nr_cpus(2)
+        .build()
+        .unwrap();
+    let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    let work = domain
+        .work(1, {
+            let data = data.clone();
+            move |ctx| *data.lock_ctx(ctx) += 1
+        })
+        .unwrap();
+    let (in_tx, in_rx) = std::sync::mpsc::channel::<()>();
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<()>();
+    let owner = std::thread::spawn({
+        let (domain, data) = (domain.clone(), data.clone());
+        move || {
+            let mut me = domain.bind_unpinned(1).unwrap();
+            {
+                let mut g = data.lock(&mut me);
+                *g += 10;
+                in_tx.send(()).unwrap();
+                out_rx.recv().unwrap(); // "preempted" inside the section
+            }
+            let v = *data.lock(&mut me);
+            (v, domain.stats(1).unwrap())
+        }
+    });
+    in_rx.recv().unwrap();
+    assert!(work.queue(), "queue returns without waiting for the owner");
+    assert!(work.is_pending());
+    out_tx.send(()).unwrap();
+    work.flush().unwrap();
+    let (v, s) = owner.join().unwrap();
+    assert_eq!(v, 11);
+    assert_eq!(
+        (s.signals_sent, s.works_at_section_end, s.works_remote),
+        (0, 1, 0),
+        "{s:?}"
+    );
 }
