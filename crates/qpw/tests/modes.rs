@@ -747,9 +747,7 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
     work.flush().unwrap();
     let (v, s) = owner.join().unwrap();
     assert_eq!(v, 11);
-    assert_eq!(
-        (s.signals_sent, s.works_at_section_end, s.works_remote),
-        (0, 1, 0),
-        "{s:?}"
-    );
+    // The owner as its section ended, or the flusher once it saw it out.
+    assert_eq!((s.signals_sent, s.works_in_handler), (0, 0), "{s:?}");
+    assert_eq!(s.works_at_section_end + s.works_remote, 1, "{s:?}");
 }
