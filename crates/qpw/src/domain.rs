@@ -255,6 +255,15 @@ impl<C: Config> Domain<C> {
     /// Binds the calling thread, unpinned, to the first free slot.
     pub fn bind_any(&self) -> Result<Owner<C>, Error> {
         for cpu in 0..self.nr_cpus() {
+            // A load, not a bind attempt (which asks the kernel for the
+            // signal mask), for slots that are plainly taken.
+            if self.inner.slots[cpu]
+                .ctl
+                .load(crate::sync::Ordering::Relaxed)
+                != crate::slot::FREE
+            {
+                continue;
+            }
             match Owner::bind(self.clone(), cpu, false) {
                 Err(Error::SlotOwned { .. }) => continue,
                 r => return r,

@@ -5,7 +5,7 @@ use crate::domain::Domain;
 use crate::error::Error;
 use crate::owner::Owner;
 use crate::slot::{SlotState, SpinLock};
-use crate::sync::{signal_fence, Arc, MutPtr, Ordering, UnsafeCell};
+use crate::sync::{Arc, MutPtr, Ordering, UnsafeCell};
 use crate::work::{CtxKind, WorkCtx};
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -127,11 +127,10 @@ impl<T, C: Config> PerCpu<T, C> {
         // A work function running in this thread's signal handler that
         // reached this owner (through `with_local`) would alias the data.
         assert!(
-            slot.in_section.load(Ordering::Relaxed) == 0,
+            !slot.owner_in_section(Ordering::Relaxed),
             "qpw: local section entered from inside this slot's work"
         );
-        slot.in_section.store(1, Ordering::Relaxed);
-        signal_fence(Ordering::SeqCst);
+        let entered = slot.enter();
         if spin {
             cell.lock.lock(&slot.counters);
         }
@@ -140,6 +139,7 @@ impl<T, C: Config> PerCpu<T, C> {
             cell,
             slot,
             spin,
+            entered,
             _owner: PhantomData,
         }
     }
@@ -223,6 +223,8 @@ pub struct LocalGuard<'a, T, C: Config> {
     cell: &'a Cell<T>,
     slot: &'a SlotState<C>,
     spin: bool,
+    /// The section counter's value before this section.
+    entered: u32,
     _owner: PhantomData<&'a mut Owner<C>>,
 }
 
@@ -254,9 +256,7 @@ impl<T, C: Config> Drop for LocalGuard<'_, T, C> {
         if self.spin {
             self.cell.lock.unlock();
         }
-        signal_fence(Ordering::SeqCst);
-        self.slot.in_section.store(0, Ordering::Relaxed);
-        signal_fence(Ordering::SeqCst);
+        self.slot.leave(self.entered);
         // Work that came during the section (`preempt_enable`'s resched check).
         if self.slot.has_pending() {
             section_end(self.slot);

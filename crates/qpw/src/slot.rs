@@ -27,6 +27,7 @@ use crate::config::{Config, SlotMode};
 use crate::stats::{Counters, RanAt};
 use crate::sync::{signal_fence, spin_hint, yield_now, AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use crate::work::{CtxKind, WorkInner};
+use crossbeam_utils::CachePadded;
 use std::marker::PhantomData;
 use std::ptr;
 
@@ -35,11 +36,21 @@ pub(crate) const ONLINE: u32 = 1;
 pub(crate) const OFFLINE: u32 = 2;
 pub(crate) const BUSY: u32 = 4;
 
-/// One slot's shared state. Cache-padded by its container.
+/// One slot's shared state, on three cache-line pairs by who writes them:
+/// the owner's section counter (written on every local section), the
+/// control fields (written when ownership changes or work is pushed; read
+/// by remote callers and, at every section's end, by the owner), and the
+/// counters (written by whoever runs a work). A remote caller in `remote`
+/// mode then misses on the owner's line at most once per drain, and the
+/// owner never misses on a line a caller wrote unless work was pushed.
 pub(crate) struct SlotState<C: Config> {
-    /// Owner-written, read by the owner's own signal handler: non-zero while
-    /// the owner is in a local section (the `preempt_count` analogue).
-    pub(crate) in_section: AtomicU32,
+    /// The owner's section counter (the `preempt_count` analogue): odd while
+    /// the owner is in a local section (or offline), and bumped at every
+    /// entry and exit, so a remote caller can tell an owner that is running
+    /// (the counter moves) from one preempted inside a section (it does not).
+    /// Written only by the owner's thread: its code, and its signal handler
+    /// while the counter is even, which leaves it even again.
+    pub(crate) in_section: CachePadded<AtomicU32>,
     pub(crate) ctl: AtomicU32,
     pub(crate) head: AtomicPtr<WorkInner<C>>,
     /// The owner's kernel thread id while `ONLINE`/`OFFLINE`.
@@ -50,7 +61,7 @@ pub(crate) struct SlotState<C: Config> {
     pub(crate) cpu: usize,
     pub(crate) domain_id: usize,
     pub(crate) signal: i32,
-    pub(crate) counters: Counters,
+    pub(crate) counters: CachePadded<Counters>,
     _c: PhantomData<C>,
 }
 
@@ -68,7 +79,7 @@ pub(crate) enum Helped {
 impl<C: Config> SlotState<C> {
     pub(crate) fn new(cpu: usize, mode: SlotMode, domain_id: usize, signal: i32) -> Self {
         Self {
-            in_section: AtomicU32::new(0),
+            in_section: CachePadded::new(AtomicU32::new(0)),
             ctl: AtomicU32::new(FREE),
             head: AtomicPtr::new(ptr::null_mut()),
             tid: AtomicU32::new(0),
@@ -77,7 +88,7 @@ impl<C: Config> SlotState<C> {
             cpu,
             domain_id,
             signal,
-            counters: Counters::default(),
+            counters: CachePadded::new(Counters::default()),
             _c: PhantomData,
         }
     }
@@ -133,17 +144,39 @@ impl<C: Config> SlotState<C> {
         }
     }
 
+    /// Whether the owner is inside a local section (or offline).
+    #[inline(always)]
+    pub(crate) fn owner_in_section(&self, order: Ordering) -> bool {
+        self.in_section.load(order) & 1 != 0
+    }
+
+    /// Owner's thread only: enters a section (even → odd); returns the even
+    /// value to give [`leave`](Self::leave). A plain load and store: only
+    /// this thread writes the counter.
+    #[inline(always)]
+    pub(crate) fn enter(&self) -> u32 {
+        let v = self.in_section.load(Ordering::Relaxed);
+        self.in_section.store(v.wrapping_add(1), Ordering::Relaxed);
+        signal_fence(Ordering::SeqCst);
+        v
+    }
+
+    /// Owner's thread only: leaves the section entered when the counter was `v`.
+    #[inline(always)]
+    pub(crate) fn leave(&self, v: u32) {
+        signal_fence(Ordering::SeqCst);
+        self.in_section.store(v.wrapping_add(2), Ordering::Relaxed);
+        signal_fence(Ordering::SeqCst);
+    }
+
     /// Runs pending work in one of the owner's own contexts (signal handler,
     /// section end, quiescent point), marking the owner in a section meanwhile
     /// so a signal arriving now leaves the work to this loop.
     pub(crate) fn run_pending_as_owner(&self, at: RanAt) {
         loop {
-            self.in_section.store(1, Ordering::Relaxed);
-            signal_fence(Ordering::SeqCst);
+            let v = self.enter();
             self.run_pending(CtxKind::Owner, at);
-            signal_fence(Ordering::SeqCst);
-            self.in_section.store(0, Ordering::Relaxed);
-            signal_fence(Ordering::SeqCst);
+            self.leave(v);
             if self.head.load(Ordering::SeqCst).is_null() {
                 return;
             }
@@ -179,7 +212,7 @@ impl<C: Config> SlotState<C> {
             if self.mode == SlotMode::Remote {
                 // The cells' spinlocks protect the data; only an owner inside
                 // a section (which runs the stack when it leaves) is waited for.
-                if s == ONLINE && self.in_section.load(Ordering::SeqCst) != 0 {
+                if s == ONLINE && self.owner_in_section(Ordering::SeqCst) {
                     return Helped::Online;
                 }
                 self.run_pending(CtxKind::RemoteLocked, RanAt::Remote);
@@ -189,7 +222,7 @@ impl<C: Config> SlotState<C> {
                 // The caller is the owner itself (a drain-all from an owner
                 // thread), outside a local section: this is a quiescent point.
                 if crate::owner::current_thread_owns(self)
-                    && self.in_section.load(Ordering::Relaxed) == 0
+                    && !self.owner_in_section(Ordering::Relaxed)
                 {
                     self.run_pending_as_owner(RanAt::Quiescent);
                     continue;
@@ -210,25 +243,35 @@ impl<C: Config> SlotState<C> {
         }
     }
 
-    /// `remote` mode: waits a little for an online owner to leave its local
-    /// section. `false` if it stays inside (a userspace owner can be
-    /// preempted while holding its lock, which the kernel's spinlocks
-    /// prevent), or if the caller is that owner: then the work is better left
-    /// to the owner's section end than waited for.
-    pub(crate) fn wait_out_section(&self) -> bool {
+    /// `remote` mode: whether to run work now under the cell locks (`true`)
+    /// or leave it to the owner's section end (`false`).
+    ///
+    /// `false` when an online owner sits in one local section without
+    /// moving for a while: a userspace owner can be preempted while it holds
+    /// its lock (the kernel's spinlocks prevent that), and waiting on it would
+    /// stall the caller for a scheduler time slice, slot after slot. Also
+    /// `false` when the caller is that owner. An owner that is running
+    /// bumps its counter every few nanoseconds: then `true`, and the caller
+    /// takes the lock as it comes free.
+    pub(crate) fn run_now_remote(&self) -> bool {
         #[cfg(not(qpw_loom))]
         const SPINS: u32 = 256;
         #[cfg(qpw_loom)]
         const SPINS: u32 = 2;
+        let first = self.in_section.load(Ordering::SeqCst);
         let mut spins = 0;
-        while self.ctl.load(Ordering::SeqCst) == ONLINE
-            && self.in_section.load(Ordering::SeqCst) != 0
-        {
-            spins += 1;
-            if spins > SPINS || crate::owner::current_thread_owns(self) {
+        while self.ctl.load(Ordering::SeqCst) == ONLINE && first & 1 != 0 {
+            if crate::owner::current_thread_owns(self) {
                 return false;
             }
             spin_hint();
+            if self.in_section.load(Ordering::SeqCst) != first {
+                return true;
+            }
+            spins += 1;
+            if spins > SPINS {
+                return false;
+            }
         }
         true
     }
@@ -271,7 +314,7 @@ impl<C: Config> SlotState<C> {
     /// The signal handler's work for this slot (owner's thread, any point of its code).
     pub(crate) fn on_signal(&self) {
         self.sig_inflight.store(false, Ordering::SeqCst);
-        if self.mode != SlotMode::Queue || self.in_section.load(Ordering::Relaxed) != 0 {
+        if self.mode != SlotMode::Queue || self.owner_in_section(Ordering::Relaxed) {
             // In a local section (or offline): the section's end runs the work.
             return;
         }
@@ -314,9 +357,8 @@ impl<C: Config> SlotState<C> {
     /// The owner goes idle: remote threads may work on the slot directly.
     pub(crate) fn go_offline(&self) {
         self.run_pending_as_owner(RanAt::Quiescent);
-        // Keep the signal handler away while offline.
-        self.in_section.store(1, Ordering::Relaxed);
-        signal_fence(Ordering::SeqCst);
+        // Keep the signal handler away while offline: an odd counter.
+        self.enter();
         self.ctl.store(OFFLINE, Ordering::SeqCst);
         self.help();
     }
@@ -332,9 +374,8 @@ impl<C: Config> SlotState<C> {
             spin_hint();
             yield_now();
         }
-        signal_fence(Ordering::SeqCst);
-        self.in_section.store(0, Ordering::Relaxed);
-        signal_fence(Ordering::SeqCst);
+        // Back to even: the signal handler may run work again.
+        self.leave(self.in_section.load(Ordering::Relaxed).wrapping_sub(1));
         if !self.head.load(Ordering::SeqCst).is_null() {
             self.run_pending_as_owner(RanAt::Quiescent);
         }

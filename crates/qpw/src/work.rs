@@ -193,7 +193,7 @@ impl<C: Config> Work<C> {
         }
         let slot = self.slot();
         if slot.mode == SlotMode::Remote {
-            if slot.wait_out_section() {
+            if slot.run_now_remote() {
                 w.run(slot, CtxKind::RemoteLocked, RanAt::Remote);
             } else {
                 // The owner is stuck in a section (preempted, most likely):
