@@ -254,6 +254,9 @@ impl<C: Config> Domain<C> {
 
     /// Binds the calling thread, unpinned, to the first free slot.
     pub fn bind_any(&self) -> Result<Owner<C>, Error> {
+        if let Some(cpu) = crate::owner::owned_in(self.id()) {
+            return Err(Error::AlreadyBound { cpu });
+        }
         for cpu in 0..self.nr_cpus() {
             // A load, not a bind attempt (which asks the kernel for the
             // signal mask), for slots that are plainly taken.

@@ -88,7 +88,7 @@ fn unlink(rec: &OwnerRec) {
 }
 
 /// Whether this thread owns a slot of domain `id`; returns the slot.
-fn owned_in(domain_id: usize) -> Option<usize> {
+pub(crate) fn owned_in(domain_id: usize) -> Option<usize> {
     #[cfg(not(qpw_loom))]
     {
         let mut p = owned_head();
