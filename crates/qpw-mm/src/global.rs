@@ -1,0 +1,381 @@
+//! `QpwAlloc`: a [`GlobalAlloc`] over a [`Kmalloc`] instance, so a whole
+//! Rust program can run on per-CPU sheaves.
+//!
+//! # Never recursing into the global allocator
+//!
+//! The allocator is built on first use, in two phases. First the size
+//! classes (slab arenas, metadata, sheaves) are mapped directly with `mmap`:
+//! no allocation at all. From then on the *shared path* (the depots, under
+//! their locks) can serve any request. Then the qpw domain, its per-CPU
+//! cells and the drain work are built; they allocate with `Box`/`Vec`, which
+//! come back here and are served by the shared path. Only then is the
+//! instance published and the per-CPU fast path used.
+//!
+//! Threads bind a free slot on first use (see [`Kmalloc`]'s implicit API);
+//! binding allocates (qpw boxes the owner record), and those allocations take
+//! the shared path too. Thread-local state is a fixed `const` table without
+//! a destructor, and thread exit is learnt from a pthread key, so neither
+//! registers a Rust TLS destructor nor allocates.
+//!
+//! Errors inside the allocator cannot unwind: a double free detected in a
+//! debug build, or a foreign pointer, prints a message and aborts.
+
+use crate::kmalloc::{
+    Classes, Kmalloc, DEFAULT_CLASS_BYTES, KMALLOC_MAX_CACHE_SIZE, MIN_FALLBACK_CLASS_BYTES,
+};
+use crate::stats::{KmallocStats, ShrinkReport};
+use crate::sys;
+use qpw::{Config, Domain, FlushError, Mode, Standard};
+use std::alloc::{GlobalAlloc, Layout};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
+
+/// Default slot count of the global allocator's domain: enough for programs
+/// with many more threads than CPUs. Slots cost a few hundred bytes each
+/// until used; sheaves are made on first use.
+pub const DEFAULT_GLOBAL_NR_CPUS: usize = 1024;
+
+/// The mode of the global allocator's domain, chosen at compile time
+/// (`Mode` itself is not `const`-constructible).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalMode {
+    /// From the `QPW` environment variable (default `queue`). A bad value
+    /// is reported on stderr and `queue` is used.
+    FromEnv,
+    /// `queue` (`QPW=0`).
+    Queue,
+    /// `remote` (`QPW=1`).
+    Remote,
+    /// `defer`: threads must reach quiescent points (slow paths do) or exit
+    /// for drains to finish.
+    Defer,
+    /// `auto`: isolated CPUs from sysfs.
+    Auto,
+}
+
+impl GlobalMode {
+    fn mode(self) -> Option<Mode> {
+        match self {
+            GlobalMode::FromEnv => None,
+            GlobalMode::Queue => Some(Mode::Queue),
+            GlobalMode::Remote => Some(Mode::Remote),
+            GlobalMode::Defer => Some(Mode::Defer),
+            GlobalMode::Auto => Some(Mode::Auto(None)),
+        }
+    }
+}
+
+const UNINIT: u8 = 0;
+const INIT: u8 = 1;
+const READY: u8 = 2;
+/// The domain could not be built: everything takes the shared path.
+const SHARED_ONLY: u8 = 3;
+/// Not even the classes could be mapped: every allocation fails.
+const DEAD: u8 = 4;
+
+/// A global allocator on qpw per-CPU slab caches.
+///
+/// ```no_run
+/// use qpw_mm::QpwAlloc;
+///
+/// #[global_allocator]
+/// static ALLOC: QpwAlloc = QpwAlloc::new();
+///
+/// fn main() {
+///     let v: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+///     drop(v);
+///     ALLOC.shrink().unwrap();
+///     println!("{}", ALLOC.stats().unwrap());
+/// }
+/// ```
+pub struct QpwAlloc<C: Config = Standard> {
+    state: AtomicU8,
+    classes: AtomicPtr<Classes>,
+    km: AtomicPtr<Kmalloc<C>>,
+    early_shared: AtomicU64,
+    nr_cpus: usize,
+    mode: GlobalMode,
+    _c: PhantomData<fn() -> C>,
+}
+
+impl<C: Config> Default for QpwAlloc<C> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Config> std::fmt::Debug for QpwAlloc<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QpwAlloc")
+            .field("config", &C::NAME)
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .field("nr_cpus", &self.nr_cpus)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl<C: Config> QpwAlloc<C> {
+    /// An allocator with [`DEFAULT_GLOBAL_NR_CPUS`] slots, mode from `QPW`.
+    /// Nothing is mapped until the first allocation.
+    pub const fn new() -> Self {
+        Self {
+            state: AtomicU8::new(UNINIT),
+            classes: AtomicPtr::new(std::ptr::null_mut()),
+            km: AtomicPtr::new(std::ptr::null_mut()),
+            early_shared: AtomicU64::new(0),
+            nr_cpus: DEFAULT_GLOBAL_NR_CPUS,
+            mode: GlobalMode::FromEnv,
+            _c: PhantomData,
+        }
+    }
+
+    /// The same with `n` slots (at most one implicitly bound thread per
+    /// slot; threads beyond take the shared path).
+    pub const fn with_nr_cpus(mut self, n: usize) -> Self {
+        self.nr_cpus = n;
+        self
+    }
+
+    /// The same with a fixed mode.
+    pub const fn with_mode(mut self, mode: GlobalMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The instance behind the allocator, once it is built (after the first
+    /// allocation), for its statistics and drains.
+    pub fn kmalloc(&self) -> Option<&Kmalloc<C>> {
+        let km = self.km.load(Ordering::Acquire);
+        // SAFETY: once published, the instance is never freed.
+        (!km.is_null()).then(|| unsafe { &*km })
+    }
+
+    /// The instance's statistics (`None` before the first allocation or if
+    /// its domain could not be built).
+    pub fn stats(&self) -> Option<KmallocStats> {
+        self.kmalloc().map(|k| {
+            let mut s = k.stats();
+            s.shared_path.reentrant += self.early_shared.load(Ordering::Relaxed);
+            s
+        })
+    }
+
+    /// Drains every thread's sheaves ([`Kmalloc::flush_all`]).
+    pub fn flush_all(&self) -> Result<(), FlushError> {
+        self.kmalloc().map_or(Ok(()), |k| k.flush_all())
+    }
+
+    /// Drains and returns free memory to the OS ([`Kmalloc::shrink`]).
+    pub fn shrink(&self) -> Result<ShrinkReport, FlushError> {
+        self.kmalloc()
+            .map_or(Ok(ShrinkReport::default()), |k| k.shrink())
+    }
+
+    /// A quiescent point for the calling thread (defer mode).
+    pub fn quiescent(&self) -> bool {
+        self.kmalloc().is_some_and(|k| k.quiescent_local())
+    }
+
+    /// Releases the calling thread's slot now (its exit would).
+    pub fn unbind_current_thread(&self) -> bool {
+        self.kmalloc().is_some_and(|k| k.unbind_local())
+    }
+
+    /// Builds the instance (the caller moved the state to INIT).
+    #[cold]
+    fn init(&self) {
+        let classes = match Classes::create(DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES) {
+            Ok(c) => c,
+            Err(_) => {
+                sys::write_stderr(
+                    "qpw-mm: QpwAlloc: cannot reserve address space; allocations fail\n",
+                );
+                self.state.store(DEAD, Ordering::Release);
+                return;
+            }
+        };
+        // From here other threads and our own re-entrant calls use the
+        // shared path on these classes.
+        self.classes.store(classes.as_ptr(), Ordering::Release);
+        let mut b = Domain::<C>::builder().nr_cpus(self.nr_cpus);
+        if let Some(m) = self.mode.mode() {
+            b = b.mode(m);
+        }
+        let domain = match b.build() {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                sys::write_stderr("qpw-mm: QpwAlloc: ");
+                sys::write_stderr(&e.to_string());
+                if self.mode == GlobalMode::FromEnv {
+                    sys::write_stderr("; using mode queue\n");
+                    Domain::<C>::builder()
+                        .nr_cpus(self.nr_cpus)
+                        .mode(Mode::Queue)
+                        .build()
+                } else {
+                    sys::write_stderr("\n");
+                    Err(e)
+                }
+            }
+        };
+        match domain {
+            Ok(d) => {
+                let km = Box::into_raw(Box::new(Kmalloc::from_parts(d, classes, false)));
+                self.km.store(km, Ordering::Release);
+                self.state.store(READY, Ordering::Release);
+            }
+            Err(_) => {
+                sys::write_stderr(
+                    "qpw-mm: QpwAlloc: no domain; every allocation takes the shared path\n",
+                );
+                self.state.store(SHARED_ONLY, Ordering::Release);
+            }
+        }
+    }
+
+    /// The classes once mapped, starting the build if nobody has.
+    #[cold]
+    #[inline(never)]
+    fn classes_cold(&self) -> Option<&Classes> {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                UNINIT => {
+                    if self
+                        .state
+                        .compare_exchange(UNINIT, INIT, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        self.init();
+                    }
+                }
+                DEAD => return None,
+                _ => {
+                    let c = self.classes.load(Ordering::Acquire);
+                    if !c.is_null() {
+                        // SAFETY: published classes are never unmapped.
+                        return Some(unsafe { &*c });
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_cold(&self, size: usize, align: usize) -> *mut u8 {
+        if let Some(k) = self.kmalloc() {
+            return k.alloc_local_raw(size, align);
+        }
+        let Some(cl) = self.classes_cold() else {
+            return std::ptr::null_mut();
+        };
+        if let Some(k) = self.kmalloc() {
+            return k.alloc_local_raw(size, align);
+        }
+        self.early_shared.fetch_add(1, Ordering::Relaxed);
+        cl.alloc_shared(size, align)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn dealloc_cold(&self, p: *mut u8) {
+        let r = match self.kmalloc() {
+            // SAFETY: the caller of dealloc gives up `p`, allocated here.
+            Some(k) => unsafe { k.free_local_raw(p) },
+            None => match self.classes_cold() {
+                Some(cl) => {
+                    self.early_shared.fetch_add(1, Ordering::Relaxed);
+                    // SAFETY: as above.
+                    unsafe { cl.free_shared(p) }
+                }
+                None => return,
+            },
+        };
+        if r.is_err() {
+            sys::abort_with("QpwAlloc::dealloc: double free or pointer not from this allocator");
+        }
+    }
+}
+
+// SAFETY: the GlobalAlloc contract holds:
+// - memory handed out is never handed out again while allocated: every
+//   object is in exactly one place (slab bitmap, one sheaf, or a user), moves
+//   between them only under the slot's QPW exclusion, the depot mutex or the
+//   hand-off stack's atomics, and debug builds check it on every alloc/free;
+// - returned blocks have the layout's size and alignment: class objects are
+//   at multiples of the class size inside slab-aligned slabs, and a class is
+//   chosen only if its natural alignment covers the layout's; large blocks
+//   are mapped at the requested alignment;
+// - no unwinding: internal errors abort;
+// - the allocator never calls the global allocator while holding any of its
+//   own locks or a slot's section, and calls that come back during its
+//   start-up or a thread's (un)binding take the shared path, which itself
+//   allocates nothing.
+unsafe impl<C: Config> GlobalAlloc for QpwAlloc<C> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let km = self.km.load(Ordering::Acquire);
+        if !km.is_null() {
+            // SAFETY: once published, the instance is never freed.
+            return unsafe { &*km }.alloc_local_raw(layout.size(), layout.align());
+        }
+        self.alloc_cold(layout.size(), layout.align())
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        let km = self.km.load(Ordering::Acquire);
+        if !km.is_null() {
+            // SAFETY: the instance is never freed; the caller gives up `ptr`,
+            // allocated by this allocator.
+            if unsafe { (*km).free_local_raw(ptr) }.is_err() {
+                sys::abort_with(
+                    "QpwAlloc::dealloc: double free or pointer not from this allocator",
+                );
+            }
+            return;
+        }
+        self.dealloc_cold(ptr)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        let p = unsafe { self.alloc(layout) };
+        let fresh_map =
+            layout.size() > KMALLOC_MAX_CACHE_SIZE || layout.align() > KMALLOC_MAX_CACHE_SIZE;
+        if !p.is_null() && !fresh_map {
+            // SAFETY: `p` has `layout.size()` writable bytes. Large blocks are
+            // fresh anonymous mappings, zero already.
+            unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let r = match self.kmalloc() {
+            // SAFETY: forwarded from the caller: `ptr` is allocated here with `layout`.
+            Some(k) => unsafe { k.realloc_local_raw(ptr, layout.align(), new_size) },
+            None => {
+                // Start-up (or shared-only): allocate, copy, free.
+                // SAFETY: a valid layout: the caller guarantees new_size fits.
+                let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+                // SAFETY: forwarded.
+                let np = unsafe { self.alloc(new) };
+                if !np.is_null() {
+                    // SAFETY: both live, distinct, at least this many bytes.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(ptr, np, layout.size().min(new_size));
+                        self.dealloc(ptr, layout);
+                    }
+                }
+                Ok(np)
+            }
+        };
+        match r {
+            Ok(p) => p,
+            Err(_) => sys::abort_with("QpwAlloc::realloc: pointer not from this allocator"),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Platform code, chosen in one place: anonymous mappings, returning pages to
+//! the OS, the thread-exit hook, and writing to stderr without allocating.
+//!
+//! Nothing outside this module calls `libc`. Every function here is safe to
+//! call from inside the global allocator: none of them allocates.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// An `errno` value from a failed system call.
+pub(crate) type Errno = i32;
+
+fn errno() -> Errno {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// The system page size (cached; `sysconf` does not allocate).
+#[inline]
+pub(crate) fn page_size() -> usize {
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let p = PAGE.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let p = if p > 0 { p as usize } else { 4096 };
+    PAGE.store(p, Ordering::Relaxed);
+    p
+}
+
+/// Rounds `x` up to a multiple of `to` (a power of two).
+#[inline]
+pub(crate) const fn round_up(x: usize, to: usize) -> usize {
+    (x + to - 1) & !(to - 1)
+}
+
+/// Reserves `len` bytes of address space aligned to `align` (a power of two,
+/// at least the page size), inaccessible and not charged to the commit limit
+/// until [`commit`] makes parts of it usable.
+pub(crate) fn reserve(len: usize, align: usize) -> Result<usize, Errno> {
+    let page = page_size();
+    let align = align.max(page);
+    let total = len.checked_add(align).ok_or(libc::ENOMEM)?;
+    // SAFETY: an anonymous PROT_NONE mapping at an address of the kernel's
+    // choosing touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    let start = p as usize;
+    let base = round_up(start, align);
+    let end = base + len;
+    // Trim the slack on both sides; failure would only waste address space.
+    if base > start {
+        // SAFETY: [start, base) is part of the mapping just made, used by nobody.
+        unsafe { libc::munmap(start as *mut libc::c_void, base - start) };
+    }
+    if start + total > end {
+        // SAFETY: [end, start + total) is part of the mapping just made, unused.
+        unsafe { libc::munmap(end as *mut libc::c_void, start + total - end) };
+    }
+    Ok(base)
+}
+
+/// Makes `[addr, addr + len)` of a reservation readable and writable. Pages
+/// are still only backed by memory when first touched.
+pub(crate) fn commit(addr: usize, len: usize) -> Result<(), Errno> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: the caller passes a page-aligned range inside a reservation it
+    // owns; changing its protection affects nothing else.
+    let rc = unsafe {
+        libc::mprotect(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    if rc != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// Returns the pages of `[addr, addr + len)` to the OS: the range stays
+/// mapped and reads as zeros afterwards, and the resident set shrinks.
+pub(crate) fn release(addr: usize, len: usize) {
+    // SAFETY: the caller passes a page-aligned range of its own mapping whose
+    // contents it no longer needs; MADV_DONTNEED on private anonymous memory
+    // only drops those pages.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+}
+
+/// Unmaps `[addr, addr + len)`.
+///
+/// # Safety
+/// The range must be a mapping (or part of one) this crate made, and nothing
+/// may use it afterwards.
+pub(crate) unsafe fn unmap(addr: usize, len: usize) {
+    if len != 0 {
+        // SAFETY: forwarded to the caller.
+        unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+    }
+}
+
+/// Maps `len` fresh, zeroed, readable and writable bytes (page aligned).
+pub(crate) fn map(len: usize) -> Result<usize, Errno> {
+    // SAFETY: an anonymous mapping at an address of the kernel's choosing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+/// Grows or shrinks a mapping made by [`map`], moving it if needed.
+///
+/// # Safety
+/// `[addr, addr + old)` must be a whole mapping made by [`map`]; on success
+/// the old range must not be used any more.
+pub(crate) unsafe fn remap(addr: usize, old: usize, new: usize) -> Result<usize, Errno> {
+    // SAFETY: forwarded to the caller; MREMAP_MAYMOVE lets the kernel pick.
+    let p = unsafe { libc::mremap(addr as *mut libc::c_void, old, new, libc::MREMAP_MAYMOVE) };
+    if p == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+/// Whether the page holding `addr` is mapped (`mincore` fails with ENOMEM
+/// on unmapped ranges). Never faults.
+pub(crate) fn is_mapped(addr: usize) -> bool {
+    let page = page_size();
+    let base = addr & !(page - 1);
+    let mut vec = 0u8;
+    // SAFETY: mincore only reads the page tables for the range and writes one
+    // byte (one page) into `vec`.
+    let rc = unsafe { libc::mincore(base as *mut libc::c_void, page, &mut vec) };
+    rc == 0
+}
+
+/// Writes `msg` to stderr without allocating (best effort).
+pub(crate) fn write_stderr(msg: &str) {
+    let mut b = msg.as_bytes();
+    while !b.is_empty() {
+        // SAFETY: `b` is a valid byte slice; fd 2 may be closed, which only fails.
+        let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            return;
+        }
+        b = &b[n as usize..];
+    }
+}
+
+/// Prints `msg` and aborts: for errors inside the global allocator, which
+/// must not unwind.
+pub(crate) fn abort_with(msg: &str) -> ! {
+    write_stderr("qpw-mm: fatal: ");
+    write_stderr(msg);
+    write_stderr("\n");
+    std::process::abort()
+}
+
+/// The process-wide pthread key whose destructor runs `dtor` when a thread
+/// that set it exits. Created once; `pthread_key_create` does not allocate.
+pub(crate) fn exit_key(
+    dtor: unsafe extern "C" fn(*mut libc::c_void),
+) -> Option<libc::pthread_key_t> {
+    // Stores key + 1; 0 means "not created yet".
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+    let k = KEY.load(Ordering::Acquire);
+    if k != 0 {
+        return Some((k - 1) as libc::pthread_key_t);
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is writable; `dtor` has the signature pthread expects.
+    if unsafe { libc::pthread_key_create(&mut key, Some(dtor)) } != 0 {
+        return None;
+    }
+    match KEY.compare_exchange(0, key as usize + 1, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Some(key),
+        Err(won) => {
+            // Another thread created it first: use theirs.
+            // SAFETY: `key` was created above and never handed to anyone.
+            unsafe { libc::pthread_key_delete(key) };
+            Some((won - 1) as libc::pthread_key_t)
+        }
+    }
+}
+
+/// Gives `key` a non-null value on this thread, so its destructor runs when
+/// the thread exits.
+pub(crate) fn arm_exit_key(key: libc::pthread_key_t) -> bool {
+    // SAFETY: `key` came from pthread_key_create; the value is never dereferenced.
+    unsafe { libc::pthread_setspecific(key, std::ptr::dangling::<libc::c_void>()) == 0 }
+}
