@@ -1,1 +1,70 @@
-fn main() {}
+//! `qpw-bench`: the numbers to choose a qpw mode by.
+//!
+//! A bare `cargo run --release` runs `report`: short versions of every
+//! benchmark, as Markdown tables on stdout, with `report.md`, `results.json`
+//! and SVG plots written to `target/qpw-report/`.
+//!
+//! | subcommand | what it measures |
+//! |---|---|
+//! | `kmalloc` | the seed's kmalloc loop: cycles per allocation, every configuration, and other allocators |
+//! | `isolation` | after oslat: gaps in an owner's loop while another CPU drains it, against a baseline |
+//! | `drain` | the latency of one drain-all against the number of CPUs |
+//! | `locks` | cycles per lock+unlock pair of the owner's local lock, against std and parking_lot |
+//! | `report` | short versions of all four, tables, JSON and plots |
+//!
+//! Cycles everywhere are TSC ticks (see [`tsc`]).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod drain;
+mod isolation;
+mod kmalloc;
+mod locks;
+mod machine;
+mod plots;
+mod report;
+mod tsc;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks for qpw: per-CPU data whose remote maintenance never interrupts its owners.
+///
+/// Without a subcommand, runs `report`.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The seed's kmalloc loop: cycles per allocation and free, every configuration and peers.
+    Kmalloc(kmalloc::KmallocArgs),
+    /// After oslat: owner loop gaps while another CPU drains it, against a baseline with no drains.
+    Isolation(isolation::IsolationArgs),
+    /// Drain-all latency against the number of CPUs, every mode.
+    Drain(drain::DrainArgs),
+    /// Cycles per lock+unlock pair of the owner's local lock, every configuration and mode.
+    Locks(locks::LocksArgs),
+    /// Short versions of every benchmark: Markdown tables, report.md, results.json, SVG plots.
+    Report(report::ReportArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Kmalloc(a)) => kmalloc::main(&a),
+        Some(Command::Isolation(a)) => isolation::main(&a),
+        Some(Command::Drain(a)) => drain::main(&a),
+        Some(Command::Locks(a)) => locks::main(&a),
+        Some(Command::Report(a)) => report::main(&a),
+        None => report::main(&report::ReportArgs::default()),
+    };
+    if let Err(e) = result {
+        eprintln!("qpw-bench: error: {e}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,527 @@
+//! `qpw-bench isolation`: does a drain interrupt the owner? After oslat.
+//!
+//! One owner thread, bound to the last CPU, spins through local operations
+//! on a per-CPU counter and records the TSC gap between loop iterations in an
+//! HDR histogram. A drainer thread on another CPU runs drain-all (every
+//! slot's count moved into a shared total) at `--rate` per second for
+//! `--seconds`. Each mode runs a baseline first (same owner, same loop, no
+//! drains), then the drained run, in the same process: a spinning thread on a
+//! virtual machine sees millisecond stalls even undisturbed, so what counts is
+//! the difference from the baseline, in gaps over a threshold rather than in
+//! one maximum.
+//!
+//! In `defer` mode the owner calls its quiescent point once per iteration; in
+//! `auto` mode the owner's CPU is listed as isolated, so it runs `remote`.
+
+use crate::tsc;
+use crate::util::{self, BenchMode, Percentiles};
+use hdrhistogram::Histogram;
+use qpw::{Domain, PerCpu, SlotStats, Standard};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// Options of `qpw-bench isolation`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct IsolationArgs {
+    /// Modes to run, comma-separated (default: all, one after another).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub mode: Vec<BenchMode>,
+    /// Seconds of each phase (baseline, then drained), per mode.
+    #[arg(long, default_value = "2", value_parser = util::parse_seconds, allow_negative_numbers = true)]
+    pub seconds: f64,
+    /// Drain-all calls per second during the drained phase.
+    #[arg(long, default_value = "1000", value_parser = util::parse_rate, allow_negative_numbers = true)]
+    pub rate: u64,
+    /// A loop gap above this many nanoseconds counts as an interruption.
+    #[arg(long, default_value = "5000", value_parser = util::parse_positive, allow_negative_numbers = true)]
+    pub threshold_ns: u64,
+    /// One JSON object per mode, one per line, on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Gap percentiles of one phase of the owner's loop, in nanoseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct GapPercentiles {
+    /// Median gap: the cost of one normal iteration.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.99th percentile.
+    pub p9999: f64,
+    /// Longest gap.
+    pub max: f64,
+}
+
+/// One mode's result; the `--json` line.
+#[derive(Debug, Clone, Serialize)]
+pub struct IsolationResult {
+    /// The mode.
+    pub mode: &'static str,
+    /// The slot (and CPU) the owner was bound to.
+    pub owner_cpu: usize,
+    /// The CPU the drainer was pinned to (`None`: unpinned, a 1-CPU machine).
+    pub drainer_cpu: Option<usize>,
+    /// Seconds of each phase.
+    pub seconds: f64,
+    /// Drains asked per second.
+    pub rate: u64,
+    /// Drain-all calls completed.
+    pub drains: u64,
+    /// Drain-all calls that returned an error (a flush that timed out).
+    pub drains_failed: u64,
+    /// Signals sent to the owner during the drained run.
+    pub signals_sent: u64,
+    /// Works on the owner's slot run by the owner (handler, section end, quiescent point).
+    pub works_run_by_owner: u64,
+    /// Of those, run in the signal handler.
+    pub owner_works_in_handler: u64,
+    /// Of those, run when a local section ended (the signal came during it).
+    pub owner_works_at_section_end: u64,
+    /// Of those, run at a quiescent point.
+    pub owner_works_at_quiescent: u64,
+    /// Works on the owner's slot run by the drainer.
+    pub works_run_remotely: u64,
+    /// Works on the other (unowned) slots, run by the drainer itself.
+    pub works_other_slots: u64,
+    /// The gap threshold.
+    pub threshold_ns: u64,
+    /// Owner loop gaps over the threshold while drained.
+    pub owner_gaps_over_threshold: u64,
+    /// Owner loop gaps over the threshold in the baseline.
+    pub baseline_gaps_over_threshold: u64,
+    /// Share of the drained run's wall time lost in gaps over the threshold
+    /// (each gap minus one normal iteration), in percent.
+    pub owner_lost_time_pct: f64,
+    /// The same for the baseline.
+    pub baseline_lost_time_pct: f64,
+    /// Owner loop iterations per second while drained.
+    pub owner_ops_per_sec: f64,
+    /// Owner loop iterations per second in the baseline.
+    pub baseline_ops_per_sec: f64,
+    /// Latency of one drain-all, in nanoseconds.
+    pub drain_latency_ns: Percentiles,
+    /// The owner's loop gaps while drained.
+    pub owner_gap_ns: GapPercentiles,
+    /// The owner's loop gaps in the baseline.
+    pub baseline_gap_ns: GapPercentiles,
+    /// Increments made by the owner (both phases).
+    pub increments: u64,
+    /// The counter's total after the last drain: equal to `increments`, or the run failed.
+    pub counter_total: u64,
+    /// Whether the baseline itself lost 1% or more of its time: the machine was busy.
+    pub noisy: bool,
+}
+
+/// The distribution of gaps for plots: (gap in ns, share of gaps longer).
+pub type Ccdf = Vec<(f64, f64)>;
+
+/// One mode's result with the gap distributions for the plot.
+#[derive(Debug, Clone, Serialize)]
+pub struct IsolationRun {
+    /// The summary (the `--json` line).
+    #[serde(flatten)]
+    pub result: IsolationResult,
+    /// Share of the drained run's gaps longer than x ns.
+    pub owner_gap_ccdf: Ccdf,
+    /// Share of the baseline's gaps longer than x ns.
+    pub baseline_gap_ccdf: Ccdf,
+}
+
+/// Runs `qpw-bench isolation`.
+pub fn main(a: &IsolationArgs) -> Result<(), String> {
+    let mut failure = None;
+    for mode in util::modes_or_all(&a.mode) {
+        let run = run_mode(mode, a)?;
+        let r = &run.result;
+        if a.json {
+            println!("{}", serde_json::to_string(r).map_err(|e| e.to_string())?);
+        } else {
+            print_human(r);
+        }
+        if r.counter_total == r.increments {
+            eprintln!(
+                "{}: counter check: total {} == {} increments made, nothing lost",
+                r.mode, r.counter_total, r.increments
+            );
+        } else {
+            eprintln!(
+                "{}: counter check FAILED: total {} != {} increments made",
+                r.mode, r.counter_total, r.increments
+            );
+            failure.get_or_insert(format!(
+                "{} mode lost increments: total {} != {} made",
+                r.mode, r.counter_total, r.increments
+            ));
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+fn print_human(r: &IsolationResult) {
+    println!(
+        "{:<6} drains {:>6} (failed {}) signals {:>6} works: owner {:>6} remote {:>6} | gaps>{}ns: {} (baseline {}) | lost {:.3}% (baseline {:.3}%) | owner {:.1} Mops/s (baseline {:.1}) | drain p50 {:.1} µs p99 {:.1} µs max {:.1} µs{}",
+        r.mode,
+        r.drains,
+        r.drains_failed,
+        r.signals_sent,
+        r.works_run_by_owner,
+        r.works_run_remotely,
+        r.threshold_ns,
+        r.owner_gaps_over_threshold,
+        r.baseline_gaps_over_threshold,
+        r.owner_lost_time_pct,
+        r.baseline_lost_time_pct,
+        r.owner_ops_per_sec / 1e6,
+        r.baseline_ops_per_sec / 1e6,
+        r.drain_latency_ns.p50 / 1e3,
+        r.drain_latency_ns.p99 / 1e3,
+        r.drain_latency_ns.max / 1e3,
+        if r.noisy { "  [noisy baseline]" } else { "" },
+    );
+}
+
+/// Runs every mode asked for; `step` is told when each starts.
+pub fn run(a: &IsolationArgs, step: &mut dyn FnMut(&str)) -> Result<Vec<IsolationRun>, String> {
+    let mut out = Vec::new();
+    for mode in util::modes_or_all(&a.mode) {
+        step(&format!("isolation: {}", mode.name()));
+        let run = run_mode(mode, a)?;
+        let r = &run.result;
+        if r.counter_total != r.increments {
+            return Err(format!(
+                "isolation: {} mode lost increments: total {} != {} made",
+                r.mode, r.counter_total, r.increments
+            ));
+        }
+        out.push(run);
+    }
+    Ok(out)
+}
+
+/// What the owner measured in one phase.
+struct Phase {
+    iters: u64,
+    ticks: u64,
+    over: u64,
+    over_ticks: u64,
+    hist: Histogram<u64>,
+}
+
+impl Phase {
+    fn lost_pct(&self) -> f64 {
+        let normal = self.hist.value_at_quantile(0.5);
+        let lost = self.over_ticks.saturating_sub(self.over * normal);
+        if self.ticks == 0 {
+            0.0
+        } else {
+            lost as f64 / self.ticks as f64 * 100.0
+        }
+    }
+
+    fn ops_per_sec(&self) -> f64 {
+        let s = self.ticks as f64 / tsc::hz();
+        if s > 0.0 {
+            self.iters as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    fn percentiles(&self) -> GapPercentiles {
+        let q = |x| tsc::to_ns(self.hist.value_at_quantile(x));
+        GapPercentiles {
+            p50: q(0.5),
+            p99: q(0.99),
+            p9999: q(0.9999),
+            max: tsc::to_ns(self.hist.max()),
+        }
+    }
+
+    /// Share of gaps longer than x, at x = 2^(k/2) ns, up to the longest gap.
+    fn ccdf(&self) -> Ccdf {
+        let n = self.hist.len();
+        let mut v = Vec::new();
+        if n == 0 {
+            return v;
+        }
+        let max_ns = tsc::to_ns(self.hist.max());
+        let mut k = 2.0f64; // 2 ns
+        while 2f64.powf(k / 2.0) <= max_ns * 1.5 {
+            let x = 2f64.powf(k / 2.0);
+            let below = self.hist.count_between(0, tsc::from_ns(x));
+            let above = n.saturating_sub(below);
+            if above > 0 {
+                v.push((x, above as f64 / n as f64));
+            }
+            k += 1.0;
+        }
+        v
+    }
+}
+
+fn new_hist() -> Result<Histogram<u64>, String> {
+    // Gaps from 1 tick to 100 s of ticks at 3 significant digits.
+    let high = (tsc::hz() * 100.0) as u64;
+    Histogram::new_with_bounds(1, high.max(1_000_000), 3).map_err(|e| format!("histogram: {e}"))
+}
+
+/// The owner's loop: one local operation per iteration, the TSC gap to the
+/// previous iteration recorded, until `stop`.
+fn owner_loop(
+    me: &mut qpw::Owner,
+    counts: &PerCpu<u64>,
+    defer: bool,
+    stop: &AtomicBool,
+    threshold: u64,
+) -> Result<Phase, String> {
+    let mut hist = new_hist()?;
+    let (mut iters, mut over, mut over_ticks) = (0u64, 0u64, 0u64);
+    let start = tsc::now();
+    let mut prev = start;
+    loop {
+        *counts.lock(me) += 1;
+        if defer {
+            me.quiescent();
+        }
+        let t = tsc::now();
+        let gap = t.saturating_sub(prev);
+        prev = t;
+        hist.saturating_record(gap.max(1));
+        if gap > threshold {
+            over += 1;
+            over_ticks += gap;
+        }
+        iters += 1;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    Ok(Phase {
+        iters,
+        ticks: prev - start,
+        over,
+        over_ticks,
+        hist,
+    })
+}
+
+struct DrainerOut {
+    lat_ns: Vec<f64>,
+    failed: u64,
+    before: SlotStats,
+    after: SlotStats,
+    before_all: SlotStats,
+    after_all: SlotStats,
+}
+
+fn sleep_until(deadline: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let left = deadline - now;
+        if left > Duration::from_micros(200) {
+            std::thread::sleep(left - Duration::from_micros(100));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Runs one mode: baseline, then drained, then the conservation check.
+pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, String> {
+    let allowed = util::allowed_cpus();
+    let owner_cpu = *allowed.last().ok_or("this process may run on no CPU")?;
+    let drainer_cpu = allowed.iter().copied().find(|&c| c != owner_cpu);
+    let domain: Domain<Standard> = Domain::builder()
+        .mode(mode.to_mode(vec![owner_cpu]))
+        .flush_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("isolation ({}): {e}", mode.name()))?;
+    let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    let total = Arc::new(AtomicU64::new(0));
+    let drain = Arc::new(domain.work_all({
+        let (counts, total) = (counts.clone(), total.clone());
+        // Async-signal-safe: a cell lock and an atomic add.
+        move |ctx| {
+            let mut c = counts.lock_ctx(ctx);
+            total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
+        }
+    }));
+    let threshold = tsc::from_ns(a.threshold_ns as f64).max(1);
+    let phase_len = Duration::from_secs_f64(a.seconds);
+    let stop_base = Arc::new(AtomicBool::new(false));
+    let stop_drained = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(2));
+    let failed_bind = Arc::new(AtomicBool::new(false));
+
+    let owner = std::thread::Builder::new().name("qpw-owner".into()).spawn({
+        let (domain, counts, stop_base, stop_drained, barrier, failed_bind) = (
+            domain.clone(),
+            counts.clone(),
+            stop_base.clone(),
+            stop_drained.clone(),
+            barrier.clone(),
+            failed_bind.clone(),
+        );
+        let defer = mode == BenchMode::Defer;
+        move || -> Result<(Phase, Phase), String> {
+            let mut me = match domain.bind(owner_cpu) {
+                Ok(me) => me,
+                Err(e) => {
+                    failed_bind.store(true, Ordering::SeqCst);
+                    barrier.wait();
+                    return Err(format!("binding the owner to CPU {owner_cpu}: {e}"));
+                }
+            };
+            barrier.wait();
+            let base = owner_loop(&mut me, &counts, defer, &stop_base, threshold);
+            barrier.wait();
+            let drained = owner_loop(&mut me, &counts, defer, &stop_drained, threshold);
+            // Dropping `me` runs anything still pending and frees the slot.
+            Ok((base?, drained?))
+        }
+    });
+    let owner = owner.map_err(|e| format!("spawning the owner thread: {e}"))?;
+
+    let drainer = std::thread::Builder::new()
+        .name("qpw-drainer".into())
+        .spawn({
+            let (domain, stop_base, stop_drained, barrier, failed_bind, drain) = (
+                domain.clone(),
+                stop_base.clone(),
+                stop_drained.clone(),
+                barrier.clone(),
+                failed_bind.clone(),
+                drain.clone(),
+            );
+            let rate = a.rate;
+            move || -> Result<Option<DrainerOut>, String> {
+                if let Some(c) = drainer_cpu {
+                    util::pin_current(c)?;
+                }
+                barrier.wait();
+                if failed_bind.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                // Baseline: nothing disturbs the owner.
+                std::thread::sleep(phase_len);
+                stop_base.store(true, Ordering::SeqCst);
+                barrier.wait();
+                let before = domain.stats(owner_cpu).map_err(|e| e.to_string())?;
+                let before_all = domain.total_stats();
+                let period = Duration::from_secs_f64(1.0 / rate as f64);
+                let start = Instant::now();
+                let end = start + phase_len;
+                let mut next = start + period;
+                let mut lat_ns =
+                    Vec::with_capacity((rate as f64 * phase_len.as_secs_f64()) as usize + 16);
+                let mut failed = 0;
+                while next < end {
+                    sleep_until(next);
+                    let t0 = tsc::now();
+                    let r = drain.run();
+                    let t1 = tsc::now();
+                    match r {
+                        Ok(()) => lat_ns.push(tsc::to_ns(t1 - t0)),
+                        Err(_) => failed += 1,
+                    }
+                    next += period;
+                    let now = Instant::now();
+                    if next < now {
+                        // Fell behind (a slow drain): keep the rate, do not burst.
+                        next = now + period;
+                    }
+                }
+                stop_drained.store(true, Ordering::SeqCst);
+                let after = domain.stats(owner_cpu).map_err(|e| e.to_string())?;
+                let after_all = domain.total_stats();
+                Ok(Some(DrainerOut {
+                    lat_ns,
+                    failed,
+                    before,
+                    after,
+                    before_all,
+                    after_all,
+                }))
+            }
+        });
+    let drainer = match drainer {
+        Ok(d) => d,
+        Err(e) => {
+            stop_base.store(true, Ordering::SeqCst);
+            stop_drained.store(true, Ordering::SeqCst);
+            return Err(format!("spawning the drainer thread: {e}"));
+        }
+    };
+    let d = drainer
+        .join()
+        .map_err(|_| "the drainer thread panicked".to_string());
+    // Whatever happened to the drainer, let the owner finish.
+    stop_base.store(true, Ordering::SeqCst);
+    stop_drained.store(true, Ordering::SeqCst);
+    let o = owner
+        .join()
+        .map_err(|_| "the owner thread panicked".to_string())?;
+    let d = d??;
+    let (base, drained) = o?;
+    let d = d.ok_or("the owner could not bind")?;
+
+    // The owner has gone: its slot is free, so this drain runs every slot here.
+    drain
+        .run()
+        .map_err(|e| format!("the final drain failed: {e}"))?;
+    let increments = base.iters + drained.iters;
+    let counter_total = total.load(Ordering::SeqCst);
+
+    let delta = |a: &SlotStats, b: &SlotStats| SlotStats {
+        signals_sent: a.signals_sent - b.signals_sent,
+        works_in_handler: a.works_in_handler - b.works_in_handler,
+        works_at_section_end: a.works_at_section_end - b.works_at_section_end,
+        works_at_quiescent: a.works_at_quiescent - b.works_at_quiescent,
+        works_remote: a.works_remote - b.works_remote,
+        lock_contended: a.lock_contended - b.lock_contended,
+        works_panicked: a.works_panicked - b.works_panicked,
+    };
+    let mine = delta(&d.after, &d.before);
+    let all = delta(&d.after_all, &d.before_all);
+    let baseline_lost = base.lost_pct();
+    let result = IsolationResult {
+        mode: mode.name(),
+        owner_cpu,
+        drainer_cpu,
+        seconds: a.seconds,
+        rate: a.rate,
+        drains: d.lat_ns.len() as u64,
+        drains_failed: d.failed,
+        signals_sent: all.signals_sent,
+        works_run_by_owner: mine.works_by_owner(),
+        owner_works_in_handler: mine.works_in_handler,
+        owner_works_at_section_end: mine.works_at_section_end,
+        owner_works_at_quiescent: mine.works_at_quiescent,
+        works_run_remotely: mine.works_remote,
+        works_other_slots: all.works_run() - mine.works_run(),
+        threshold_ns: a.threshold_ns,
+        owner_gaps_over_threshold: drained.over,
+        baseline_gaps_over_threshold: base.over,
+        owner_lost_time_pct: drained.lost_pct(),
+        baseline_lost_time_pct: baseline_lost,
+        owner_ops_per_sec: drained.ops_per_sec(),
+        baseline_ops_per_sec: base.ops_per_sec(),
+        drain_latency_ns: util::percentiles(&d.lat_ns),
+        owner_gap_ns: drained.percentiles(),
+        baseline_gap_ns: base.percentiles(),
+        increments,
+        counter_total,
+        noisy: baseline_lost >= 1.0,
+    };
+    Ok(IsolationRun {
+        result,
+        owner_gap_ccdf: drained.ccdf(),
+        baseline_gap_ccdf: base.ccdf(),
+    })
+}

@@ -1,0 +1,573 @@
+//! The benchmark program from the outside: a tiny `report --quick` checked
+//! against the documented `results.json` schema, well-formed SVG plots,
+//! `isolation --json` counting what each mode did, and bad options refused
+//! with nothing written. Behaviour only: no timing is asserted.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qpw-bench"))
+        .args(args)
+        .env_remove("QPW")
+        .output()
+        .expect("qpw-bench runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A fresh directory for one test; removed first if a previous run left it.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qpw-bench-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Entries of a directory, by name.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The schema of `results.json`, as documented (results-schema.md): every
+/// key path (`[]` for array elements) with its JSON type. `number` accepts
+/// integers too; `a|b` accepts either.
+const SCHEMA: &str = "
+schema string
+command string
+preset string
+machine object
+machine.cpu_model string
+machine.cores integer
+machine.allowed_cpus string
+machine.kernel string
+machine.tsc_hz number
+machine.date_utc string
+method object
+method.cycles string
+method.kmalloc string
+method.isolation string
+method.drain string
+method.locks string
+method.noisy string
+kernel_reference object
+kernel_reference.kmalloc_cycles array
+kernel_reference.kmalloc_cycles[] object
+kernel_reference.kmalloc_cycles[].config string
+kernel_reference.kmalloc_cycles[].kernel string
+kernel_reference.kmalloc_cycles[].cycles integer
+kernel_reference.drain_all_stock_cycles array
+kernel_reference.drain_all_stock_cycles[] object
+kernel_reference.drain_all_stock_cycles[].cpus integer
+kernel_reference.drain_all_stock_cycles[].before_qpw integer
+kernel_reference.drain_all_stock_cycles[].after_qpw integer
+kmalloc object
+kmalloc.size integer
+kmalloc.iterations integer
+kmalloc.reps integer
+kmalloc.lock_pair_cycles number
+kmalloc.cpu integer|null
+kmalloc.tsc_hz number
+kmalloc.rows array
+kmalloc.rows[] object
+kmalloc.rows[].config string
+kmalloc.rows[].alloc_cycles number
+kmalloc.rows[].alloc_min_cycles number
+kmalloc.rows[].free_cycles number
+kmalloc.rows[].free_min_cycles number
+kmalloc.rows[].cold_alloc_cycles number
+kmalloc.rows[].cold_free_cycles number
+kmalloc.rows[].kind string
+kmalloc.goals object
+kmalloc.goals.qpw0_at_or_below_mimalloc bool
+kmalloc.goals.qpw1_minus_qpw0_cycles number
+kmalloc.goals.qpw1_within_one_lock_pair bool
+kmalloc.goals.bulk_ratio number
+kmalloc.goals.bulk_within_10_percent bool
+kmalloc.goals.no_qpw_vs_qpw0_percent number
+kmalloc.goals.no_qpw_within_3_percent bool
+kmalloc.goals.ratio_qpw1_qpw0 number
+kmalloc.goals.kernel_ratio_qpw1_qpw0 number
+isolation object
+isolation.seconds number
+isolation.rate integer
+isolation.threshold_ns integer
+isolation.runs array
+isolation.runs[] object
+isolation.runs[].mode string
+isolation.runs[].owner_cpu integer
+isolation.runs[].drainer_cpu integer|null
+isolation.runs[].seconds number
+isolation.runs[].rate integer
+isolation.runs[].drains integer
+isolation.runs[].drains_failed integer
+isolation.runs[].signals_sent integer
+isolation.runs[].works_run_by_owner integer
+isolation.runs[].owner_works_in_handler integer
+isolation.runs[].owner_works_at_section_end integer
+isolation.runs[].owner_works_at_quiescent integer
+isolation.runs[].works_run_remotely integer
+isolation.runs[].works_other_slots integer
+isolation.runs[].threshold_ns integer
+isolation.runs[].owner_gaps_over_threshold integer
+isolation.runs[].baseline_gaps_over_threshold integer
+isolation.runs[].owner_lost_time_pct number
+isolation.runs[].baseline_lost_time_pct number
+isolation.runs[].owner_ops_per_sec number
+isolation.runs[].baseline_ops_per_sec number
+isolation.runs[].drain_latency_ns object
+isolation.runs[].drain_latency_ns.p50 number
+isolation.runs[].drain_latency_ns.p99 number
+isolation.runs[].drain_latency_ns.max number
+isolation.runs[].owner_gap_ns object
+isolation.runs[].owner_gap_ns.p50 number
+isolation.runs[].owner_gap_ns.p99 number
+isolation.runs[].owner_gap_ns.p9999 number
+isolation.runs[].owner_gap_ns.max number
+isolation.runs[].baseline_gap_ns object
+isolation.runs[].baseline_gap_ns.p50 number
+isolation.runs[].baseline_gap_ns.p99 number
+isolation.runs[].baseline_gap_ns.p9999 number
+isolation.runs[].baseline_gap_ns.max number
+isolation.runs[].increments integer
+isolation.runs[].counter_total integer
+isolation.runs[].noisy bool
+isolation.runs[].owner_gap_ccdf array
+isolation.runs[].owner_gap_ccdf[] array
+isolation.runs[].owner_gap_ccdf[][] number
+isolation.runs[].baseline_gap_ccdf array
+isolation.runs[].baseline_gap_ccdf[] array
+isolation.runs[].baseline_gap_ccdf[][] number
+drain object
+drain.cpus array
+drain.cpus[] integer
+drain.max_drains integer
+drain.budget_s number
+drain.hard_limit_s number
+drain.warmup_drains integer
+drain.points array
+drain.points[] object
+drain.points[].mode string
+drain.points[].cpus integer
+drain.points[].owners string
+drain.points[].pinned_owners integer
+drain.points[].drains integer
+drain.points[].drains_failed integer
+drain.points[].cut_short bool
+drain.points[].lock_contended integer
+drain.points[].latency_cycles object
+drain.points[].latency_cycles.p50 number
+drain.points[].latency_cycles.p99 number
+drain.points[].latency_cycles.max number
+drain.points[].latency_ns object
+drain.points[].latency_ns.p50 number
+drain.points[].latency_ns.p99 number
+drain.points[].latency_ns.max number
+drain.points[].batches object
+drain.points[].batches.reps integer
+drain.points[].batches.min number
+drain.points[].batches.median number
+drain.points[].batches.max number
+drain.points[].batches.spread_pct number
+drain.points[].batches.noisy bool
+drain.points[].signals_sent integer
+drain.points[].works_by_owners integer
+drain.points[].works_by_caller integer
+drain.points[].increments integer
+drain.points[].counter_total integer
+drain.points[].kernel_before_qpw integer|null
+drain.points[].kernel_after_qpw integer|null
+locks object
+locks.iterations integer
+locks.reps integer
+locks.rows array
+locks.rows[] object
+locks.rows[].name string
+locks.rows[].config string
+locks.rows[].mode string
+locks.rows[].lock string
+locks.rows[].empty object
+locks.rows[].empty.reps integer
+locks.rows[].empty.min number
+locks.rows[].empty.median number
+locks.rows[].empty.max number
+locks.rows[].empty.spread_pct number
+locks.rows[].empty.noisy bool
+locks.rows[].trivial object
+locks.rows[].trivial.reps integer
+locks.rows[].trivial.min number
+locks.rows[].trivial.median number
+locks.rows[].trivial.max number
+locks.rows[].trivial.spread_pct number
+locks.rows[].trivial.noisy bool
+files array
+files[] string
+";
+
+fn type_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Every (path, type) in a JSON value.
+fn walk(v: &Value, path: &str, out: &mut Vec<(String, &'static str)>) {
+    if !path.is_empty() {
+        out.push((path.to_string(), type_of(v)));
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                walk(x, &p, out);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                walk(x, &format!("{path}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn type_ok(documented: &str, actual: &str) -> bool {
+    documented
+        .split('|')
+        .any(|t| t == actual || (t == "number" && actual == "integer"))
+}
+
+/// Checks `results.json` both ways: every key it has is documented with a
+/// matching type, and every documented key is there.
+fn check_schema(json: &Value) {
+    let schema: Vec<(&str, &str)> = SCHEMA
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_once(' ').unwrap())
+        .collect();
+    let mut seen = Vec::new();
+    walk(json, "", &mut seen);
+    for (path, ty) in &seen {
+        let doc = schema.iter().find(|(p, _)| p == path);
+        let Some((_, doc_ty)) = doc else {
+            panic!("results.json has an undocumented key `{path}` ({ty})")
+        };
+        assert!(
+            type_ok(doc_ty, ty),
+            "`{path}` is {ty}, documented as {doc_ty}"
+        );
+    }
+    for (path, _) in &schema {
+        assert!(
+            seen.iter().any(|(p, _)| p == path),
+            "documented key `{path}` is missing from results.json"
+        );
+    }
+}
+
+#[test]
+fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
+    let dir = scratch("report");
+    let out = dir.join("out");
+    let o = bench(&[
+        "report",
+        "--quick",
+        "--out",
+        out.to_str().unwrap(),
+        "--seconds",
+        "0.2",
+        "--rate",
+        "200",
+        "--cpus",
+        "1,2",
+        "--drains",
+        "5",
+        "--budget",
+        "0.05",
+        "--lock-iterations",
+        "10000",
+        "--reps",
+        "3",
+        "--kmalloc-count",
+        "10000",
+    ]);
+    let stdout = text(&o.stdout);
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        o.status,
+        text(&o.stderr)
+    );
+    for heading in [
+        "## kmalloc",
+        "## Isolation",
+        "## Drain scaling",
+        "## Lock cost",
+    ] {
+        assert!(
+            stdout.contains(heading),
+            "stdout lacks {heading}:\n{stdout}"
+        );
+    }
+    // The seed's layout: our row beside the kernel's figure.
+    assert!(
+        stdout.contains("| CONFIG_QPW=y, qpw=1 | qpw=1 | 190 |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| qpw=1 / qpw=0 | 1.118 |"), "{stdout}");
+
+    // Only the report directory appears: no temporary or old directory left.
+    assert_eq!(entries(&dir), ["out"]);
+    assert_eq!(
+        entries(&out),
+        [
+            "drain_latency.svg",
+            "isolation_gaps.svg",
+            "report.md",
+            "results.json"
+        ]
+    );
+
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("Machine: ") && md.contains("TSC"), "{md}");
+    for heading in [
+        "## kmalloc",
+        "## Isolation",
+        "## Drain scaling",
+        "## Lock cost",
+    ] {
+        assert!(md.contains(heading), "report.md lacks {heading}");
+    }
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    check_schema(&json);
+    assert_eq!(json["schema"], "qpw-bench-results/1");
+    assert_eq!(json["preset"], "quick");
+    let runs = json["isolation"]["runs"].as_array().unwrap();
+    let modes: Vec<&str> = runs.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["queue", "remote", "defer", "auto"]);
+    for r in runs {
+        assert_eq!(r["counter_total"], r["increments"], "{r}");
+    }
+    let points = json["drain"]["points"].as_array().unwrap();
+    // Four modes, two slot counts, two owner behaviours.
+    assert_eq!(points.len(), 4 * 2 * 2);
+    for p in points {
+        assert_eq!(p["counter_total"], p["increments"], "{p}");
+    }
+    assert_eq!(json["locks"]["rows"].as_array().unwrap().len(), 11);
+    assert_eq!(json["kmalloc"]["iterations"], 10000);
+
+    for svg in ["drain_latency.svg", "isolation_gaps.svg"] {
+        let s = std::fs::read_to_string(out.join(svg)).unwrap();
+        let doc =
+            roxmltree::Document::parse(&s).unwrap_or_else(|e| panic!("{svg} is not XML: {e}"));
+        assert_eq!(doc.root_element().tag_name().name(), "svg", "{svg}");
+        assert!(
+            doc.descendants()
+                .any(|n| n.has_tag_name("polyline") || n.has_tag_name("path")),
+            "{svg} draws no line"
+        );
+    }
+
+    // A second run replaces the report in place, still leaving nothing else.
+    let o = bench(&[
+        "report",
+        "--quick",
+        "--out",
+        out.to_str().unwrap(),
+        "--seconds",
+        "0.1",
+        "--cpus",
+        "1",
+        "--drains",
+        "3",
+        "--budget",
+        "0.05",
+        "--lock-iterations",
+        "1000",
+        "--reps",
+        "2",
+        "--kmalloc-count",
+        "1000",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(entries(&dir), ["out"]);
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["drain"]["cpus"], serde_json::json!([1]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn isolation_json_counts_signals_and_works_per_mode() {
+    let o = bench(&["isolation", "--json", "--seconds", "0.3", "--rate", "200"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stderr = text(&o.stderr);
+    let lines: Vec<Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let modes: Vec<&str> = lines.iter().map(|l| l["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["queue", "remote", "defer", "auto"]);
+    for l in &lines {
+        let mode = l["mode"].as_str().unwrap();
+        for key in [
+            "drains",
+            "signals_sent",
+            "works_run_by_owner",
+            "works_run_remotely",
+            "threshold_ns",
+            "owner_gaps_over_threshold",
+            "baseline_gaps_over_threshold",
+            "owner_lost_time_pct",
+            "baseline_lost_time_pct",
+            "owner_ops_per_sec",
+        ] {
+            assert!(l[key].is_number(), "{mode}: {key} missing in {l}");
+        }
+        for key in ["p50", "p99", "max"] {
+            assert!(
+                l["drain_latency_ns"][key].is_number(),
+                "{mode}: drain_latency_ns.{key}"
+            );
+        }
+        let n = |k: &str| l[k].as_u64().unwrap();
+        // Every drain completed, and reached the owner's slot exactly once.
+        assert!(n("drains") > 0, "{mode}: no drain ran");
+        assert_eq!(n("drains_failed"), 0, "{mode}");
+        assert_eq!(
+            n("works_run_by_owner") + n("works_run_remotely"),
+            n("drains"),
+            "{mode}: {l}"
+        );
+        assert_eq!(
+            n("counter_total"),
+            n("increments"),
+            "{mode}: increments lost"
+        );
+        assert!(
+            stderr.contains(&format!("{mode}: counter check: total")),
+            "{stderr}"
+        );
+        match mode {
+            "queue" => {
+                // The owner runs every drain itself. A signal is sent unless the
+                // owner already took the work at the end of a local section.
+                assert_eq!(n("works_run_remotely"), 0, "{l}");
+                assert!(
+                    n("signals_sent") >= 1 && n("signals_sent") <= n("drains"),
+                    "{l}"
+                );
+            }
+            "remote" | "auto" => {
+                // Never interrupted: the drainer runs the work, or, when it
+                // finds the owner stuck in a section (preempted on this busy
+                // machine), the owner does as the section ends; never in a
+                // signal handler.
+                assert_eq!(n("signals_sent"), 0, "{mode}: {l}");
+                assert_eq!(n("owner_works_in_handler"), 0, "{mode}: {l}");
+                assert!(n("works_run_remotely") >= 1, "{mode}: {l}");
+            }
+            "defer" => {
+                // The owner runs every drain at its own points (a quiescent
+                // point, or the end of a local section), never in a handler.
+                assert_eq!(n("signals_sent"), 0, "{l}");
+                assert_eq!(n("owner_works_in_handler"), 0, "{l}");
+                assert_eq!(n("works_run_by_owner"), n("drains"), "{l}");
+            }
+            m => panic!("unexpected mode {m}"),
+        }
+    }
+}
+
+#[test]
+fn bad_options_fail_with_a_clear_error_and_write_nothing() {
+    let dir = scratch("bad");
+    let out = dir.join("out");
+    let out_s = out.to_str().unwrap();
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let under_file = file.join("out");
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (vec!["drain", "--cpus", "0"], &["--cpus", "at least 1"]),
+        (vec!["drain", "--cpus", "abc"], &["--cpus", "abc"]),
+        (vec!["drain", "--cpus", "1,,2"], &["--cpus"]),
+        (
+            vec!["isolation", "--seconds", "-1"],
+            &["--seconds", "positive"],
+        ),
+        (vec!["isolation", "--seconds", "abc"], &["--seconds", "abc"]),
+        (vec!["isolation", "--mode", "bogus"], &["--mode", "bogus"]),
+        (vec!["isolation", "--rate", "0"], &["--rate"]),
+        (
+            vec!["report", "--out", out_s, "--cpus", "0"],
+            &["--cpus", "at least 1"],
+        ),
+        (
+            vec!["report", "--out", out_s, "--cpus", "abc"],
+            &["--cpus", "abc"],
+        ),
+        (
+            vec!["report", "--out", out_s, "--seconds", "-1"],
+            &["--seconds", "positive"],
+        ),
+        (
+            vec!["report", "--out", out_s, "--quick", "--full"],
+            &["--quick", "--full"],
+        ),
+        (
+            vec!["report", "--out", file.to_str().unwrap()],
+            &["--out", "not a directory"],
+        ),
+        (
+            vec!["report", "--out", under_file.to_str().unwrap()],
+            &["--out"],
+        ),
+        (
+            vec!["report", "--out", "/proc/qpw-bench-report"],
+            &["--out"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let o = bench(&args);
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert_ne!(o.status.code(), Some(101), "{args:?} panicked: {err}");
+        for n in needles {
+            assert!(
+                err.contains(n),
+                "{args:?}: the error does not name `{n}`:\n{err}"
+            );
+        }
+        assert!(
+            o.stdout.is_empty(),
+            "{args:?} printed results: {}",
+            text(&o.stdout)
+        );
+        // Nothing written: only the file the test made is there.
+        assert_eq!(entries(&dir), ["a-file"], "{args:?} left files behind");
+        assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+    }
+    assert!(!Path::new("/proc/qpw-bench-report").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
