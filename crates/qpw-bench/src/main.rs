@@ -11,6 +11,7 @@
 //! | `drain` | the latency of one drain-all against the number of CPUs |
 //! | `locks` | cycles per lock+unlock pair of the owner's local lock, against std and parking_lot |
 //! | `report` | short versions of all four, tables, JSON and plots |
+//! | `soak` | every consumer in every mode under churn, with conservation checks |
 //!
 //! Cycles everywhere are TSC ticks (see [`tsc`]).
 
@@ -24,6 +25,7 @@ mod locks;
 mod machine;
 mod plots;
 mod report;
+mod soak;
 mod tsc;
 mod util;
 
@@ -51,6 +53,8 @@ enum Command {
     Locks(locks::LocksArgs),
     /// Short versions of every benchmark: Markdown tables, report.md, results.json, SVG plots.
     Report(report::ReportArgs),
+    /// Every consumer in every configuration and mode under churn, with conservation checks.
+    Soak(soak::SoakArgs),
 }
 
 fn main() {
@@ -61,6 +65,7 @@ fn main() {
         Some(Command::Drain(a)) => drain::main(&a),
         Some(Command::Locks(a)) => locks::main(&a),
         Some(Command::Report(a)) => report::main(&a),
+        Some(Command::Soak(a)) => soak::main(&a),
         None => report::main(&report::ReportArgs::default()),
     };
     if let Err(e) = result {
