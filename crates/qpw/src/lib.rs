@@ -90,7 +90,30 @@
 //!
 //! In `queue` mode a work function may run inside a signal handler. It must
 //! then be async-signal-safe: no allocation, no lock the interrupted code
-//! could hold. Locking cells with [`PerCpu::lock_ctx`] is always fine.
+//! could hold. Locking cells with [`PerCpu::lock_ctx`] is always fine. It
+//! also runs on the interrupted thread's stack, so keep it shallow.
+//!
+//! A work function that panics is caught (no unwinding crosses the handler,
+//! no guard stays held, the slot stays usable, and the flush returns
+//! [`FlushError::Panicked`]), but Rust's panic machinery allocates: in a
+//! handler that is only safe if the thread was not interrupted inside the
+//! allocator. Treat a panicking work function as a bug, not as control flow.
+//!
+//! # Limits
+//!
+//! - An [`Owner`] leaked with `mem::forget` keeps its slot. If its thread has
+//!   exited, the next signal finds the thread gone (`ESRCH`) and the slot is
+//!   freed; but if the kernel has meanwhile given its thread id to another
+//!   thread of the process, that thread takes the signal (harmlessly) and
+//!   the slot's flushes time out instead.
+//! - A drain-all from inside one of the caller's own local sections cannot
+//!   finish its own slot's work (it waits on itself) and returns
+//!   [`FlushError::Timeout`], as `flush_work` with preemption off would hang.
+//! - An owner can be preempted inside a local section, which the kernel's
+//!   spinlocks prevent. In `remote` mode a caller that finds the owner's
+//!   section counter standing still leaves the work to the owner's section
+//!   end instead of waiting on it; with more busy owners than cores every
+//!   mode's drain latency then follows the scheduler.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
