@@ -12,7 +12,9 @@ if ! command -v valgrind >/dev/null; then
   echo "valgrind not installed: skipping (apt-get install valgrind)"; exit 0
 fi
 start=$(date +%s)
-vg=(valgrind --tool=memcheck --error-exitcode=99 --quiet --trace-children=no)
+# --fair-sched=yes: valgrind runs one thread at a time, and its default lock
+# lets a spinning or yielding thread starve the others.
+vg=(valgrind --tool=memcheck --error-exitcode=99 --quiet --trace-children=no --fair-sched=yes)
 
 # Test executables of one test target: `exe PACKAGE TEST`.
 exe() {

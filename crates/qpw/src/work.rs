@@ -272,16 +272,25 @@ impl Waiter {
         }
     }
 
-    /// Waits a little; `true` once the deadline has passed.
+    /// Waits a little; `true` once the deadline has passed. Spins first
+    /// (a drain usually completes in microseconds), then yields, then, after
+    /// about a thousand yields, sleeps 50 µs at a time: a long wait must not
+    /// starve the threads it waits for on a crowded machine.
     pub(crate) fn wait(&mut self) -> bool {
         self.spins = self.spins.saturating_add(1);
         if self.spins < 64 {
             spin_hint();
-            false
-        } else {
-            yield_now();
-            self.spins % 16 == 0 && self.start.elapsed() >= self.timeout
+            return false;
         }
+        if self.spins < 1024 {
+            yield_now();
+        } else {
+            #[cfg(not(qpw_loom))]
+            std::thread::sleep(Duration::from_micros(50));
+            #[cfg(qpw_loom)]
+            yield_now();
+        }
+        self.spins % 16 == 0 && self.start.elapsed() >= self.timeout
     }
 }
 
