@@ -78,21 +78,31 @@ pub fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Whether a parse failed only because the number is too large for its type.
+fn too_large(e: &std::num::ParseIntError) -> bool {
+    *e.kind() == std::num::IntErrorKind::PosOverflow
+}
+
 /// Parses a positive integer (`--rate 1000`, `--iterations 10000`).
 pub fn parse_positive(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(v) => Ok(v),
+        Err(e) if too_large(&e) => Err(format!("`{s}` is too large (at most {})", u64::MAX)),
         Err(_) => Err(format!("`{s}` is not a positive integer")),
     }
 }
 
 /// Parses a drain rate per second, 1 to 1,000,000.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let v = parse_positive(s)?;
+    let v = match s.trim().parse::<u64>() {
+        Err(e) if too_large(&e) => u64::MAX,
+        _ => parse_positive(s)?,
+    };
     if v > 1_000_000 {
         return Err(format!(
-            "{v} drains per second is above the maximum of 1000000"
+            "`{}` drains per second is above the maximum of 1000000",
+            s.trim()
         ));
     }
     Ok(v)
@@ -106,6 +116,10 @@ pub fn parse_cpu_count(s: &str) -> Result<usize, String> {
             "{v} CPUs is above the maximum of {MAX_BENCH_CPUS} (one owner thread each)"
         )),
         Ok(v) => Ok(v),
+        Err(e) if too_large(&e) => Err(format!(
+            "`{}` CPUs is above the maximum of {MAX_BENCH_CPUS} (one owner thread each)",
+            s.trim()
+        )),
         Err(_) => Err(format!("`{s}` is not a number of CPUs")),
     }
 }
@@ -256,6 +270,10 @@ pub fn fmt_fig(v: f64) -> String {
         format!("{v:.2}")
     }
 }
+
+#[cfg(test)]
+#[path = "util_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -571,3 +571,55 @@ fn bad_options_fail_with_a_clear_error_and_write_nothing() {
     assert!(!Path::new("/proc/qpw-bench-report").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Hostile numbers: too large for any integer type, NaN, infinities, zero,
+/// case-mangled names, an option the subcommand lacks. Each is refused at
+/// parse time (exit 2, nothing on stdout) by a message naming the option and
+/// what was wrong; none panics or starts a run.
+#[test]
+fn hostile_values_are_refused_by_name() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["drain", "--cpus", "99999999999999999999"],
+            &["--cpus", "99999999999999999999", "maximum"],
+        ),
+        (
+            &["drain", "--cpus", "2,18446744073709551616"],
+            &["--cpus", "maximum"],
+        ),
+        (&["drain", "--budget", "nan"], &["--budget", "nan"]),
+        (&["drain", "--seconds", "nan"], &["--seconds"]),
+        (&["drain", "--mode", "QUEUE"], &["--mode", "QUEUE"]),
+        (&["isolation", "--seconds", "nan"], &["--seconds", "nan"]),
+        (
+            &["isolation", "--seconds", "1e400"],
+            &["--seconds", "1e400"],
+        ),
+        (&["isolation", "--seconds=-inf"], &["--seconds", "-inf"]),
+        // Separated, clap reads `-inf` as short flags (negative numbers
+        // are let through, words are not): still refused, naming `-i`.
+        (&["isolation", "--seconds", "-inf"], &["'-i'"]),
+        (&["isolation", "--rate", "0"], &["--rate", "at least 1"]),
+        (
+            &["isolation", "--rate", "99999999999999999999"],
+            &["--rate", "maximum"],
+        ),
+        (
+            &["locks", "--iterations", "99999999999999999999"],
+            &["--iterations", "too large"],
+        ),
+        (&["soak", "--seconds", "nan"], &["--seconds", "nan"]),
+    ];
+    for (args, needles) in cases {
+        let o = bench(args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        for n in *needles {
+            assert!(
+                err.contains(n),
+                "{args:?}: the error does not name `{n}`:\n{err}"
+            );
+        }
+        assert!(o.stdout.is_empty(), "{args:?} printed: {}", text(&o.stdout));
+    }
+}

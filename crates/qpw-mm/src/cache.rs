@@ -33,8 +33,10 @@ pub const fn default_sheaf_capacity(size: usize) -> usize {
 }
 
 /// The default cap on full sheaves in the depot: about 1 MiB of objects, at least 8.
+/// A zero size or capacity counts as one.
 pub const fn default_depot_max_full(size: usize, capacity: usize) -> usize {
-    let n = (1 << 20) / (size * capacity);
+    let per_sheaf = size.saturating_mul(capacity);
+    let n = (1 << 20) / if per_sheaf == 0 { 1 } else { per_sheaf };
     if n < 8 {
         8
     } else {
