@@ -39,10 +39,17 @@ const SIZE_INDEX: [u8; 25] = [
 ];
 
 /// The size class (index into [`KMALLOC_SIZES`]) for a request of `size`
-/// bytes, `size <= KMALLOC_MAX_CACHE_SIZE`. A zero size gets the smallest
-/// class: every `kmalloc(0)` is a distinct, freeable object.
+/// bytes, or `None` above [`KMALLOC_MAX_CACHE_SIZE`] (the large path). A
+/// zero size gets the smallest class: every `kmalloc(0)` is a distinct,
+/// freeable object.
+pub fn size_class(size: usize) -> Option<usize> {
+    (size <= KMALLOC_MAX_CACHE_SIZE).then(|| class_index(size))
+}
+
+/// [`size_class`] for sizes already known to be at most
+/// `KMALLOC_MAX_CACHE_SIZE` (the fast path).
 #[inline(always)]
-pub fn size_class(size: usize) -> usize {
+fn class_index(size: usize) -> usize {
     debug_assert!(size <= KMALLOC_MAX_CACHE_SIZE);
     if size <= 192 {
         SIZE_INDEX[(size + 7) >> 3] as usize
@@ -66,7 +73,7 @@ fn class_for(size: usize, align: usize) -> Option<usize> {
     if size > KMALLOC_MAX_CACHE_SIZE {
         return None;
     }
-    let mut c = size_class(size);
+    let mut c = class_index(size);
     if align > 8 {
         while class_align(c) < align {
             c += 1;
@@ -422,7 +429,8 @@ fn next_id() -> usize {
 ///   (its slot drained and freed for reuse) or by [`unbind_local`](Self::unbind_local).
 ///   A thread that finds no free slot still allocates and frees correctly
 ///   through the *shared path* (the depot under its lock), counted in
-///   [`KmallocStats::shared_path`]; it tries again once a slot is freed.
+///   [`KmallocStats::shared_path`]; it tries again once another thread's implicit
+///   binding of this allocator is released.
 ///
 /// Objects may be freed by any thread, through either API, whichever slot
 /// allocated them. In `defer` mode implicitly bound threads run drains at
@@ -636,7 +644,7 @@ impl<C: Config> Kmalloc<C> {
     #[inline]
     pub fn kmalloc(&self, owner: &mut Owner<C>, size: usize) -> Option<NonNull<u8>> {
         if size <= KMALLOC_MAX_CACHE_SIZE {
-            NonNull::new(self.alloc_class(owner, size_class(size)))
+            NonNull::new(self.alloc_class(owner, class_index(size)))
         } else {
             NonNull::new(large::alloc(size, 8, &self.shared.classes().large))
         }
@@ -776,7 +784,7 @@ impl<C: Config> Kmalloc<C> {
             }
             return out.len();
         }
-        let c = size_class(size);
+        let c = class_index(size);
         let sh = &*self.shared;
         let mut g = sh.pcs.lock(owner);
         // SAFETY: class indices are below NCLASSES.
@@ -1047,6 +1055,9 @@ impl<C: Config> Kmalloc<C> {
         align: usize,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
+        if !align.is_power_of_two() {
+            return None;
+        }
         if ptr.is_null() {
             return NonNull::new(self.alloc_local_raw(new_size, align));
         }
@@ -1172,7 +1183,7 @@ mod tests {
     #[test]
     fn size_classes_fit_and_are_tight() {
         for size in 0..=KMALLOC_MAX_CACHE_SIZE {
-            let c = size_class(size);
+            let c = class_index(size);
             assert!(
                 KMALLOC_SIZES[c] >= size,
                 "size {size} -> class {}",
