@@ -172,10 +172,13 @@ impl<C: Config> Builder<C> {
             crate::owner::ensure_handler(signal)?;
         }
         let id = next_domain_id();
+        let owner_preempted = Arc::new(crate::sync::AtomicBool::new(false));
         let slots = slot_modes
             .iter()
             .enumerate()
-            .map(|(cpu, &m)| CachePadded::new(SlotState::new(cpu, m, id, signal)))
+            .map(|(cpu, &m)| {
+                CachePadded::new(SlotState::new(cpu, m, id, signal, owner_preempted.clone()))
+            })
             .collect();
         Ok(Domain {
             inner: Arc::new(DomainInner {

@@ -110,10 +110,11 @@
 //!   finish its own slot's work (it waits on itself) and returns
 //!   [`FlushError::Timeout`], as `flush_work` with preemption off would hang.
 //! - An owner can be preempted inside a local section, which the kernel's
-//!   spinlocks prevent. In `remote` mode a caller that finds the owner's
-//!   section counter standing still leaves the work to the owner's section
-//!   end instead of waiting on it; with more busy owners than cores every
-//!   mode's drain latency then follows the scheduler.
+//!   spinlocks prevent. In `remote` mode, once a caller of the domain has
+//!   waited long on a cell lock, callers that find an owner's section counter
+//!   standing still leave the work to the owner's section end instead of
+//!   waiting on it; with more busy owners than cores every mode's drain
+//!   latency then follows the scheduler.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -132,7 +132,7 @@ impl<T, C: Config> PerCpu<T, C> {
         );
         let entered = slot.enter();
         if spin {
-            cell.lock.lock(&slot.counters);
+            cell.lock.lock(&slot.counters, None);
         }
         LocalGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
@@ -163,7 +163,9 @@ impl<T, C: Config> PerCpu<T, C> {
             CtxKind::Busy => false,
         };
         if spin {
-            cell.lock.lock(&ctx.slot.counters);
+            let long_wait =
+                (ctx.kind == CtxKind::RemoteLocked).then_some(&*ctx.slot.owner_preempted);
+            cell.lock.lock(&ctx.slot.counters, long_wait);
         }
         CtxGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
@@ -179,7 +181,7 @@ impl<T, C: Config> PerCpu<T, C> {
         let slot = self.domain.slot(cpu)?;
         let cell = &self.cells[cpu];
         if C::QPW && slot.mode == SlotMode::Remote {
-            cell.lock.lock(&slot.counters);
+            cell.lock.lock(&slot.counters, Some(&*slot.owner_preempted));
             return Ok(RemoteGuard {
                 ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
                 cell,

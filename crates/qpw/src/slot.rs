@@ -25,7 +25,9 @@
 
 use crate::config::{Config, SlotMode};
 use crate::stats::{Counters, RanAt};
-use crate::sync::{signal_fence, spin_hint, yield_now, AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use crate::sync::{
+    signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, Ordering,
+};
 use crate::work::{CtxKind, WorkInner};
 use crossbeam_utils::CachePadded;
 use std::marker::PhantomData;
@@ -57,6 +59,12 @@ pub(crate) struct SlotState<C: Config> {
     pub(crate) tid: AtomicU32,
     /// A signal was sent and its handler has not started yet.
     pub(crate) sig_inflight: AtomicBool,
+    /// Shared by every slot of the domain: a remote caller once spun long on
+    /// a cell lock, so owners here get preempted inside their sections (the
+    /// machine is overcommitted), and `remote` callers check an owner's
+    /// section counter before waiting on it. Sticky for the domain's life;
+    /// owners that have a core of their own never set it.
+    pub(crate) owner_preempted: Arc<AtomicBool>,
     pub(crate) mode: SlotMode,
     pub(crate) cpu: usize,
     pub(crate) domain_id: usize,
@@ -77,13 +85,20 @@ pub(crate) enum Helped {
 }
 
 impl<C: Config> SlotState<C> {
-    pub(crate) fn new(cpu: usize, mode: SlotMode, domain_id: usize, signal: i32) -> Self {
+    pub(crate) fn new(
+        cpu: usize,
+        mode: SlotMode,
+        domain_id: usize,
+        signal: i32,
+        owner_preempted: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             in_section: CachePadded::new(AtomicU32::new(0)),
             ctl: AtomicU32::new(FREE),
             head: AtomicPtr::new(ptr::null_mut()),
             tid: AtomicU32::new(0),
             sig_inflight: AtomicBool::new(false),
+            owner_preempted,
             mode,
             cpu,
             domain_id,
@@ -249,21 +264,30 @@ impl<C: Config> SlotState<C> {
     /// `false` when an online owner sits in one local section without
     /// moving for a while: a userspace owner can be preempted while it holds
     /// its lock (the kernel's spinlocks prevent that), and waiting on it would
-    /// stall the caller for a scheduler time slice, slot after slot. Also
-    /// `false` when the caller is that owner. An owner that is running
-    /// bumps its counter every few nanoseconds: then `true`, and the caller
-    /// takes the lock as it comes free.
+    /// stall the caller for a scheduler time slice, slot after slot. An owner
+    /// that is running bumps its counter every few nanoseconds: then `true`,
+    /// and the caller takes the lock as it comes free. The counter is only
+    /// read for slots whose owner was once caught preempted holding a lock
+    /// in this domain (`owner_preempted`): reading the line the owner writes at every
+    /// section costs a caller two cache misses, which owners with a core of
+    /// their own should not make it pay. And `false` when the caller is the
+    /// owner itself, inside a section: it would wait on itself.
     pub(crate) fn run_now_remote(&self) -> bool {
         #[cfg(not(qpw_loom))]
         const SPINS: u32 = 256;
         #[cfg(qpw_loom)]
         const SPINS: u32 = 2;
+        if crate::owner::current_thread_owns(self) {
+            return !self.owner_in_section(Ordering::Relaxed);
+        }
+        // The models explore the check whatever the hint says.
+        #[cfg(not(qpw_loom))]
+        if !self.owner_preempted.load(Ordering::Relaxed) {
+            return true;
+        }
         let first = self.in_section.load(Ordering::SeqCst);
         let mut spins = 0;
         while self.ctl.load(Ordering::SeqCst) == ONLINE && first & 1 != 0 {
-            if crate::owner::current_thread_owns(self) {
-                return false;
-            }
             spin_hint();
             if self.in_section.load(Ordering::SeqCst) != first {
                 return true;
@@ -390,19 +414,22 @@ impl SpinLock {
         Self(AtomicU32::new(0))
     }
 
+    /// Takes the lock. A caller that passes `long_wait` has it set if the
+    /// lock stays held past the spinning phase (its holder was most likely
+    /// preempted).
     #[inline(always)]
-    pub(crate) fn lock(&self, counters: &Counters) {
+    pub(crate) fn lock(&self, counters: &Counters, long_wait: Option<&AtomicBool>) {
         if self
             .0
             .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            self.lock_slow(counters);
+            self.lock_slow(counters, long_wait);
         }
     }
 
     #[cold]
-    fn lock_slow(&self, counters: &Counters) {
+    fn lock_slow(&self, counters: &Counters, long_wait: Option<&AtomicBool>) {
         counters.contended();
         let mut spins = 0u32;
         loop {
@@ -411,6 +438,11 @@ impl SpinLock {
                 if spins < 128 {
                     spin_hint();
                 } else {
+                    if spins == 128 {
+                        if let Some(flag) = long_wait {
+                            flag.store(true, Ordering::Relaxed);
+                        }
+                    }
                     yield_now();
                 }
             }

@@ -706,9 +706,11 @@ fn owner_of_another_domain_is_refused() {
     let _g = data_b.lock(&mut owner_a);
 }
 
-/// Remote mode, owner stuck inside a section (as a preempted owner is): the
-/// caller does not wait for it; the owner runs the work as the section ends,
-/// without a signal, and the flush returns then.
+/// Remote mode, owner stuck inside a section (as a preempted owner is). The
+/// first caller waits for the lock, as `remote` mode does, and learns from
+/// the long wait that this owner gets stuck; from then on a caller that finds
+/// it standing still in a section hands the work over instead of waiting:
+/// the owner runs it as the section ends, without a signal.
 #[cfg(feature = "qpw")]
 #[test]
 fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
@@ -731,23 +733,43 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
         move || {
             let mut me = domain.bind_unpinned(1).unwrap();
             {
+                // First stall: hold the lock until the caller has waited long.
                 let mut g = data.lock(&mut me);
                 *g += 10;
                 in_tx.send(()).unwrap();
-                out_rx.recv().unwrap(); // "preempted" inside the section
+                while domain.stats(1).unwrap().lock_contended == 0 {
+                    std::thread::yield_now();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Outside any section until the first drain has run (a spinlock
+            // is not fair: re-entering at once could starve the caller).
+            while domain.stats(1).unwrap().works_remote == 0 {
+                std::thread::yield_now();
+            }
+            {
+                // Second stall: the caller must not wait for this one.
+                let mut g = data.lock(&mut me);
+                *g += 100;
+                in_tx.send(()).unwrap();
+                out_rx.recv().unwrap();
             }
             let v = *data.lock(&mut me);
             (v, domain.stats(1).unwrap())
         }
     });
     in_rx.recv().unwrap();
+    assert!(work.queue(), "the first drain waits for the lock and runs");
+    assert!(!work.is_pending());
+    in_rx.recv().unwrap();
     assert!(work.queue(), "queue returns without waiting for the owner");
     assert!(work.is_pending());
     out_tx.send(()).unwrap();
     work.flush().unwrap();
     let (v, s) = owner.join().unwrap();
-    assert_eq!(v, 11);
-    // The owner as its section ended, or the flusher once it saw it out.
+    assert_eq!(v, 112);
+    // The second: by the owner as its section ended, or by the flusher once
+    // it saw it out.
     assert_eq!((s.signals_sent, s.works_in_handler), (0, 0), "{s:?}");
-    assert_eq!(s.works_at_section_end + s.works_remote, 1, "{s:?}");
+    assert_eq!(s.works_at_section_end + s.works_remote, 2, "{s:?}");
 }
