@@ -787,11 +787,13 @@ fn drain_table(points: &[DrainPoint], method: &Method, plan: &Plan) -> String {
     s.push_str(
         "- `queue` and `defer` wait for every owner to run: with more owners than cores, each waits for its turn \
          on a core (as kworkers would), so their latency follows the scheduler, not the drain.\n\
-         - `remote` never waits for an owner to take a turn, but it does wait for an owner preempted while it \
-         holds its slot's lock: the kernel's spinlock disables preemption, a userspace one cannot. Owners that \
-         `spin` in local operations are almost always preempted inside their section, so with more owners than \
-         cores `remote` waits for them one after another; owners that `yield` are descheduled outside it, as an \
-         owner with a core of its own would be, and `remote` then shows the drain's own cost.\n\n",
+         - `remote` never waits for an owner to take a turn, but an owner can be preempted while it holds its \
+         slot's lock (the kernel's spinlock disables preemption, a userspace one cannot). Owners that `spin` in \
+         local operations are almost always preempted inside their section; once a caller has waited on one, \
+         callers hand work to owners they find standing still in a section (they run it as the section ends, \
+         without a signal), so a drain-all waits for the slowest owner's next turn on a core, not for each \
+         in turn. Owners that `yield` are descheduled outside their section, as an owner with a core of its \
+         own would be, and `remote` then shows the drain's own cost.\n\n",
     );
     s
 }
