@@ -5,7 +5,7 @@ use crate::domain::Domain;
 use crate::error::Error;
 use crate::owner::Owner;
 use crate::slot::{SlotState, SpinLock};
-use crate::sync::{Arc, MutPtr, Ordering, UnsafeCell};
+use crate::sync::{Arc, MutPtr, UnsafeCell};
 use crate::work::{CtxKind, WorkCtx};
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -122,14 +122,8 @@ impl<T, C: Config> PerCpu<T, C> {
         // The section flag, in every mode: `queue`'s handler reads it, a
         // `remote` caller hands work to an owner that is in a section (and
         // may be preempted there) instead of waiting, and an owner's own
-        // drain-all runs its work only outside one.
-        //
-        // A work function running in this thread's signal handler that
-        // reached this owner (through `with_local`) would alias the data.
-        assert!(
-            !slot.owner_in_section(Ordering::Relaxed),
-            "qpw: local section entered from inside this slot's work"
-        );
+        // drain-all runs its work only outside one. `enter` refuses a
+        // section inside this slot's own work (see there).
         let entered = slot.enter();
         if spin {
             cell.lock.lock(&slot.counters, None);

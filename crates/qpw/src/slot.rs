@@ -168,9 +168,18 @@ impl<C: Config> SlotState<C> {
     /// Owner's thread only: enters a section (even → odd); returns the even
     /// value to give [`leave`](Self::leave). A plain load and store: only
     /// this thread writes the counter.
+    ///
+    /// # Panics
+    /// If the owner is already in a section: a work function running in
+    /// this thread's signal handler that reached its owner (through
+    /// `with_local`) would alias the data. Checked before anything changes.
     #[inline(always)]
     pub(crate) fn enter(&self) -> u32 {
         let v = self.in_section.load(Ordering::Relaxed);
+        assert!(
+            v & 1 == 0,
+            "qpw: local section entered from inside this slot's work"
+        );
         self.in_section.store(v.wrapping_add(1), Ordering::Relaxed);
         signal_fence(Ordering::SeqCst);
         v
@@ -247,11 +256,7 @@ impl<C: Config> SlotState<C> {
             if s & BUSY != 0 {
                 return Helped::Busy;
             }
-            if self
-                .ctl
-                .compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
-            {
+            if self.try_take() {
                 self.run_pending(CtxKind::Busy, RanAt::Remote);
                 self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
             }
