@@ -338,6 +338,25 @@ thread_local! {
     static IMPLICIT: RefCell<Implicit> = const { RefCell::new(Vec::new()) };
 }
 
+/// Returns an implicit owner to this thread's table when dropped.
+struct PutBack {
+    id: usize,
+    owner: Option<Box<dyn std::any::Any>>,
+}
+
+impl Drop for PutBack {
+    fn drop(&mut self) {
+        let (id, owner) = (self.id, self.owner.take());
+        IMPLICIT.with(|m| {
+            let mut m = m.borrow_mut();
+            match m.iter_mut().find(|(d, _)| *d == id) {
+                Some((_, slot)) => *slot = owner,
+                None => m.push((id, owner)),
+            }
+        });
+    }
+}
+
 pub(crate) fn with_implicit<C: Config, R>(
     domain: &Domain<C>,
     f: impl FnOnce(&mut Owner<C>) -> R,
@@ -350,19 +369,23 @@ pub(crate) fn with_implicit<C: Config, R>(
             None => Ok(None),
         }
     })?;
-    let mut owner: Box<dyn std::any::Any> = match taken {
+    let owner: Box<dyn std::any::Any> = match taken {
         Some(o) => o,
         None => Box::new(domain.bind_any()?),
     };
-    let r = f(owner
-        .downcast_mut::<Owner<C>>()
+    // Put the owner back however `f` ends: if it unwound with the owner
+    // dropped, the slot would be unbound under the caller, and inside this
+    // slot's own work (a signal handler) the unbinding would panic again
+    // and abort the process.
+    let mut back = PutBack {
+        id,
+        owner: Some(owner),
+    };
+    let r = f(back
+        .owner
+        .as_mut()
+        .and_then(|o| o.downcast_mut::<Owner<C>>())
         .expect("implicit owners are stored by domain id"));
-    IMPLICIT.with(|m| {
-        let mut m = m.borrow_mut();
-        match m.iter_mut().find(|(d, _)| *d == id) {
-            Some((_, slot)) => *slot = Some(owner),
-            None => m.push((id, Some(owner))),
-        }
-    });
+    drop(back);
     Ok(r)
 }

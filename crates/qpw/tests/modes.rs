@@ -773,3 +773,48 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
     assert_eq!((s.signals_sent, s.works_in_handler), (0, 0), "{s:?}");
     assert_eq!(s.works_at_section_end + s.works_remote, 2, "{s:?}");
 }
+
+/// A work running in the owner's signal handler that reaches its own owner
+/// (through `with_local`) and tries a local section would alias the data the
+/// handler already holds: it is refused (a panic the flush reports) before
+/// anything changes, and the owner's sections work afterwards.
+#[test]
+fn section_inside_own_work_is_refused_and_changes_nothing() {
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(1)
+        .build()
+        .unwrap();
+    let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    let work = domain
+        .work(0, {
+            let (domain, data) = (domain.clone(), data.clone());
+            move |_ctx| {
+                domain.with_local(|me| *data.lock(me) += 1).unwrap();
+            }
+        })
+        .unwrap();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let owner = std::thread::spawn({
+        let (domain, data) = (domain.clone(), data.clone());
+        move || {
+            domain.with_local(|me| *data.lock(me) += 10).unwrap();
+            bound_tx.send(()).unwrap();
+            done_rx.recv().unwrap(); // outside any section: the handler runs the work here
+            domain.with_local(|me| *data.lock(me) += 100).unwrap();
+            domain.stats(0).unwrap()
+        }
+    });
+    bound_rx.recv().unwrap();
+    work.queue();
+    assert_eq!(work.flush(), Err(FlushError::Panicked { cpu: 0 }));
+    done_tx.send(()).unwrap();
+    let s = owner.join().unwrap();
+    assert_eq!((s.works_in_handler, s.works_panicked), (1, 1), "{s:?}");
+    assert_eq!(
+        *data.remote(0).unwrap(),
+        110,
+        "the refused section changed the data"
+    );
+}
