@@ -340,6 +340,21 @@ impl<C: Config> SlotState<C> {
         }
     }
 
+    /// For a flusher that has waited a while: if the signal sent to the
+    /// online owner is still marked in flight, no handler has started since
+    /// it was sent, so it was lost (the thread was exiting as it arrived, or
+    /// it blocks the signal): send it again. A live owner in a long section
+    /// has cleared the mark when its handler ran, and gets nothing more.
+    pub(crate) fn resend_lost_signal(&self) {
+        if self.mode == SlotMode::Queue
+            && self.ctl.load(Ordering::SeqCst) == ONLINE
+            && self.has_pending()
+            && self.sig_inflight.swap(false, Ordering::SeqCst)
+        {
+            self.signal_owner();
+        }
+    }
+
     /// The signal handler's work for this slot (owner's thread, any point of its code).
     pub(crate) fn on_signal(&self) {
         self.sig_inflight.store(false, Ordering::SeqCst);

@@ -228,6 +228,8 @@ impl<C: Config> Work<C> {
         let target = w.state.load(Ordering::SeqCst) >> 1;
         let slot = self.slot();
         let mut waiter = Waiter::new(timeout);
+        // When to look for a lost signal: after 10 ms, then 10 times later each time.
+        let mut resend_after = Duration::from_millis(10);
         loop {
             if w.done.load(Ordering::SeqCst) >= target {
                 if target > 0 && w.panicked.load(Ordering::SeqCst) == target {
@@ -237,6 +239,10 @@ impl<C: Config> Work<C> {
             }
             // The owner may have gone offline or away since it was queued.
             slot.help();
+            if waiter.elapsed() >= resend_after {
+                slot.resend_lost_signal();
+                resend_after = resend_after.saturating_mul(10);
+            }
             if waiter.wait() {
                 return Err(FlushError::Timeout {
                     cpu: self.cpu,
@@ -270,6 +276,11 @@ impl Waiter {
             timeout,
             spins: 0,
         }
+    }
+
+    /// Time since the wait began.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.start.elapsed()
     }
 
     /// Waits a little; `true` once the deadline has passed. Spins first
