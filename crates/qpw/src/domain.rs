@@ -1,12 +1,13 @@
-//! The domain: the object that owns the slots, their work and their counters.
+//! The domain: the object that owns the slots and their counters, and
+//! builds them. Binding (`owner.rs`), work (`work.rs`) and implicit owners
+//! (`implicit.rs`) add their `Domain` methods in their own files, above this
+//! one.
 
 use crate::config::{format_cpu_list, Config, Mode, SlotMode, Standard};
 use crate::error::Error;
-use crate::owner::Owner;
-use crate::slot::SlotState;
+use crate::slot::{SlotState, BUSY, FREE, OFFLINE, RETIRED};
 use crate::stats::SlotStats;
 use crate::sync::Arc;
-use crate::work::{Work, WorkCtx, WorkSet};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::marker::PhantomData;
@@ -15,7 +16,7 @@ use std::time::Duration;
 /// The most slots a domain may have.
 pub const MAX_CPUS: usize = 1 << 16;
 
-/// The default bound on [`Work::flush`].
+/// The default bound on [`Work::flush`](crate::Work::flush).
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct DomainInner<C: Config> {
@@ -27,10 +28,20 @@ pub(crate) struct DomainInner<C: Config> {
     pub(crate) flush_timeout: Duration,
 }
 
+impl<C: Config> crate::fork::ForkChild for DomainInner<C> {
+    fn fork_child(&self) {
+        for slot in self.slots.iter() {
+            if !crate::handler::fork_child_mine(slot) {
+                slot.fork_child(false, 0);
+            }
+        }
+    }
+}
+
 /// A set of per-CPU slots with one mode, and everything queued on them.
 ///
 /// Cheap to clone (it is reference counted); every [`PerCpu`](crate::PerCpu),
-/// [`Owner`] and [`Work`] keeps its domain alive. Several domains with
+/// [`Owner`](crate::Owner) and [`Work`](crate::Work) keeps its domain alive. Several domains with
 /// different modes and configurations may live in one process.
 pub struct Domain<C: Config = Standard> {
     pub(crate) inner: Arc<DomainInner<C>>,
@@ -84,7 +95,8 @@ fn next_domain_id() -> usize {
 
 impl<C: Config> Builder<C> {
     /// The number of slots. Default: enough for every CPU this process may
-    /// run on (highest allowed CPU + 1). Larger values model bigger machines:
+    /// run on (highest such CPU + 1): the CPUs online, within the process's
+    /// cgroup cpuset, whatever the calling or main thread's affinity. Larger values model bigger machines:
     /// slots without a CPU are owned by unpinned threads.
     pub fn nr_cpus(mut self, n: usize) -> Self {
         self.nr_cpus = Some(n);
@@ -103,7 +115,7 @@ impl<C: Config> Builder<C> {
         self
     }
 
-    /// The bound on [`Work::flush`] (default 10 s).
+    /// The bound on [`Work::flush`](crate::Work::flush) (default 10 s), and of each drain-all as a whole.
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.flush_timeout = timeout;
         self
@@ -112,7 +124,7 @@ impl<C: Config> Builder<C> {
     /// Checks everything and builds the domain; on error nothing was changed
     /// (no handler installed).
     pub fn build(self) -> Result<Domain<C>, Error> {
-        let allowed = crate::sys::allowed_cpus()?;
+        let allowed = crate::sys::possible_cpus()?;
         let default_n = allowed.iter().max().map_or(1, |m| m + 1);
         let nr = self.nr_cpus.unwrap_or(default_n);
         if nr == 0 || nr > MAX_CPUS {
@@ -169,7 +181,7 @@ impl<C: Config> Builder<C> {
             });
         }
         if slot_modes.contains(&SlotMode::Queue) {
-            crate::owner::ensure_handler(signal)?;
+            crate::handler::ensure_handler(signal)?;
         }
         let id = next_domain_id();
         let owner_preempted = Arc::new(crate::sync::AtomicBool::new(false));
@@ -180,16 +192,19 @@ impl<C: Config> Builder<C> {
                 CachePadded::new(SlotState::new(cpu, m, id, signal, owner_preempted.clone()))
             })
             .collect();
-        Ok(Domain {
-            inner: Arc::new(DomainInner {
-                id,
-                mode,
-                slots,
-                allowed,
-                signal,
-                flush_timeout: self.flush_timeout,
-            }),
-        })
+        let inner = Arc::new(DomainInner {
+            id,
+            mode,
+            slots,
+            allowed,
+            signal,
+            flush_timeout: self.flush_timeout,
+        });
+        #[cfg(not(qpw_loom))]
+        crate::fork::register_domain(
+            Arc::downgrade(&inner) as std::sync::Weak<dyn crate::fork::ForkChild>
+        );
+        Ok(Domain { inner })
     }
 }
 
@@ -241,73 +256,6 @@ impl<C: Config> Domain<C> {
             })
     }
 
-    /// Binds the calling thread to slot `cpu` and pins it to CPU `cpu`.
-    /// Errors: the CPU is not in the affinity mask, the slot is owned, this
-    /// thread owns another slot of this domain, or (queue mode) it blocks the
-    /// qpw signal. On error nothing changed.
-    pub fn bind(&self, cpu: usize) -> Result<Owner<C>, Error> {
-        Owner::bind(self.clone(), cpu, true)
-    }
-
-    /// Binds the calling thread to slot `cpu` without pinning it (slots
-    /// beyond the machine's CPUs, or threads the scheduler should place).
-    pub fn bind_unpinned(&self, cpu: usize) -> Result<Owner<C>, Error> {
-        Owner::bind(self.clone(), cpu, false)
-    }
-
-    /// Binds the calling thread, unpinned, to the first free slot.
-    pub fn bind_any(&self) -> Result<Owner<C>, Error> {
-        if let Some(cpu) = crate::owner::owned_in(self.id()) {
-            return Err(Error::AlreadyBound { cpu });
-        }
-        for cpu in 0..self.nr_cpus() {
-            // A load, not a bind attempt (which asks the kernel for the
-            // signal mask), for slots that are plainly taken.
-            if self.inner.slots[cpu]
-                .ctl
-                .load(crate::sync::Ordering::Relaxed)
-                != crate::slot::FREE
-            {
-                continue;
-            }
-            match Owner::bind(self.clone(), cpu, false) {
-                Err(Error::SlotOwned { .. }) => continue,
-                r => return r,
-            }
-        }
-        Err(Error::NoFreeSlot {
-            nr_cpus: self.nr_cpus(),
-        })
-    }
-
-    /// Runs `f` with this thread's implicit owner of this domain, binding a
-    /// free slot (unpinned) on first use. The binding lasts until the thread
-    /// exits, when the slot is drained and freed.
-    pub fn with_local<R>(&self, f: impl FnOnce(&mut Owner<C>) -> R) -> Result<R, Error> {
-        crate::owner::with_implicit(self, f)
-    }
-
-    /// Prepares a work for slot `cpu` (`INIT_QPW(work, fn, cpu)`).
-    pub fn work(
-        &self,
-        cpu: usize,
-        f: impl Fn(&mut WorkCtx<'_, C>) + Send + Sync + 'static,
-    ) -> Result<Work<C>, Error> {
-        self.slot(cpu)?;
-        Ok(Work::new(self.inner.clone(), cpu, Box::new(f)))
-    }
-
-    /// Prepares one work per slot with the same function, for drain-all.
-    pub fn work_all(
-        &self,
-        f: impl Fn(&mut WorkCtx<'_, C>) + Send + Sync + Clone + 'static,
-    ) -> WorkSet<C> {
-        let works = (0..self.nr_cpus())
-            .map(|c| Work::new(self.inner.clone(), c, Box::new(f.clone())))
-            .collect();
-        WorkSet { works }
-    }
-
     /// The counters of one slot.
     pub fn stats(&self, cpu: usize) -> Result<SlotStats, Error> {
         Ok(self.slot(cpu)?.counters.snapshot())
@@ -322,16 +270,28 @@ impl<C: Config> Domain<C> {
         t
     }
 
-    /// Whether slot `cpu` has an owner (online or offline).
+    /// Whether slot `cpu` has an owner (online or offline), or is retired.
     pub fn is_owned(&self, cpu: usize) -> Result<bool, Error> {
-        let s = self.slot(cpu)?.ctl.load(crate::sync::Ordering::SeqCst);
-        Ok(s & !crate::slot::BUSY != crate::slot::FREE)
+        Ok(self.slot(cpu)?.state() & !BUSY != FREE)
     }
 
-    /// Whether slot `cpu`'s owner is offline (see [`Owner::offline`]).
+    /// Whether slot `cpu`'s owner is offline (see [`Owner::offline`](crate::Owner::offline)).
     pub fn is_offline(&self, cpu: usize) -> Result<bool, Error> {
-        let s = self.slot(cpu)?.ctl.load(crate::sync::Ordering::SeqCst);
-        Ok(s & !crate::slot::BUSY == crate::slot::OFFLINE)
+        Ok(self.slot(cpu)?.state() & !BUSY == OFFLINE)
+    }
+
+    /// Whether slot `cpu` is retired: in a `fork()` child, its owner's
+    /// thread vanished leaving the slot in a state that may be half-changed,
+    /// so nothing touches it again (drain-alls skip it, binding it fails).
+    pub fn is_retired(&self, cpu: usize) -> Result<bool, Error> {
+        Ok(self.slot(cpu)?.state() & RETIRED != 0)
+    }
+
+    /// The retired slots (see [`is_retired`](Self::is_retired)).
+    pub fn retired_slots(&self) -> Vec<usize> {
+        (0..self.nr_cpus())
+            .filter(|&c| self.inner.slots[c].is_retired())
+            .collect()
     }
 
     pub(crate) fn id(&self) -> usize {

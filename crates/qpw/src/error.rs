@@ -88,6 +88,20 @@ pub enum Error {
     },
     /// `with_local` was called again for the same domain from inside its closure.
     Reentrant,
+    /// `remote` mode: a cell's lock stayed held past the domain's flush
+    /// timeout (its holder was preempted, or it is the caller itself).
+    LockTimeout {
+        /// The slot.
+        cpu: usize,
+        /// The bound, in milliseconds.
+        waited_ms: u64,
+    },
+    /// The slot is retired: in a `fork()` child, its owner's thread vanished
+    /// leaving it in a state that may be half-changed, so it is never used again.
+    SlotRetired {
+        /// The slot.
+        cpu: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -142,6 +156,15 @@ impl fmt::Display for Error {
             Error::Reentrant => f.write_str(
                 "with_local was re-entered for the same domain from inside its own closure",
             ),
+            Error::LockTimeout { cpu, waited_ms } => write!(
+                f,
+                "the lock of slot {cpu}'s cell stayed held for {waited_ms} ms (the flush timeout)"
+            ),
+            Error::SlotRetired { cpu } => write!(
+                f,
+                "slot {cpu} is retired: its owner vanished in a fork() leaving it possibly \
+                 half-changed, so it is never used again"
+            ),
         }
     }
 }
@@ -153,8 +176,10 @@ impl std::error::Error for Error {}
 #[non_exhaustive]
 pub enum FlushError {
     /// The bound passed before the work ran: the owner of `cpu` did not reach
-    /// a quiescent point (defer mode) or did not take the signal (queue mode).
-    /// The work stays queued and runs when the owner gets to it.
+    /// a quiescent point (defer mode), did not take the signal (queue mode),
+    /// or stayed in its section (remote mode). A drain-all has one deadline
+    /// for all its slots. The work stays queued and runs when the owner gets
+    /// to it.
     Timeout {
         /// The slot whose owner did not run the work.
         cpu: usize,
@@ -163,6 +188,29 @@ pub enum FlushError {
     },
     /// The work function panicked when it ran; the slot remains usable.
     Panicked {
+        /// The slot.
+        cpu: usize,
+    },
+    /// The caller is inside its own local section on slot `cpu` of this
+    /// domain: a flush or drain-all from there would wait on itself (as
+    /// `flush_work` with preemption off would hang), so it returns at once.
+    /// Nothing was queued by a drain-all; a flush leaves its work queued.
+    InLocalSection {
+        /// The caller's own slot.
+        cpu: usize,
+    },
+    /// A `remote`-mode run of the work waited for a cell's lock until the
+    /// deadline passed (its holder kept it). The run was abandoned at that
+    /// lock, before the function could touch the cell; the work stays
+    /// queued for the slot's owner, which runs it at its section's end.
+    LockTimeout {
+        /// The slot whose cell stayed locked.
+        cpu: usize,
+        /// The bound, in milliseconds.
+        waited_ms: u64,
+    },
+    /// The slot is retired (see [`Error::SlotRetired`]): the work can never run.
+    Retired {
         /// The slot.
         cpu: usize,
     },
@@ -177,6 +225,20 @@ impl fmt::Display for FlushError {
                  quiescent point or take the signal"
             ),
             FlushError::Panicked { cpu } => write!(f, "work for slot {cpu} panicked"),
+            FlushError::InLocalSection { cpu } => write!(
+                f,
+                "flush or drain-all called from inside this thread's own local section on slot \
+                 {cpu}: it would wait on itself; leave the section first"
+            ),
+            FlushError::LockTimeout { cpu, waited_ms } => write!(
+                f,
+                "work for slot {cpu} waited {waited_ms} ms for a cell lock its holder kept; it \
+                 stays queued for the slot's owner"
+            ),
+            FlushError::Retired { cpu } => write!(
+                f,
+                "slot {cpu} is retired (its owner vanished in a fork()): its work never runs"
+            ),
         }
     }
 }

@@ -119,10 +119,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// Layers, bottom to top (each file imports only files listed before it):
+// sync, sys, error, config, stats; cell_lock; slot (the per-slot protocol);
+// fork; handler (thread's owned list, signal handler); domain; work; owner;
+// implicit; percpu.
+mod cell_lock;
 mod config;
 mod domain;
 mod error;
 mod fork;
+mod handler;
+mod implicit;
 mod owner;
 mod percpu;
 mod slot;

@@ -53,8 +53,9 @@ impl<C: Config> Fixture<C> {
             .unwrap()
     }
 
+    /// The owner's thread takes a signal here (the handler walks its list).
     fn signal(&self) {
-        self.domain.inner.slots[1].on_signal();
+        crate::handler::handle_signal();
     }
 }
 
@@ -244,5 +245,161 @@ fn loom_two_queuers_no_owner() {
         assert!(q >= 1);
         assert_eq!(f.runs.load(Ordering::SeqCst), q);
         assert_eq!(*f.data.remote(1).unwrap(), q as u64);
+    });
+}
+
+/// Item 1 of issue 8: a work never runs concurrently with itself. The owner
+/// queues the work on its own slot inside a section (it is pushed and runs
+/// at the section's end), drops its handle, while another thread queues
+/// and flushes the same work and drops the last handle.
+#[test]
+fn loom_work_never_runs_twice_at_once() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Remote);
+        let running = Arc::new(AtomicUsize::new(0));
+        let work = Arc::new(
+            f.domain
+                .work(1, {
+                    let (data, runs, running) = (f.data.clone(), f.runs.clone(), running.clone());
+                    move |ctx| {
+                        assert_eq!(
+                            running.fetch_add(1, Ordering::SeqCst),
+                            0,
+                            "a work ran concurrently with itself"
+                        );
+                        *data.lock_ctx(ctx) += 1;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        runs.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+                .unwrap(),
+        );
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        let other = thread::spawn({
+            let work = work.clone();
+            move || {
+                work.queue();
+                work.flush().unwrap();
+            }
+        });
+        {
+            let _g = f.data.lock(&mut me);
+            work.queue();
+        }
+        drop(work);
+        other.join().unwrap();
+        me.quiescent();
+        let runs = f.runs.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&runs), "{runs}");
+        assert_eq!(*f.data.lock(&mut me), runs as u64);
+    });
+}
+
+/// Item 3 of issue 8: a drain-all from inside the caller's own local section
+/// returns an error at once, in every mode (it would wait on itself).
+#[test]
+fn loom_drain_all_inside_own_section_fails_at_once() {
+    for mode in [Mode::Queue, Mode::Remote, Mode::Defer] {
+        loom::model(move || {
+            let f = Fixture::<Standard>::new(mode.clone());
+            let drain = f.domain.work_all({
+                let data = f.data.clone();
+                move |ctx| *data.lock_ctx(ctx) += 1
+            });
+            let mut me = f.domain.bind_unpinned(1).unwrap();
+            let g = f.data.lock(&mut me);
+            let r = drain.run();
+            drop(g);
+            assert_eq!(
+                r,
+                Err(crate::FlushError::InLocalSection { cpu: 1 }),
+                "{mode}: drain-all inside the caller's section"
+            );
+        });
+    }
+}
+
+/// Item 3 of issue 8: two `remote` owners each run a drain-all from inside
+/// their own section: neither waits on the other forever.
+#[test]
+fn loom_two_remote_owners_drain_inside_sections() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Remote);
+        let drain = Arc::new(f.domain.work_all({
+            let data = f.data.clone();
+            move |ctx| *data.lock_ctx(ctx) += 1
+        }));
+        let other = thread::spawn({
+            let (domain, data, drain) = (f.domain.clone(), f.data.clone(), drain.clone());
+            move || {
+                let mut me = domain.bind_unpinned(0).unwrap();
+                let g = data.lock(&mut me);
+                let r = drain.run();
+                drop(g);
+                assert_eq!(r, Err(crate::FlushError::InLocalSection { cpu: 0 }));
+            }
+        });
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        let g = f.data.lock(&mut me);
+        let r = drain.run();
+        drop(g);
+        assert_eq!(r, Err(crate::FlushError::InLocalSection { cpu: 1 }));
+        other.join().unwrap();
+    });
+}
+
+/// Item 4 of issue 8: `tgkill` fails with `EAGAIN` (the signal queue is
+/// full): the flusher sends again and the owner runs the work; the flush
+/// does not cost the whole bound.
+#[test]
+fn loom_signal_send_fails_with_eagain() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let work = Arc::new(f.work());
+        let me = f.domain.bind_unpinned(1).unwrap();
+        crate::sys::fail_next_signals(1, crate::sys::EAGAIN);
+        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let remote = thread::spawn({
+            let (work, done) = (work.clone(), done.clone());
+            move || {
+                work.queue();
+                work.flush().unwrap();
+                done.store(true, Ordering::SeqCst);
+            }
+        });
+        while !done.load(Ordering::SeqCst) {
+            crate::handler::signal_point();
+            thread::yield_now();
+        }
+        remote.join().unwrap();
+        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        drop(me);
+    });
+}
+
+/// Item 4 of issue 8: a signal that lands while the owner is binding
+/// (between taking the slot and linking its record) must not leave the
+/// slot's in-flight mark set with no handler to come.
+#[test]
+fn loom_signal_lands_during_bind() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let work = Arc::new(f.work());
+        let remote = thread::spawn({
+            let work = work.clone();
+            move || {
+                work.queue();
+            }
+        });
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        crate::handler::signal_point();
+        remote.join().unwrap();
+        crate::handler::signal_point();
+        me.quiescent();
+        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        assert!(
+            !f.domain.inner.slots[1].sig_inflight.load(Ordering::SeqCst),
+            "every signal was delivered, yet one is marked in flight"
+        );
     });
 }

@@ -1,173 +1,14 @@
-//! Owners: the token that proves "this thread owns slot c", the thread's list
-//! of them that the signal handler walks, and the handler itself.
+//! Owners: the token that proves "this thread owns slot c", and binding.
 
 use crate::config::{Config, SlotMode};
 use crate::domain::Domain;
 use crate::error::Error;
-use crate::slot::SlotState;
+use crate::handler::{link, signal_point, unlink, OwnerRec};
+use crate::slot::{AcquireError, SlotState, FREE};
 use crate::stats::RanAt;
-#[cfg(not(qpw_loom))]
-use std::cell::Cell;
-use std::cell::RefCell;
+use crate::sync::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::AtomicPtr;
-#[cfg(not(qpw_loom))]
-use std::sync::atomic::Ordering;
-
-/// One entry of this thread's list of owned slots. Heap-allocated at bind
-/// time so the handler can read it without allocating.
-#[cfg_attr(qpw_loom, allow(dead_code))] // the thread list is not modelled
-pub(crate) struct OwnerRec {
-    next: AtomicPtr<OwnerRec>,
-    slot: *const (),
-    on_signal: unsafe fn(*const ()),
-    domain_id: usize,
-    cpu: usize,
-}
-
-/// # Safety
-/// `slot` must point to a live `SlotState<C>`.
-unsafe fn on_signal_for<C: Config>(slot: *const ()) {
-    // SAFETY: the caller guarantees `slot` is a live SlotState<C> (the record
-    // is unlinked before its owner, which keeps the domain alive, is dropped).
-    let slot = unsafe { &*(slot as *const SlotState<C>) };
-    slot.on_signal();
-}
-
-#[cfg(not(qpw_loom))]
-thread_local! {
-    // Const-initialised and without a destructor: reading it never allocates
-    // or registers anything, so the signal handler may.
-    static OWNED: Cell<*const OwnerRec> = const { Cell::new(std::ptr::null()) };
-}
-
-#[cfg(not(qpw_loom))]
-fn owned_head() -> *const OwnerRec {
-    OWNED.with(|h| h.get())
-}
-
-/// Links `rec` at the head of this thread's list. A signal arriving at any
-/// point sees either the old list or the new one.
-fn link(rec: &OwnerRec) {
-    #[cfg(not(qpw_loom))]
-    OWNED.with(|h| {
-        rec.next.store(h.get() as *mut OwnerRec, Ordering::Relaxed);
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        h.set(rec);
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    });
-    #[cfg(qpw_loom)]
-    let _ = rec;
-}
-
-fn unlink(rec: &OwnerRec) {
-    #[cfg(not(qpw_loom))]
-    OWNED.with(|h| {
-        let target = rec as *const OwnerRec;
-        let next = rec.next.load(Ordering::Relaxed);
-        if std::ptr::eq(h.get(), target) {
-            h.set(next);
-        } else {
-            let mut p = h.get();
-            while !p.is_null() {
-                // SAFETY: records on this thread's list are live until unlinked,
-                // and only this thread links or unlinks them.
-                let r = unsafe { &*p };
-                if std::ptr::eq(r.next.load(Ordering::Relaxed), target) {
-                    r.next.store(next, Ordering::Relaxed);
-                    break;
-                }
-                p = r.next.load(Ordering::Relaxed);
-            }
-        }
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    });
-    #[cfg(qpw_loom)]
-    let _ = rec;
-}
-
-/// Whether this thread owns a slot of domain `id`; returns the slot.
-pub(crate) fn owned_in(domain_id: usize) -> Option<usize> {
-    #[cfg(not(qpw_loom))]
-    {
-        let mut p = owned_head();
-        while !p.is_null() {
-            // SAFETY: as in `unlink`.
-            let r = unsafe { &*p };
-            if r.domain_id == domain_id {
-                return Some(r.cpu);
-            }
-            p = r.next.load(Ordering::Relaxed);
-        }
-        None
-    }
-    #[cfg(qpw_loom)]
-    {
-        let _ = domain_id;
-        None
-    }
-}
-
-/// Whether the calling thread is the owner of `slot` (walks its short list;
-/// async-signal-safe).
-pub(crate) fn current_thread_owns<C: Config>(slot: &SlotState<C>) -> bool {
-    #[cfg(not(qpw_loom))]
-    {
-        let target = slot as *const SlotState<C> as *const ();
-        let mut p = owned_head();
-        while !p.is_null() {
-            // SAFETY: records on this thread's list are live while linked.
-            let r = unsafe { &*p };
-            if std::ptr::eq(r.slot, target) {
-                return true;
-            }
-            p = r.next.load(Ordering::Relaxed);
-        }
-        false
-    }
-    #[cfg(qpw_loom)]
-    {
-        let _ = slot;
-        false
-    }
-}
-
-/// The qpw signal handler: runs pending work of every slot this thread owns,
-/// unless the thread is inside that slot's local section.
-///
-/// Async-signal-safe as long as the work functions are: it allocates nothing,
-/// takes no lock its thread may hold outside a local section (a cell's
-/// spinlock is only ever held by the owner inside a section), and keeps `errno`.
-#[cfg(not(qpw_loom))]
-extern "C" fn handler(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut libc::c_void) {
-    let _errno = crate::sys::ErrnoGuard::save();
-    let mut p = owned_head();
-    while !p.is_null() {
-        // SAFETY: records on this thread's list are live while linked, and the
-        // thread that unlinks them is the one this handler interrupted, so no
-        // unlink is in progress beyond the single pointer store it does.
-        let r = unsafe { &*p };
-        // SAFETY: a linked record's slot is live (its owner holds the domain).
-        unsafe { (r.on_signal)(r.slot) };
-        p = r.next.load(Ordering::Relaxed);
-    }
-}
-
-#[cfg(qpw_loom)]
-extern "C" fn handler(_sig: i32, _info: *mut core::ffi::c_void, _uctx: *mut core::ffi::c_void) {}
-
-/// Installs the handler for `signal` once per process.
-pub(crate) fn ensure_handler(signal: i32) -> Result<(), Error> {
-    crate::fork::with_installed_signals(|installed| {
-        if installed.contains(&signal) {
-            return Ok(());
-        }
-        crate::sys::install_handler(signal, handler)?;
-        installed.push(signal);
-        Ok(())
-    })
-}
 
 /// Proof that the current thread owns one slot of a domain: the Rust form of
 /// "this code runs on CPU c with preemption off".
@@ -184,7 +25,7 @@ pub struct Owner<C: Config = crate::Standard> {
     /// `&domain.slots[cpu]`, cached for the hot path (the domain outlives it).
     slot: std::ptr::NonNull<SlotState<C>>,
     pub(crate) cpu: usize,
-    /// The cell's spinlock is the local lock (`remote` slot, or RT policy).
+    /// The cell's lock is the local lock (`remote` slot, or RT policy).
     pub(crate) use_spin: bool,
     affinity: Option<crate::sys::Affinity>,
     _not_send: PhantomData<*mut ()>,
@@ -193,16 +34,16 @@ pub struct Owner<C: Config = crate::Standard> {
 impl<C: Config> fmt::Debug for Owner<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Owner")
-            .field("cpu", &self.cpu)
+            .field("slot", &self.cpu)
             .field("pinned", &self.affinity.is_some())
             .finish()
     }
 }
 
 impl<C: Config> Owner<C> {
-    pub(crate) fn bind(domain: Domain<C>, cpu: usize, pin: bool) -> Result<Self, Error> {
+    fn bind(domain: Domain<C>, cpu: usize, pin: bool) -> Result<Self, Error> {
         let slot = domain.slot(cpu)?;
-        if let Some(owned) = owned_in(domain.id()) {
+        if let Some(owned) = crate::handler::owned_in(domain.id()) {
             return Err(Error::AlreadyBound { cpu: owned });
         }
         if pin && !domain.inner.allowed.contains(&cpu) {
@@ -217,13 +58,15 @@ impl<C: Config> Owner<C> {
             });
         }
         let tid = crate::sys::current_tid() as u32;
-        slot.acquire_owner(tid)
-            .map_err(|()| Error::SlotOwned { cpu })?;
+        let gen = slot.acquire_owner(tid).map_err(|e| match e {
+            AcquireError::Owned => Error::SlotOwned { cpu },
+            AcquireError::Retired => Error::SlotRetired { cpu },
+        })?;
         let affinity = if pin {
             match crate::sys::pin_current(cpu) {
                 Ok(a) => Some(a),
                 Err(e) => {
-                    slot.release_owner();
+                    slot.abort_acquire();
                     return Err(e);
                 }
             }
@@ -232,13 +75,7 @@ impl<C: Config> Owner<C> {
         };
         let remote = C::QPW && slot.mode == SlotMode::Remote;
         let owner = Owner {
-            rec: Box::new(OwnerRec {
-                next: AtomicPtr::new(std::ptr::null_mut()),
-                slot: slot as *const SlotState<C> as *const (),
-                on_signal: on_signal_for::<C>,
-                domain_id: domain.id(),
-                cpu,
-            }),
+            rec: Box::new(OwnerRec::new(slot, gen)),
             slot: std::ptr::NonNull::from(slot),
             cpu,
             use_spin: C::RT || remote,
@@ -246,20 +83,37 @@ impl<C: Config> Owner<C> {
             domain,
             _not_send: PhantomData,
         };
-        link(&owner.rec);
+        // The record is linked before the slot is published online, so a
+        // signal sent for this binding always finds it.
+        // SAFETY: the record is boxed (stable address) and unlinked in `drop`.
+        unsafe { link(&owner.rec) };
+        signal_point();
+        owner.slot_state().publish_owner(gen);
+        signal_point();
         // Work queued while the slot was changing hands.
-        owner.slot().run_pending_as_owner(RanAt::Quiescent);
+        owner.slot_state().run_pending_as_owner(RanAt::Quiescent);
         Ok(owner)
     }
 
     #[inline(always)]
-    pub(crate) fn slot(&self) -> &SlotState<C> {
+    pub(crate) fn slot_state(&self) -> &SlotState<C> {
         // SAFETY: points into `self.domain`'s slots, which live as long as
         // the domain, which this owner keeps alive.
         unsafe { self.slot.as_ref() }
     }
 
+    /// The binding's generation.
+    pub(crate) fn gen(&self) -> u64 {
+        self.rec.gen
+    }
+
     /// The slot this thread owns (`smp_processor_id()`).
+    pub fn slot(&self) -> usize {
+        self.cpu
+    }
+
+    /// The slot this thread owns: the kernel's name for [`slot`](Self::slot).
+    #[deprecated(note = "a slot is not always a CPU: use `Owner::slot`")]
     pub fn cpu(&self) -> usize {
         self.cpu
     }
@@ -279,7 +133,7 @@ impl<C: Config> Owner<C> {
     /// Costs one load when nothing is queued. Returns whether any work ran.
     #[inline]
     pub fn quiescent(&mut self) -> bool {
-        let slot = self.slot();
+        let slot = self.slot_state();
         if !slot.has_pending() {
             return false;
         }
@@ -291,8 +145,16 @@ impl<C: Config> Owner<C> {
     /// blocked, remote threads run its work themselves and may lock its slot.
     #[must_use = "the owner is back online as soon as the guard is dropped"]
     pub fn offline(&mut self) -> Offline<'_, C> {
-        self.slot().go_offline();
+        self.go_offline();
         Offline { owner: self }
+    }
+
+    pub(crate) fn go_offline(&mut self) {
+        self.slot_state().go_offline(self.gen());
+    }
+
+    pub(crate) fn go_online(&mut self) {
+        self.slot_state().go_online(self.gen());
     }
 
     /// Runs `f` offline (see [`offline`](Self::offline)).
@@ -304,8 +166,15 @@ impl<C: Config> Owner<C> {
 
 impl<C: Config> Drop for Owner<C> {
     fn drop(&mut self) {
+        let slot = self.slot_state();
+        // Freed before the record is unlinked: a signal for this binding
+        // that lands in between still finds the record (and leaves).
+        slot.release_owner(self.gen());
+        signal_point();
         unlink(&self.rec);
-        self.slot().release_owner();
+        signal_point();
+        // What was queued while we left.
+        slot.help(false, None);
         if let Some(a) = &self.affinity {
             crate::sys::restore_affinity(a);
         }
@@ -320,71 +189,50 @@ pub struct Offline<'a, C: Config = crate::Standard> {
 impl<C: Config> fmt::Debug for Offline<'_, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Offline")
-            .field("cpu", &self.owner.cpu)
+            .field("slot", &self.owner.cpu)
             .finish()
     }
 }
 
 impl<C: Config> Drop for Offline<'_, C> {
     fn drop(&mut self) {
-        self.owner.slot().go_online();
+        self.owner.go_online();
     }
 }
 
-type Implicit = Vec<(usize, Option<Box<dyn std::any::Any>>)>;
-
-thread_local! {
-    static IMPLICIT: RefCell<Implicit> = const { RefCell::new(Vec::new()) };
-}
-
-/// Returns an implicit owner to this thread's table when dropped.
-struct PutBack {
-    id: usize,
-    owner: Option<Box<dyn std::any::Any>>,
-}
-
-impl Drop for PutBack {
-    fn drop(&mut self) {
-        let (id, owner) = (self.id, self.owner.take());
-        IMPLICIT.with(|m| {
-            let mut m = m.borrow_mut();
-            match m.iter_mut().find(|(d, _)| *d == id) {
-                Some((_, slot)) => *slot = owner,
-                None => m.push((id, owner)),
-            }
-        });
+impl<C: Config> Domain<C> {
+    /// Binds the calling thread to slot `cpu` and pins it to CPU `cpu`.
+    /// Errors: the CPU is not one this process may run on, the slot is
+    /// owned or retired, this thread owns another slot of this domain, or
+    /// (queue mode) it blocks the qpw signal. On error nothing changed.
+    pub fn bind(&self, cpu: usize) -> Result<Owner<C>, Error> {
+        Owner::bind(self.clone(), cpu, true)
     }
-}
 
-pub(crate) fn with_implicit<C: Config, R>(
-    domain: &Domain<C>,
-    f: impl FnOnce(&mut Owner<C>) -> R,
-) -> Result<R, Error> {
-    let id = domain.id();
-    let taken = IMPLICIT.with(|m| {
-        let mut m = m.borrow_mut();
-        match m.iter_mut().find(|(d, _)| *d == id) {
-            Some((_, slot)) => slot.take().map(Some).ok_or(Error::Reentrant),
-            None => Ok(None),
+    /// Binds the calling thread to slot `cpu` without pinning it (slots
+    /// beyond the machine's CPUs, or threads the scheduler should place).
+    pub fn bind_unpinned(&self, cpu: usize) -> Result<Owner<C>, Error> {
+        Owner::bind(self.clone(), cpu, false)
+    }
+
+    /// Binds the calling thread, unpinned, to the first free slot.
+    pub fn bind_any(&self) -> Result<Owner<C>, Error> {
+        if let Some(cpu) = crate::handler::owned_in(self.id()) {
+            return Err(Error::AlreadyBound { cpu });
         }
-    })?;
-    let owner: Box<dyn std::any::Any> = match taken {
-        Some(o) => o,
-        None => Box::new(domain.bind_any()?),
-    };
-    // Put the owner back however `f` ends: if it unwound with the owner
-    // dropped, the slot would be unbound under the caller, and inside this
-    // slot's own work (a signal handler) the unbinding would panic again
-    // and abort the process.
-    let mut back = PutBack {
-        id,
-        owner: Some(owner),
-    };
-    let r = f(back
-        .owner
-        .as_mut()
-        .and_then(|o| o.downcast_mut::<Owner<C>>())
-        .expect("implicit owners are stored by domain id"));
-    drop(back);
-    Ok(r)
+        for cpu in 0..self.nr_cpus() {
+            // A load, not a bind attempt (which asks the kernel for the
+            // signal mask), for slots that are plainly taken.
+            if crate::slot::state(self.inner.slots[cpu].ctl.load(Ordering::Relaxed)) != FREE {
+                continue;
+            }
+            match Owner::bind(self.clone(), cpu, false) {
+                Err(Error::SlotOwned { .. } | Error::SlotRetired { .. }) => continue,
+                r => return r,
+            }
+        }
+        Err(Error::NoFreeSlot {
+            nr_cpus: self.nr_cpus(),
+        })
+    }
 }

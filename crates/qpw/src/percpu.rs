@@ -1,12 +1,14 @@
 //! Per-CPU storage: one cache-padded cell per slot, each with its QPW lock.
 
+use crate::cell_lock::{CellLock, LockTimeout};
 use crate::config::{Config, SlotMode, Standard};
 use crate::domain::Domain;
 use crate::error::Error;
 use crate::owner::Owner;
-use crate::slot::{SlotState, SpinLock};
+use crate::slot::{far_deadline, CtxKind, RemoteHold, SlotState};
 use crate::sync::{Arc, MutPtr, UnsafeCell};
-use crate::work::{CtxKind, WorkCtx};
+use crate::work::WorkCtx;
+use std::time::Instant;
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::marker::PhantomData;
@@ -14,7 +16,7 @@ use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 
 struct Cell<T> {
-    lock: SpinLock,
+    lock: CellLock,
     data: UnsafeCell<T>,
 }
 
@@ -76,7 +78,7 @@ impl<T, C: Config> PerCpu<T, C> {
         let cells = (0..domain.nr_cpus())
             .map(|c| {
                 CachePadded::new(Cell {
-                    lock: SpinLock::new(),
+                    lock: CellLock::new(),
                     data: UnsafeCell::new(init(c)),
                 })
             })
@@ -117,7 +119,7 @@ impl<T, C: Config> PerCpu<T, C> {
         // SAFETY: `owner.cpu` is below nr_cpus, which is `cells.len()` for
         // every PerCpu of this (checked) domain.
         let cell = unsafe { self.cells.get_unchecked(owner.cpu) };
-        let slot = owner.slot();
+        let slot = owner.slot_state();
         let spin = if C::QPW { owner.use_spin } else { C::RT };
         // The section flag, in every mode: `queue`'s handler reads it, a
         // `remote` caller hands work to an owner that is in a section (and
@@ -126,7 +128,8 @@ impl<T, C: Config> PerCpu<T, C> {
         // section inside this slot's own work (see there).
         let entered = slot.enter();
         if spin {
-            cell.lock.lock(&slot.counters, None);
+            cell.lock
+                .lock_owner(crate::sys::current_tid() as u32, &slot.counters);
         }
         LocalGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
@@ -146,41 +149,84 @@ impl<T, C: Config> PerCpu<T, C> {
 
     /// Locks the value of the slot a work function runs for
     /// (`qpw_lock(lock, qpw_get_cpu(work))`).
+    ///
+    /// Run remotely in `remote` mode, this waits for the cell's lock at most
+    /// until the drain-all's deadline; past it, the run is abandoned here
+    /// (the function does not go on, the work stays queued for the slot's
+    /// owner, and the flush returns [`FlushError::LockTimeout`](crate::FlushError::LockTimeout)).
+    /// So a function that locks several cells may be cut at its second
+    /// lock and run again from the start: lock what you need first.
     #[inline]
     pub fn lock_ctx<'a>(&'a self, ctx: &'a mut WorkCtx<'_, C>) -> CtxGuard<'a, T> {
         self.check_domain(ctx.slot.domain_id);
         let cell = &self.cells[ctx.slot.cpu];
-        let spin = match ctx.kind {
-            CtxKind::RemoteLocked => true,
+        let lock = match ctx.kind {
+            CtxKind::RemoteLocked => {
+                let deadline = ctx.deadline.unwrap_or_else(far_deadline);
+                if cell
+                    .lock
+                    .lock_remote(
+                        &ctx.slot.counters,
+                        Some(&*ctx.slot.owner_preempted),
+                        deadline,
+                    )
+                    .is_err()
+                {
+                    // Caught by the run (see `WorkInner::call`), which puts
+                    // the work back for the owner. No panic hook runs.
+                    std::panic::resume_unwind(Box::new(LockTimeout));
+                }
+                Held::Remote
+            }
             // Remote callers lock the cells of a `remote` slot: so must its owner.
-            CtxKind::Owner => C::RT || (C::QPW && ctx.slot.mode == SlotMode::Remote),
-            CtxKind::Busy => false,
+            CtxKind::Owner if C::RT || (C::QPW && ctx.slot.mode == SlotMode::Remote) => {
+                cell.lock
+                    .lock_owner(crate::sys::current_tid() as u32, &ctx.slot.counters);
+                Held::Owner
+            }
+            CtxKind::Owner | CtxKind::Busy => Held::None,
         };
-        if spin {
-            let long_wait =
-                (ctx.kind == CtxKind::RemoteLocked).then_some(&*ctx.slot.owner_preempted);
-            cell.lock.lock(&ctx.slot.counters, long_wait);
-        }
         CtxGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-            lock: spin.then_some(&cell.lock),
+            lock: &cell.lock,
+            held: lock,
             _ctx: PhantomData,
         }
     }
 
-    /// Locks slot `cpu`'s value from any thread: always in `remote` mode;
-    /// in the other modes only while the slot has no owner or its owner is
-    /// offline ([`Error::OwnerOnline`] otherwise: queue work instead).
+    /// Locks slot `cpu`'s value from any thread: always in `remote` mode
+    /// (waiting at most the domain's flush timeout for the cell's lock:
+    /// [`Error::LockTimeout`] past it); in the other modes only while the
+    /// slot has no owner or its owner is offline ([`Error::OwnerOnline`]
+    /// otherwise: queue work instead). A retired slot gives [`Error::SlotRetired`].
     pub fn remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
         let slot = self.domain.slot(cpu)?;
         let cell = &self.cells[cpu];
+        if slot.is_retired() {
+            return Err(Error::SlotRetired { cpu });
+        }
         if C::QPW && slot.mode == SlotMode::Remote {
-            cell.lock.lock(&slot.counters, Some(&*slot.owner_preempted));
+            let hold = slot.hold_remote();
+            let timeout = self.domain.inner.flush_timeout;
+            if cell
+                .lock
+                .lock_remote(
+                    &slot.counters,
+                    Some(&*slot.owner_preempted),
+                    Instant::now() + timeout,
+                )
+                .is_err()
+            {
+                return Err(Error::LockTimeout {
+                    cpu,
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
             return Ok(RemoteGuard {
                 ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
                 cell,
                 slot,
-                spin: true,
+                hold: Some(hold),
             });
         }
         if slot.try_take() {
@@ -188,7 +234,7 @@ impl<T, C: Config> PerCpu<T, C> {
                 ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
                 cell,
                 slot,
-                spin: false,
+                hold: None,
             });
         }
         Err(Error::OwnerOnline { cpu })
@@ -250,7 +296,7 @@ impl<T, C: Config> Drop for LocalGuard<'_, T, C> {
         // SAFETY: `ptr` is dropped once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.ptr) };
         if self.spin {
-            self.cell.lock.unlock();
+            self.cell.lock.unlock_owner();
         }
         self.slot.leave(self.entered);
         // Work that came during the section (`preempt_enable`'s resched check).
@@ -266,11 +312,20 @@ fn section_end<C: Config>(slot: &SlotState<C>) {
     slot.run_pending_as_owner(crate::stats::RanAt::SectionEnd);
 }
 
+/// Which lock a [`CtxGuard`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    None,
+    Owner,
+    Remote,
+}
+
 /// A work function's hold on one slot's value.
 #[must_use = "if unused the lock is released at once"]
 pub struct CtxGuard<'a, T> {
     ptr: ManuallyDrop<MutPtr<T>>,
-    lock: Option<&'a SpinLock>,
+    lock: &'a CellLock,
+    held: Held,
     _ctx: PhantomData<&'a mut ()>,
 }
 
@@ -295,8 +350,10 @@ impl<T> Drop for CtxGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: `ptr` is dropped once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.ptr) };
-        if let Some(l) = self.lock {
-            l.unlock();
+        match self.held {
+            Held::None => {}
+            Held::Owner => self.lock.unlock_owner(),
+            Held::Remote => self.lock.unlock_remote(),
         }
     }
 }
@@ -307,7 +364,8 @@ pub struct RemoteGuard<'a, T, C: Config> {
     ptr: ManuallyDrop<MutPtr<T>>,
     cell: &'a Cell<T>,
     slot: &'a SlotState<C>,
-    spin: bool,
+    /// `remote` mode: the cell's lock is held, and the slot counts us.
+    hold: Option<RemoteHold<'a>>,
 }
 
 impl<T, C: Config> Deref for RemoteGuard<'_, T, C> {
@@ -331,8 +389,9 @@ impl<T, C: Config> Drop for RemoteGuard<'_, T, C> {
     fn drop(&mut self) {
         // SAFETY: `ptr` is dropped once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.ptr) };
-        if self.spin {
-            self.cell.lock.unlock();
+        if self.hold.is_some() {
+            self.cell.lock.unlock_remote();
+            self.hold = None;
         } else {
             self.slot.release();
         }

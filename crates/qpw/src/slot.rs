@@ -1,19 +1,28 @@
-//! The per-slot protocol: who may touch a slot's data, and how queued work
-//! reaches whoever may.
+//! The per-slot protocol, the bottom layer: who may touch a slot's data, and
+//! how pending items reach whoever may.
+//!
+//! It knows nothing of owners' thread lists or of work internals: pending
+//! items are [`Node`]s with a function that runs one (the work layer
+//! provides it), and callers say whether they are the slot's owner.
 //!
 //! # State
 //!
-//! `ctl` says who holds the slot:
+//! `ctl` holds the state (low byte) and the binding's generation (the rest),
+//! bumped at every bind: a slot is freed on an owner's behalf only by a
+//! compare-and-swap on the exact `(generation, ONLINE)` it saw, so a newer
+//! binding is never mistaken for an older one (no thread-id ABA).
 //!
-//! | `ctl` | meaning | who may touch the slot's data |
+//! | state | meaning | who may touch the slot's data |
 //! |---|---|---|
 //! | `FREE` | no owner | nobody until a remote thread sets `BUSY` |
 //! | `ONLINE` | an owner is running | the owner's contexts (its code, its signal handler); in `remote` mode anyone holding a cell's lock |
 //! | `OFFLINE` | the owner is idle | nobody until a remote thread sets `BUSY` |
-//! | `FREE\|BUSY`, `OFFLINE\|BUSY` | a remote thread works on the slot | that thread alone |
+//! | `FREE\|BUSY`, `OFFLINE\|BUSY` | a remote thread works on the slot (or a thread is binding it) | that thread alone |
+//! | `RETIRED` | its owner vanished in a `fork()` in a state that may be half-changed | nobody, ever |
 //!
-//! Pending work is an intrusive Treiber stack (`head`); pushing never
-//! allocates, and consumers take the whole stack at once (no ABA).
+//! Pending work is an intrusive Treiber stack (`head`) of [`Node`]s; each
+//! node on it carries a reference the stack owns, given up when it runs.
+//! Pushing never allocates, and consumers take the whole stack at once (no ABA).
 //!
 //! # No lost work
 //!
@@ -26,44 +35,108 @@
 use crate::config::{Config, SlotMode};
 use crate::stats::{Counters, RanAt};
 use crate::sync::{
-    signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, Ordering,
+    signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
+    Ordering,
 };
-use crate::work::{CtxKind, WorkInner};
 use crossbeam_utils::CachePadded;
 use std::marker::PhantomData;
 use std::ptr;
+use std::time::Instant;
 
-pub(crate) const FREE: u32 = 0;
-pub(crate) const ONLINE: u32 = 1;
-pub(crate) const OFFLINE: u32 = 2;
-pub(crate) const BUSY: u32 = 4;
+pub(crate) const FREE: u64 = 0;
+pub(crate) const ONLINE: u64 = 1;
+pub(crate) const OFFLINE: u64 = 2;
+pub(crate) const BUSY: u64 = 4;
+pub(crate) const RETIRED: u64 = 8;
+const STATE: u64 = 0xff;
+const GEN_SHIFT: u32 = 8;
+
+/// The state bits of a `ctl` value.
+#[inline(always)]
+pub(crate) fn state(ctl: u64) -> u64 {
+    ctl & STATE
+}
+
+/// The binding generation of a `ctl` value.
+#[inline(always)]
+pub(crate) fn generation(ctl: u64) -> u64 {
+    ctl >> GEN_SHIFT
+}
+
+fn ctl_of(gen: u64, st: u64) -> u64 {
+    (gen << GEN_SHIFT) | st
+}
+
+/// In which context a pending item runs, which decides what its locks do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CtxKind {
+    /// On the owner's thread (signal handler, section end, quiescent point):
+    /// the owner's exclusion is already in force.
+    Owner,
+    /// On another thread, `remote` mode: each cell is locked with its lock.
+    RemoteLocked,
+    /// On another thread holding the slot's `BUSY` (owner absent or offline).
+    Busy,
+}
+
+/// How one run goes: its context, where it is counted, and the deadline
+/// of remote lock waits (the drain-all's; `None` in the owner's contexts,
+/// whose locks never wait on themselves).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunCtx {
+    pub(crate) kind: CtxKind,
+    pub(crate) at: RanAt,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl RunCtx {
+    pub(crate) fn owner(at: RanAt) -> Self {
+        Self {
+            kind: CtxKind::Owner,
+            at,
+            deadline: None,
+        }
+    }
+}
+
+/// An item on a slot's pending stack. Embedded first in the item it stands
+/// for (`#[repr(C)]`), which provides the two functions.
+pub(crate) struct Node<C: Config> {
+    pub(crate) next: AtomicPtr<Node<C>>,
+    /// Runs the item once and gives up the stack's reference to it.
+    pub(crate) run: unsafe fn(*const Node<C>, &SlotState<C>, RunCtx),
+    /// Gives up the stack's reference without running (the slot goes away).
+    pub(crate) release: unsafe fn(*const Node<C>),
+}
 
 /// One slot's shared state, on three cache-line pairs by who writes them:
-/// the owner's section counter (written on every local section), the
-/// control fields (written when ownership changes or work is pushed; read
-/// by remote callers and, at every section's end, by the owner), and the
-/// counters (written by whoever runs a work). A remote caller in `remote`
-/// mode then misses on the owner's line at most once per drain, and the
-/// owner never misses on a line a caller wrote unless work was pushed.
+/// the owner's section sequence counter (written on every local section),
+/// the control fields (written when ownership changes or work is pushed;
+/// read by remote callers and, at every section's end, by the owner), and
+/// the counters (written by whoever runs a work).
 pub(crate) struct SlotState<C: Config> {
-    /// The owner's section counter (the `preempt_count` analogue): odd while
-    /// the owner is in a local section (or offline), and bumped at every
-    /// entry and exit, so a remote caller can tell an owner that is running
-    /// (the counter moves) from one preempted inside a section (it does not).
-    /// Written only by the owner's thread: its code, and its signal handler
-    /// while the counter is even, which leaves it even again.
-    pub(crate) in_section: CachePadded<AtomicU32>,
-    pub(crate) ctl: AtomicU32,
-    pub(crate) head: AtomicPtr<WorkInner<C>>,
-    /// The owner's kernel thread id while `ONLINE`/`OFFLINE`.
+    /// The owner's section sequence counter (the `preempt_count` analogue):
+    /// odd while the owner is in a local section (or offline), and bumped at
+    /// every entry and exit, so a remote caller can tell an owner that is
+    /// running (the counter moves) from one preempted inside a section (it
+    /// does not). Written only by the owner's thread: its code, and its
+    /// signal handler while the counter is even, which leaves it even again.
+    pub(crate) section_seq: CachePadded<AtomicU32>,
+    /// State and binding generation (see the module docs).
+    pub(crate) ctl: AtomicU64,
+    pub(crate) head: AtomicPtr<Node<C>>,
+    /// The owner's kernel thread id while bound (updated in a fork child).
     pub(crate) tid: AtomicU32,
     /// A signal was sent and its handler has not started yet.
     pub(crate) sig_inflight: AtomicBool,
+    /// Remote contexts that hold, or are about to take, a lock of this
+    /// slot's cells: a fork child retires a slot whose count is not zero
+    /// (a vanished thread may hold a lock with the data half-changed).
+    pub(crate) remote_holders: AtomicU32,
     /// Shared by every slot of the domain: a remote caller once spun long on
     /// a cell lock, so owners here get preempted inside their sections (the
     /// machine is overcommitted), and `remote` callers check an owner's
-    /// section counter before waiting on it. Sticky for the domain's life;
-    /// owners that have a core of their own never set it.
+    /// section counter before waiting on it. Sticky for the domain's life.
     pub(crate) owner_preempted: Arc<AtomicBool>,
     pub(crate) mode: SlotMode,
     pub(crate) cpu: usize,
@@ -82,6 +155,24 @@ pub(crate) enum Helped {
     Online,
     /// Another remote thread holds the slot; it will look again when it lets go.
     Busy,
+    /// The slot is retired: what is pending never runs.
+    Retired,
+}
+
+/// Why [`SlotState::acquire_owner`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcquireError {
+    Owned,
+    Retired,
+}
+
+/// Counts a remote context on the slot while it lives (see `remote_holders`).
+pub(crate) struct RemoteHold<'a>(&'a AtomicU32);
+
+impl Drop for RemoteHold<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<C: Config> SlotState<C> {
@@ -93,11 +184,12 @@ impl<C: Config> SlotState<C> {
         owner_preempted: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            in_section: CachePadded::new(AtomicU32::new(0)),
-            ctl: AtomicU32::new(FREE),
+            section_seq: CachePadded::new(AtomicU32::new(0)),
+            ctl: AtomicU64::new(FREE),
             head: AtomicPtr::new(ptr::null_mut()),
             tid: AtomicU32::new(0),
             sig_inflight: AtomicBool::new(false),
+            remote_holders: AtomicU32::new(0),
             owner_preempted,
             mode,
             cpu,
@@ -108,15 +200,16 @@ impl<C: Config> SlotState<C> {
         }
     }
 
-    /// Pushes `w` (whose pending bit the caller just set) onto the pending stack.
-    pub(crate) fn push(&self, w: &WorkInner<C>) {
-        let wp = w as *const WorkInner<C> as *mut WorkInner<C>;
+    /// Pushes `node`, whose reference the caller hands to the stack.
+    pub(crate) fn push(&self, node: *const Node<C>) {
+        let np = node as *mut Node<C>;
         let mut h = self.head.load(Ordering::Relaxed);
         loop {
-            w.next.store(h, Ordering::Relaxed);
+            // SAFETY: the caller handed us a reference: the node is live.
+            unsafe { &*node }.next.store(h, Ordering::Relaxed);
             match self
                 .head
-                .compare_exchange_weak(h, wp, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange_weak(h, np, Ordering::SeqCst, Ordering::Relaxed)
             {
                 Ok(_) => return,
                 Err(now) => h = now,
@@ -129,40 +222,58 @@ impl<C: Config> SlotState<C> {
         !self.head.load(Ordering::Relaxed).is_null()
     }
 
-    /// Runs every pending work in context `kind`. The caller has exclusive
+    /// The current state bits.
+    #[inline]
+    pub(crate) fn state(&self) -> u64 {
+        state(self.ctl.load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.state() & RETIRED != 0
+    }
+
+    /// Counts a remote context until the returned guard drops.
+    pub(crate) fn hold_remote(&self) -> RemoteHold<'_> {
+        self.remote_holders.fetch_add(1, Ordering::SeqCst);
+        RemoteHold(&self.remote_holders)
+    }
+
+    /// Runs every pending item in context `run`. The caller has exclusive
     /// access to the slot's data in that context.
-    pub(crate) fn run_pending(&self, kind: CtxKind, at: RanAt) {
+    pub(crate) fn run_pending(&self, run: RunCtx) {
         loop {
             let mut list = self.head.swap(ptr::null_mut(), Ordering::SeqCst);
             if list.is_null() {
                 return;
             }
-            // The stack is LIFO; reverse it so works run in the order queued.
-            let mut fifo: *mut WorkInner<C> = ptr::null_mut();
+            // The stack is LIFO; reverse it so items run in the order queued.
+            let mut fifo: *mut Node<C> = ptr::null_mut();
             while !list.is_null() {
-                // SAFETY: every pointer on the stack is a live WorkInner: a
-                // Work's drop waits until its work is no longer pending, and
-                // the pending bit is still set, so nobody else touches `next`.
-                let w = unsafe { &*list };
-                let next = w.next.load(Ordering::Relaxed);
-                w.next.store(fifo, Ordering::Relaxed);
+                // SAFETY: every node on the stack is live: the stack owns a
+                // reference to it, and we took the whole stack.
+                let n = unsafe { &*list };
+                let next = n.next.load(Ordering::Relaxed);
+                n.next.store(fifo, Ordering::Relaxed);
                 fifo = list;
                 list = next;
             }
             while !fifo.is_null() {
-                // SAFETY: as above; `next` is read before `run` clears the
-                // pending bit, after which the work may be queued again.
-                let w = unsafe { &*fifo };
-                fifo = w.next.load(Ordering::Relaxed);
-                w.run(self, kind, at);
+                // SAFETY: as above; `next` is read before `run` gives up the
+                // reference, after which the node may be queued again or freed.
+                let n = unsafe { &*fifo };
+                let run_fn = n.run;
+                let this = fifo;
+                fifo = n.next.load(Ordering::Relaxed);
+                // SAFETY: `this` carries the stack's reference, handed to `run`.
+                unsafe { run_fn(this, self, run) };
             }
         }
     }
 
     /// Whether the owner is inside a local section (or offline).
     #[inline(always)]
-    pub(crate) fn owner_in_section(&self, order: Ordering) -> bool {
-        self.in_section.load(order) & 1 != 0
+    pub(crate) fn section_open(&self, order: Ordering) -> bool {
+        self.section_seq.load(order) & 1 != 0
     }
 
     /// Owner's thread only: enters a section (even → odd); returns the even
@@ -175,12 +286,12 @@ impl<C: Config> SlotState<C> {
     /// `with_local`) would alias the data. Checked before anything changes.
     #[inline(always)]
     pub(crate) fn enter(&self) -> u32 {
-        let v = self.in_section.load(Ordering::Relaxed);
+        let v = self.section_seq.load(Ordering::Relaxed);
         assert!(
             v & 1 == 0,
             "qpw: local section entered from inside this slot's work"
         );
-        self.in_section.store(v.wrapping_add(1), Ordering::Relaxed);
+        self.section_seq.store(v.wrapping_add(1), Ordering::Relaxed);
         signal_fence(Ordering::SeqCst);
         v
     }
@@ -189,7 +300,7 @@ impl<C: Config> SlotState<C> {
     #[inline(always)]
     pub(crate) fn leave(&self, v: u32) {
         signal_fence(Ordering::SeqCst);
-        self.in_section.store(v.wrapping_add(2), Ordering::Relaxed);
+        self.section_seq.store(v.wrapping_add(2), Ordering::Relaxed);
         signal_fence(Ordering::SeqCst);
     }
 
@@ -199,7 +310,7 @@ impl<C: Config> SlotState<C> {
     pub(crate) fn run_pending_as_owner(&self, at: RanAt) {
         loop {
             let v = self.enter();
-            self.run_pending(CtxKind::Owner, at);
+            self.run_pending(RunCtx::owner(at));
             self.leave(v);
             if self.head.load(Ordering::SeqCst).is_null() {
                 return;
@@ -210,7 +321,8 @@ impl<C: Config> SlotState<C> {
     /// Tries to take a slot whose owner is absent or offline (sets `BUSY`).
     pub(crate) fn try_take(&self) -> bool {
         let s = self.ctl.load(Ordering::SeqCst);
-        if s == ONLINE || s & BUSY != 0 {
+        let st = state(s);
+        if st == ONLINE || st & (BUSY | RETIRED) != 0 {
             return false;
         }
         self.ctl
@@ -222,42 +334,55 @@ impl<C: Config> SlotState<C> {
     /// whatever was queued meanwhile.
     pub(crate) fn release(&self) {
         self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
-        self.help();
+        self.help(false, None);
     }
 
     /// Runs pending work on behalf of an owner that is absent or offline
-    /// (or, in `remote` mode, outside a local section).
-    pub(crate) fn help(&self) -> Helped {
+    /// (or, in `remote` mode, outside a local section). `caller_owns`: the
+    /// caller is this slot's owner (then, outside a section, it runs the
+    /// work itself: a quiescent point). `deadline` bounds remote lock waits.
+    pub(crate) fn help(&self, caller_owns: bool, deadline: Option<Instant>) -> Helped {
         loop {
             if self.head.load(Ordering::SeqCst).is_null() {
                 return Helped::Idle;
             }
-            let s = self.ctl.load(Ordering::SeqCst);
-            if self.mode == SlotMode::Remote {
-                // The cells' spinlocks protect the data; only an owner inside
-                // a section (which runs the stack when it leaves) is waited for.
-                if s == ONLINE && self.owner_in_section(Ordering::SeqCst) {
+            let st = self.state();
+            if st & RETIRED != 0 {
+                return Helped::Retired;
+            }
+            if st == ONLINE && caller_owns {
+                if self.section_open(Ordering::Relaxed) {
                     return Helped::Online;
                 }
-                self.run_pending(CtxKind::RemoteLocked, RanAt::Remote);
+                self.run_pending_as_owner(RanAt::Quiescent);
                 continue;
             }
-            if s == ONLINE {
-                // The caller is the owner itself (a drain-all from an owner
-                // thread), outside a local section: this is a quiescent point.
-                if crate::owner::current_thread_owns(self)
-                    && !self.owner_in_section(Ordering::Relaxed)
-                {
-                    self.run_pending_as_owner(RanAt::Quiescent);
-                    continue;
+            if self.mode == SlotMode::Remote {
+                // The cells' locks protect the data; only an owner inside
+                // a section (which runs the stack when it leaves) is waited for.
+                if st == ONLINE && self.section_open(Ordering::SeqCst) {
+                    return Helped::Online;
                 }
+                let _hold = self.hold_remote();
+                self.run_pending(RunCtx {
+                    kind: CtxKind::RemoteLocked,
+                    at: RanAt::RemoteLocked,
+                    deadline: Some(deadline.unwrap_or_else(far_deadline)),
+                });
+                continue;
+            }
+            if st == ONLINE {
                 return Helped::Online;
             }
-            if s & BUSY != 0 {
+            if st & BUSY != 0 {
                 return Helped::Busy;
             }
             if self.try_take() {
-                self.run_pending(CtxKind::Busy, RanAt::Remote);
+                self.run_pending(RunCtx {
+                    kind: CtxKind::Busy,
+                    at: RanAt::ForAbsentOwner,
+                    deadline,
+                });
                 self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
             }
         }
@@ -268,33 +393,30 @@ impl<C: Config> SlotState<C> {
     ///
     /// `false` when an online owner sits in one local section without
     /// moving for a while: a userspace owner can be preempted while it holds
-    /// its lock (the kernel's spinlocks prevent that), and waiting on it would
-    /// stall the caller for a scheduler time slice, slot after slot. An owner
-    /// that is running bumps its counter every few nanoseconds: then `true`,
-    /// and the caller takes the lock as it comes free. The counter is only
-    /// read for slots whose owner was once caught preempted holding a lock
-    /// in this domain (`owner_preempted`): reading the line the owner writes at every
-    /// section costs a caller two cache misses, which owners with a core of
-    /// their own should not make it pay. And `false` when the caller is the
+    /// its lock, and waiting on it would stall the caller for a scheduler
+    /// time slice, slot after slot. An owner that is running bumps its
+    /// counter every few nanoseconds: then `true`. The counter is only read
+    /// for slots whose owner was once caught preempted holding a lock in
+    /// this domain (`owner_preempted`). And `false` when the caller is the
     /// owner itself, inside a section: it would wait on itself.
-    pub(crate) fn run_now_remote(&self) -> bool {
+    pub(crate) fn run_now_remote(&self, caller_owns: bool) -> bool {
         #[cfg(not(qpw_loom))]
         const SPINS: u32 = 256;
         #[cfg(qpw_loom)]
         const SPINS: u32 = 2;
-        if crate::owner::current_thread_owns(self) {
-            return !self.owner_in_section(Ordering::Relaxed);
+        if caller_owns {
+            return !self.section_open(Ordering::Relaxed);
         }
         // The models explore the check whatever the hint says.
         #[cfg(not(qpw_loom))]
         if !self.owner_preempted.load(Ordering::Relaxed) {
             return true;
         }
-        let first = self.in_section.load(Ordering::SeqCst);
+        let first = self.section_seq.load(Ordering::SeqCst);
         let mut spins = 0;
-        while self.ctl.load(Ordering::SeqCst) == ONLINE && first & 1 != 0 {
+        while self.state() == ONLINE && first & 1 != 0 {
             spin_hint();
-            if self.in_section.load(Ordering::SeqCst) != first {
+            if self.section_seq.load(Ordering::SeqCst) != first {
                 return true;
             }
             spins += 1;
@@ -306,11 +428,12 @@ impl<C: Config> SlotState<C> {
     }
 
     /// After a push: gets the work to whoever may run it.
-    pub(crate) fn kick(&self) {
-        match self.help() {
-            Helped::Online if self.mode == SlotMode::Queue => self.signal_owner(),
-            _ => {}
+    pub(crate) fn kick(&self, caller_owns: bool, deadline: Option<Instant>) -> Helped {
+        let h = self.help(caller_owns, deadline);
+        if h == Helped::Online && self.mode == SlotMode::Queue && !caller_owns {
+            self.signal_owner();
         }
+        h
     }
 
     /// Sends the qpw signal to the online owner, unless one is already on its
@@ -319,46 +442,84 @@ impl<C: Config> SlotState<C> {
         if self.sig_inflight.swap(true, Ordering::SeqCst) {
             return;
         }
+        let s = self.ctl.load(Ordering::SeqCst);
+        if state(s) != ONLINE {
+            self.sig_inflight.store(false, Ordering::SeqCst);
+            return;
+        }
         let tid = self.tid.load(Ordering::SeqCst);
         match crate::sys::signal_thread(tid as i32, self.signal) {
             Ok(()) => self.counters.signal_sent(),
             Err(e) => {
+                // Not sent (EAGAIN: the signal queue is full; ESRCH: the
+                // thread is gone): nothing is in flight, and a flusher sends
+                // again (see `resend`).
                 self.sig_inflight.store(false, Ordering::SeqCst);
-                if e == crate::sys::ESRCH && self.ctl.load(Ordering::SeqCst) == ONLINE {
-                    // The owner's thread is gone without unbinding (its token
-                    // was leaked). It can touch nothing any more: free the slot.
-                    if self.tid.load(Ordering::SeqCst) == tid
-                        && self
-                            .ctl
-                            .compare_exchange(ONLINE, FREE, Ordering::SeqCst, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        self.help();
-                    }
+                self.counters.signal_failed();
+                if e == crate::sys::ESRCH {
+                    self.owner_thread_gone(s, tid);
                 }
             }
         }
     }
 
-    /// For a flusher that has waited a while: if the signal sent to the
-    /// online owner is still marked in flight, no handler has started since
-    /// it was sent, so it was lost (the thread was exiting as it arrived, or
-    /// it blocks the signal): send it again. A live owner in a long section
-    /// has cleared the mark when its handler ran, and gets nothing more.
-    pub(crate) fn resend_lost_signal(&self) {
-        if self.mode == SlotMode::Queue
-            && self.ctl.load(Ordering::SeqCst) == ONLINE
-            && self.has_pending()
-            && self.sig_inflight.swap(false, Ordering::SeqCst)
+    /// The thread of binding `s` (thread id `tid`, read after `s`) no longer
+    /// exists: its owner was leaked (`mem::forget`) and its thread exited.
+    /// If the slot still holds that very binding (same generation), nobody
+    /// can touch its data any more: free it, or retire it if the thread
+    /// left inside a section (its data may be half-changed). A newer
+    /// binding (another generation) is never touched.
+    fn owner_thread_gone(&self, s: u64, tid: u32) {
+        if self.tid.load(Ordering::SeqCst) != tid {
+            return;
+        }
+        let next = if self.section_open(Ordering::SeqCst) {
+            ctl_of(generation(s), RETIRED)
+        } else {
+            ctl_of(generation(s), FREE)
+        };
+        if self
+            .ctl
+            .compare_exchange(s, next, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+            && state(next) == FREE
         {
-            self.signal_owner();
+            self.help(false, None);
         }
     }
 
-    /// The signal handler's work for this slot (owner's thread, any point of its code).
-    pub(crate) fn on_signal(&self) {
+    /// For a flusher that has waited a while on an online owner in `queue`
+    /// mode with work pending: no signal in flight means the last send
+    /// failed (`EAGAIN`): send again. A signal still marked in flight means
+    /// no handler started since it was sent, so it was lost (the thread
+    /// was exiting as it arrived, or it blocks the signal): send again. An
+    /// owner inside a section gets nothing: its section's end runs the work.
+    pub(crate) fn resend(&self) {
+        if self.mode != SlotMode::Queue
+            || self.state() != ONLINE
+            || !self.has_pending()
+            || self.section_open(Ordering::SeqCst)
+        {
+            return;
+        }
         self.sig_inflight.store(false, Ordering::SeqCst);
-        if self.mode != SlotMode::Queue || self.owner_in_section(Ordering::Relaxed) {
+        self.signal_owner();
+    }
+
+    /// The signal handler's work for this slot, for the binding of
+    /// generation `gen` (the handler's record). Owner's thread, any point of
+    /// its code.
+    pub(crate) fn on_signal(&self, gen: u64) {
+        let s = self.ctl.load(Ordering::SeqCst);
+        if generation(s) != gen {
+            // The record is of a binding that is ending or not yet published.
+            return;
+        }
+        self.sig_inflight.store(false, Ordering::SeqCst);
+        if self.mode != SlotMode::Queue
+            || state(s) != ONLINE
+            || self.section_open(Ordering::Relaxed)
+        {
             // In a local section (or offline): the section's end runs the work.
             return;
         }
@@ -367,117 +528,166 @@ impl<C: Config> SlotState<C> {
         }
     }
 
-    /// Takes an unowned slot for binding: `FREE` → `ONLINE`, waiting out a
-    /// remote thread's `BUSY`. `Err(())` if another thread owns it.
-    pub(crate) fn acquire_owner(&self, tid: u32) -> Result<(), ()> {
-        loop {
-            match self
-                .ctl
-                .compare_exchange(FREE, BUSY, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(s) if s == BUSY => {
-                    spin_hint();
-                    yield_now();
-                }
-                Err(_) => return Err(()),
+    /// Takes an unowned slot for binding: `FREE` → `FREE|BUSY`, waiting out a
+    /// remote thread's `BUSY`. Returns the new binding's generation; the
+    /// caller links its record, then [`publish_owner`](Self::publish_owner)s
+    /// (or [`abort_acquire`](Self::abort_acquire)s).
+    pub(crate) fn acquire_owner(&self, tid: u32) -> Result<u64, AcquireError> {
+        let gen = loop {
+            let s = self.ctl.load(Ordering::SeqCst);
+            let st = state(s);
+            if st & RETIRED != 0 {
+                return Err(AcquireError::Retired);
             }
-        }
+            if st == FREE {
+                if self
+                    .ctl
+                    .compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    break generation(s).wrapping_add(1);
+                }
+                continue;
+            }
+            if st == FREE | BUSY {
+                spin_hint();
+                yield_now();
+                continue;
+            }
+            return Err(AcquireError::Owned);
+        };
         self.tid.store(tid, Ordering::SeqCst);
-        self.in_section.store(0, Ordering::Relaxed);
-        self.ctl.store(ONLINE, Ordering::SeqCst);
+        self.section_seq.store(0, Ordering::Relaxed);
         self.sig_inflight.store(false, Ordering::SeqCst);
-        Ok(())
+        Ok(gen)
     }
 
-    /// The owner leaves: runs its pending work, frees the slot, and runs
-    /// whatever was queued while it left.
-    pub(crate) fn release_owner(&self) {
+    /// Publishes the binding of generation `gen`: the slot is `ONLINE`.
+    pub(crate) fn publish_owner(&self, gen: u64) {
+        self.ctl.store(ctl_of(gen, ONLINE), Ordering::SeqCst);
+    }
+
+    /// Gives up a slot taken by `acquire_owner` without binding it.
+    pub(crate) fn abort_acquire(&self) {
+        self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
+        self.help(false, None);
+    }
+
+    /// The owner leaves: runs its pending work and frees the slot. The
+    /// caller then unlinks its record and calls [`help`](Self::help) for
+    /// what was queued meanwhile.
+    pub(crate) fn release_owner(&self, gen: u64) {
+        let st = self.state();
+        if st & RETIRED != 0 {
+            return;
+        }
+        if st & OFFLINE != 0 {
+            // A parked implicit owner leaving with its thread.
+            self.go_online(gen);
+        }
         self.run_pending_as_owner(RanAt::Quiescent);
-        self.ctl.store(FREE, Ordering::SeqCst);
-        self.help();
+        let _ = self.ctl.compare_exchange(
+            ctl_of(gen, ONLINE),
+            ctl_of(gen, FREE),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
     }
 
     /// The owner goes idle: remote threads may work on the slot directly.
-    pub(crate) fn go_offline(&self) {
+    pub(crate) fn go_offline(&self, gen: u64) {
         self.run_pending_as_owner(RanAt::Quiescent);
         // Keep the signal handler away while offline: an odd counter.
         self.enter();
-        self.ctl.store(OFFLINE, Ordering::SeqCst);
-        self.help();
+        let _ = self.ctl.compare_exchange(
+            ctl_of(gen, ONLINE),
+            ctl_of(gen, OFFLINE),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
+        self.help(false, None);
     }
 
     /// The owner comes back: waits out a remote thread's `BUSY`, then runs
     /// what was queued meanwhile.
-    pub(crate) fn go_online(&self) {
-        while self
-            .ctl
-            .compare_exchange(OFFLINE, ONLINE, Ordering::SeqCst, Ordering::Relaxed)
-            .is_err()
-        {
-            spin_hint();
-            yield_now();
+    pub(crate) fn go_online(&self, gen: u64) {
+        loop {
+            match self.ctl.compare_exchange(
+                ctl_of(gen, OFFLINE),
+                ctl_of(gen, ONLINE),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                // Retired in a fork child (a vanished thread held it): the
+                // slot stays out of use.
+                Err(s) if state(s) & RETIRED != 0 => return,
+                Err(_) => {
+                    spin_hint();
+                    yield_now();
+                }
+            }
         }
         // Back to even: the signal handler may run work again.
-        self.leave(self.in_section.load(Ordering::Relaxed).wrapping_sub(1));
+        self.leave(self.section_seq.load(Ordering::Relaxed).wrapping_sub(1));
         if !self.head.load(Ordering::SeqCst).is_null() {
             self.run_pending_as_owner(RanAt::Quiescent);
         }
     }
+
+    /// Fork child, forking thread (the only thread): makes the slot usable.
+    /// `mine`: the slot's binding is the forking thread's (it keeps it,
+    /// with its new thread id `tid`). Any other binding's thread is gone:
+    /// its slot is handed over (freed) only when its data is known to be
+    /// consistent (owner between sections, no `BUSY`, no remote context on
+    /// it), and retired otherwise, never to be touched again.
+    pub(crate) fn fork_child(&self, mine: bool, tid: u32) {
+        let s = self.ctl.load(Ordering::Relaxed);
+        let st = state(s);
+        // No signal sent in the parent reaches the child.
+        self.sig_inflight.store(false, Ordering::Relaxed);
+        if mine {
+            self.tid.store(tid, Ordering::Relaxed);
+            return;
+        }
+        if st & RETIRED != 0 || (st == FREE && self.remote_holders.load(Ordering::Relaxed) == 0) {
+            return;
+        }
+        let consistent = st & BUSY == 0
+            && self.remote_holders.load(Ordering::Relaxed) == 0
+            && match st {
+                ONLINE => !self.section_open(Ordering::Relaxed),
+                OFFLINE => true,
+                _ => false,
+            };
+        let next = if consistent {
+            self.section_seq.store(0, Ordering::Relaxed);
+            ctl_of(generation(s), FREE)
+        } else {
+            ctl_of(generation(s), RETIRED)
+        };
+        self.remote_holders.store(0, Ordering::Relaxed);
+        self.ctl.store(next, Ordering::SeqCst);
+    }
 }
 
-/// A cell's lock word: the per-CPU spinlock of `qpw=1` and of `PREEMPT_RT`.
-pub(crate) struct SpinLock(AtomicU32);
+/// A deadline no wait reaches (loops that must end use the caller's).
+pub(crate) fn far_deadline() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}
 
-impl SpinLock {
-    pub(crate) fn new() -> Self {
-        Self(AtomicU32::new(0))
-    }
-
-    /// Takes the lock. A caller that passes `long_wait` has it set if the
-    /// lock stays held past the spinning phase (its holder was most likely
-    /// preempted).
-    #[inline(always)]
-    pub(crate) fn lock(&self, counters: &Counters, long_wait: Option<&AtomicBool>) {
-        if self
-            .0
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            self.lock_slow(counters, long_wait);
+impl<C: Config> Drop for SlotState<C> {
+    fn drop(&mut self) {
+        // Nobody can run these any more: give up the stack's references.
+        let mut list = self.head.swap(ptr::null_mut(), Ordering::SeqCst);
+        while !list.is_null() {
+            // SAFETY: each node on the stack is live while the stack holds it.
+            let n = unsafe { &*list };
+            let next = n.next.load(Ordering::Relaxed);
+            let release = n.release;
+            // SAFETY: hands the stack's reference to its release function.
+            unsafe { release(list) };
+            list = next;
         }
-    }
-
-    #[cold]
-    fn lock_slow(&self, counters: &Counters, long_wait: Option<&AtomicBool>) {
-        counters.contended();
-        let mut spins = 0u32;
-        loop {
-            while self.0.load(Ordering::Relaxed) != 0 {
-                spins += 1;
-                if spins < 128 {
-                    spin_hint();
-                } else {
-                    if spins == 128 {
-                        if let Some(flag) = long_wait {
-                            flag.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    yield_now();
-                }
-            }
-            if self
-                .0
-                .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return;
-            }
-        }
-    }
-
-    #[inline(always)]
-    pub(crate) fn unlock(&self) {
-        self.0.store(0, Ordering::Release);
     }
 }

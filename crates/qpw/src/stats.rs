@@ -7,19 +7,29 @@ use crate::sync::{AtomicU64, Ordering};
 pub struct SlotStats {
     /// Signals sent to the slot's owner (queue mode only).
     pub signals_sent: u64,
+    /// Signals the kernel refused (`tgkill` failed, e.g. `EAGAIN` when the
+    /// signal queue is full); a flusher sends them again.
+    pub signals_failed: u64,
     /// Works the owner ran in its signal handler.
     pub works_in_handler: u64,
     /// Works the owner ran when a local section ended (the signal came during it).
     pub works_at_section_end: u64,
     /// Works the owner ran at a quiescent point, when coming online, binding or unbinding.
     pub works_at_quiescent: u64,
-    /// Works run by another thread: under the slot lock (remote mode) or while
-    /// the owner was offline or absent.
+    /// Works run by another thread under the cells' locks (`remote` mode).
     pub works_remote: u64,
+    /// Works run by another thread while the owner was offline or absent
+    /// (the thread held the slot's `BUSY`).
+    pub works_for_absent_owner: u64,
     /// Slot-lock acquisitions that found the lock taken.
     pub lock_contended: u64,
+    /// Remote lock waits that passed their drain-all's deadline.
+    pub lock_timeouts: u64,
     /// Work functions that panicked.
     pub works_panicked: u64,
+    /// Drain-alls that skipped this slot because it is retired (its owner
+    /// vanished in a `fork()`).
+    pub drains_skipped_retired: u64,
 }
 
 impl SlotStats {
@@ -30,18 +40,22 @@ impl SlotStats {
 
     /// All works run, by anyone.
     pub fn works_run(&self) -> u64 {
-        self.works_by_owner() + self.works_remote
+        self.works_by_owner() + self.works_remote + self.works_for_absent_owner
     }
 
     /// Adds another slot's counters (for domain totals).
     pub fn add(&mut self, o: &SlotStats) {
         self.signals_sent += o.signals_sent;
+        self.signals_failed += o.signals_failed;
         self.works_in_handler += o.works_in_handler;
         self.works_at_section_end += o.works_at_section_end;
         self.works_at_quiescent += o.works_at_quiescent;
         self.works_remote += o.works_remote;
+        self.works_for_absent_owner += o.works_for_absent_owner;
         self.lock_contended += o.lock_contended;
+        self.lock_timeouts += o.lock_timeouts;
         self.works_panicked += o.works_panicked;
+        self.drains_skipped_retired += o.drains_skipped_retired;
     }
 }
 
@@ -51,18 +65,25 @@ pub(crate) enum RanAt {
     Handler,
     SectionEnd,
     Quiescent,
-    Remote,
+    /// Another thread, under the cells' locks (`remote` mode).
+    RemoteLocked,
+    /// Another thread holding `BUSY` (owner offline or absent).
+    ForAbsentOwner,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     signals_sent: AtomicU64,
+    signals_failed: AtomicU64,
     in_handler: AtomicU64,
     at_section_end: AtomicU64,
     at_quiescent: AtomicU64,
     remote: AtomicU64,
+    for_absent: AtomicU64,
     contended: AtomicU64,
+    lock_timeouts: AtomicU64,
     panicked: AtomicU64,
+    skipped_retired: AtomicU64,
 }
 
 impl Counters {
@@ -73,30 +94,44 @@ impl Counters {
     pub(crate) fn signal_sent(&self) {
         Self::bump(&self.signals_sent)
     }
+    pub(crate) fn signal_failed(&self) {
+        Self::bump(&self.signals_failed)
+    }
     pub(crate) fn contended(&self) {
         Self::bump(&self.contended)
     }
+    pub(crate) fn lock_timeout(&self) {
+        Self::bump(&self.lock_timeouts)
+    }
     pub(crate) fn panicked(&self) {
         Self::bump(&self.panicked)
+    }
+    pub(crate) fn skipped_retired(&self) {
+        Self::bump(&self.skipped_retired)
     }
     pub(crate) fn ran(&self, at: RanAt) {
         Self::bump(match at {
             RanAt::Handler => &self.in_handler,
             RanAt::SectionEnd => &self.at_section_end,
             RanAt::Quiescent => &self.at_quiescent,
-            RanAt::Remote => &self.remote,
+            RanAt::RemoteLocked => &self.remote,
+            RanAt::ForAbsentOwner => &self.for_absent,
         })
     }
     pub(crate) fn snapshot(&self) -> SlotStats {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SlotStats {
             signals_sent: l(&self.signals_sent),
+            signals_failed: l(&self.signals_failed),
             works_in_handler: l(&self.in_handler),
             works_at_section_end: l(&self.at_section_end),
             works_at_quiescent: l(&self.at_quiescent),
             works_remote: l(&self.remote),
+            works_for_absent_owner: l(&self.for_absent),
             lock_contended: l(&self.contended),
+            lock_timeouts: l(&self.lock_timeouts),
             works_panicked: l(&self.panicked),
+            drains_skipped_retired: l(&self.skipped_retired),
         }
     }
 }

@@ -1,10 +1,29 @@
 //! Per-CPU work: the `struct qpw_struct` / `queue_percpu_work_on` /
-//! `flush_percpu_work` analogues.
+//! `flush_percpu_work` analogues, and drain-all ([`WorkSet`]).
+//!
+//! # A work's state
+//!
+//! `state` holds `PENDING` (queued, not started), `RUNNING` (a run is in
+//! flight) and a sequence number (how many times it was queued), as the
+//! kernel's workqueues keep them:
+//!
+//! - queueing sets `PENDING`; if a run is in flight it does nothing more:
+//!   that run, when it ends, sees `PENDING` and runs the work again, in the
+//!   same context. So a work never runs concurrently with itself.
+//! - otherwise the queuer hands it to whoever may run it (pushed on the
+//!   slot's stack, or run at once in `remote` mode);
+//! - a run clears `PENDING` and sets `RUNNING` as one step.
+//!
+//! The slot's stack holds a counted reference (an `Arc`) to each work on
+//! it, and a run in flight holds one too: a `Work`'s memory and its closure
+//! are freed when the last of its handles, stack entries and runs is gone,
+//! never under a run. Dropping a `Work` never waits.
 
+use crate::cell_lock::LockTimeout;
 use crate::config::{Config, SlotMode};
-use crate::domain::DomainInner;
-use crate::error::FlushError;
-use crate::slot::SlotState;
+use crate::domain::{Domain, DomainInner};
+use crate::error::{Error, FlushError};
+use crate::slot::{CtxKind, Helped, Node, RunCtx, SlotState};
 use crate::stats::RanAt;
 use crate::sync::{spin_hint, yield_now, Arc, AtomicPtr, AtomicU64, Ordering};
 use std::fmt;
@@ -16,40 +35,37 @@ use std::time::{Duration, Instant};
 /// The work function's signature.
 pub(crate) type WorkFn<C> = dyn Fn(&mut WorkCtx<'_, C>) + Send + Sync + 'static;
 
-/// In which context a work function runs, which decides what its locks do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CtxKind {
-    /// On the owner's thread (signal handler, section end, quiescent point):
-    /// the owner's exclusion is already in force.
-    Owner,
-    /// On another thread, `remote` mode: each cell is locked with its spinlock.
-    RemoteLocked,
-    /// On another thread holding the slot's `BUSY` (owner absent or offline).
-    Busy,
-}
-
 /// What a work function gets: which slot it runs for and the right to lock
 /// that slot's cells (see [`PerCpu::lock_ctx`](crate::PerCpu::lock_ctx)).
 ///
-/// [`cpu`](Self::cpu) is `qpw_get_cpu(work)`: the slot the work was queued
+/// [`slot`](Self::slot) is `qpw_get_cpu(work)`: the slot the work was queued
 /// for, whichever thread runs it.
 pub struct WorkCtx<'a, C: Config = crate::Standard> {
     pub(crate) slot: &'a SlotState<C>,
     pub(crate) kind: CtxKind,
+    /// Bounds this run's remote lock waits (`None` in the owner's contexts).
+    pub(crate) deadline: Option<Instant>,
     // Not Send: the context belongs to the running call.
     _not_send: PhantomData<*mut ()>,
 }
 
 impl<'a, C: Config> WorkCtx<'a, C> {
-    pub(crate) fn new(slot: &'a SlotState<C>, kind: CtxKind) -> Self {
+    fn new(slot: &'a SlotState<C>, run: RunCtx) -> Self {
         Self {
             slot,
-            kind,
+            kind: run.kind,
+            deadline: run.deadline,
             _not_send: PhantomData,
         }
     }
 
     /// The slot this work was queued for (`qpw_get_cpu`).
+    pub fn slot(&self) -> usize {
+        self.slot.cpu
+    }
+
+    /// The slot this work was queued for: the kernel's name for
+    /// [`slot`](Self::slot) (`qpw_get_cpu`).
     pub fn cpu(&self) -> usize {
         self.slot.cpu
     }
@@ -69,54 +85,173 @@ impl<'a, C: Config> WorkCtx<'a, C> {
 impl<C: Config> fmt::Debug for WorkCtx<'_, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkCtx")
-            .field("cpu", &self.cpu())
+            .field("slot", &self.slot())
             .field("kind", &self.kind)
             .finish()
     }
 }
 
 const PENDING: u64 = 1;
+const RUNNING: u64 = 2;
+const SEQ_SHIFT: u32 = 2;
+const SEQ_ONE: u64 = 1 << SEQ_SHIFT;
 
+/// How one call of the function ended.
+enum Outcome {
+    Ran,
+    Panicked,
+    /// A remote lock wait passed the deadline: abandoned at that lock.
+    LockTimeout,
+}
+
+#[repr(C)]
 pub(crate) struct WorkInner<C: Config> {
-    /// Bit 0: pending. Bits 1..: how many times it was queued.
-    pub(crate) state: AtomicU64,
+    /// First, so a `*const Node` on a slot's stack is a `*const WorkInner`.
+    node: Node<C>,
+    /// `PENDING`, `RUNNING`, and the queue sequence number above them.
+    state: AtomicU64,
     /// The sequence number of the latest run that finished.
-    pub(crate) done: AtomicU64,
+    done: AtomicU64,
     /// The sequence number of the latest run that panicked.
-    pub(crate) panicked: AtomicU64,
-    pub(crate) next: AtomicPtr<WorkInner<C>>,
-    pub(crate) func: Box<WorkFn<C>>,
+    panicked: AtomicU64,
+    /// The sequence number of the latest run abandoned at a lock timeout.
+    timed_out: AtomicU64,
+    func: Box<WorkFn<C>>,
+}
+
+/// # Safety
+/// `node` is the node of a `WorkInner<C>` and carries a reference to it
+/// made by `Arc::into_raw`, which this call takes over.
+unsafe fn run_node<C: Config>(node: *const Node<C>, slot: &SlotState<C>, run: RunCtx) {
+    // SAFETY: forwarded to the caller; `node` is the first field of a
+    // `#[repr(C)]` WorkInner, so the pointers are the same.
+    let w = unsafe { Arc::from_raw(node as *const WorkInner<C>) };
+    WorkInner::run_claimed(&w, slot, run);
+}
+
+/// # Safety
+/// As [`run_node`].
+unsafe fn release_node<C: Config>(node: *const Node<C>) {
+    // SAFETY: forwarded to the caller.
+    drop(unsafe { Arc::from_raw(node as *const WorkInner<C>) });
 }
 
 impl<C: Config> WorkInner<C> {
-    /// Clears the pending bit and runs the function once.
-    pub(crate) fn run(&self, slot: &SlotState<C>, kind: CtxKind, at: RanAt) {
-        let seq = self.state.fetch_and(!PENDING, Ordering::SeqCst) >> 1;
-        let mut ctx = WorkCtx::new(slot, kind);
-        // A panic must not unwind through the signal handler or leave the
-        // slot half-run; the flusher gets `FlushError::Panicked`.
-        let ok = catch_unwind(AssertUnwindSafe(|| (self.func)(&mut ctx))).is_ok();
-        if !ok {
-            slot.counters.panicked();
-            self.panicked.fetch_max(seq, Ordering::SeqCst);
+    fn new(func: Box<WorkFn<C>>) -> Self {
+        Self {
+            node: Node {
+                next: AtomicPtr::new(ptr::null_mut()),
+                run: run_node::<C>,
+                release: release_node::<C>,
+            },
+            state: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            func,
         }
-        slot.counters.ran(at);
-        self.done.fetch_max(seq, Ordering::SeqCst);
     }
 
-    /// Sets the pending bit; `false` if it was already set.
-    fn mark_pending(&self) -> bool {
+    /// Hands one reference to the slot's stack.
+    fn push(this: &Arc<Self>, slot: &SlotState<C>) {
+        slot.push(Arc::into_raw(this.clone()) as *const Node<C>);
+    }
+
+    /// Runs a work whose `PENDING` the caller owns (it popped it, or set it
+    /// and saw no run in flight): starts a run, and runs again for every
+    /// queueing that came while it ran.
+    fn run_claimed(this: &Arc<Self>, slot: &SlotState<C>, run: RunCtx) {
+        let mut s = this.state.load(Ordering::SeqCst);
+        let mut seq = loop {
+            debug_assert!(s & PENDING != 0 && s & RUNNING == 0);
+            match this.state.compare_exchange_weak(
+                s,
+                (s & !PENDING) | RUNNING,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break s >> SEQ_SHIFT,
+                Err(now) => s = now,
+            }
+        };
+        loop {
+            match this.call(slot, run) {
+                Outcome::Ran => {
+                    this.done.fetch_max(seq, Ordering::SeqCst);
+                }
+                Outcome::Panicked => {
+                    slot.counters.panicked();
+                    this.panicked.fetch_max(seq, Ordering::SeqCst);
+                    this.done.fetch_max(seq, Ordering::SeqCst);
+                }
+                Outcome::LockTimeout => {
+                    // Not run: queue it again for the owner (its section's
+                    // end, or a later flusher), whatever came meanwhile.
+                    this.timed_out.fetch_max(seq, Ordering::SeqCst);
+                    let mut s = this.state.load(Ordering::SeqCst);
+                    while let Err(now) = this.state.compare_exchange_weak(
+                        s,
+                        (s | PENDING) & !RUNNING,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    ) {
+                        s = now;
+                    }
+                    Self::push(this, slot);
+                    return;
+                }
+            }
+            slot.counters.ran(run.at);
+            // End the run, or take the queueing that came while it ran.
+            let mut s = this.state.load(Ordering::SeqCst);
+            loop {
+                let next = if s & PENDING != 0 {
+                    (s & !PENDING) | RUNNING
+                } else {
+                    s & !RUNNING
+                };
+                match this.state.compare_exchange_weak(
+                    s,
+                    next,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => break,
+                    Err(now) => s = now,
+                }
+            }
+            if s & PENDING == 0 {
+                return;
+            }
+            seq = s >> SEQ_SHIFT;
+        }
+    }
+
+    /// Calls the function once. A panic must not unwind through the signal
+    /// handler or leave the slot half-run.
+    fn call(&self, slot: &SlotState<C>, run: RunCtx) -> Outcome {
+        let mut ctx = WorkCtx::new(slot, run);
+        match catch_unwind(AssertUnwindSafe(|| (self.func)(&mut ctx))) {
+            Ok(()) => Outcome::Ran,
+            Err(payload) if payload.is::<LockTimeout>() => Outcome::LockTimeout,
+            Err(_) => Outcome::Panicked,
+        }
+    }
+
+    /// Sets `PENDING` and bumps the sequence; `None` if it was already
+    /// pending, else whether a run was in flight.
+    fn mark_pending(&self) -> Option<bool> {
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
             if s & PENDING != 0 {
-                return false;
+                return None;
             }
-            let new = (((s >> 1) + 1) << 1) | PENDING;
+            let new = (s + SEQ_ONE) | PENDING;
             match self
                 .state
                 .compare_exchange_weak(s, new, Ordering::SeqCst, Ordering::Relaxed)
             {
-                Ok(_) => return true,
+                Ok(_) => return Some(s & RUNNING != 0),
                 Err(now) => s = now,
             }
         }
@@ -137,82 +272,96 @@ impl<C: Config> WorkInner<C> {
 /// and in every mode, when the slot has no owner or the owner is offline,
 /// the caller runs it itself.
 ///
-/// Dropping a `Work` waits (up to the domain's flush timeout) until it is no
-/// longer queued; if the owner never gets to it, its memory is leaked rather
-/// than freed under the owner's feet.
+/// A work never runs concurrently with itself: queued while it runs, it runs
+/// again once the current run ends. Dropping a `Work` never waits: a work
+/// still queued keeps its memory (and closure) alive until it has run.
 pub struct Work<C: Config = crate::Standard> {
-    pub(crate) inner: Option<Arc<WorkInner<C>>>,
-    pub(crate) domain: Arc<DomainInner<C>>,
-    pub(crate) cpu: usize,
+    inner: Arc<WorkInner<C>>,
+    domain: Arc<DomainInner<C>>,
+    cpu: usize,
 }
 
 impl<C: Config> fmt::Debug for Work<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Work").field("cpu", &self.cpu).finish()
+        f.debug_struct("Work").field("slot", &self.cpu).finish()
     }
+}
+
+/// The slot the caller owns in `domain` if it is inside its local section
+/// there: a flush would wait on itself.
+fn caller_in_section<C: Config>(domain: &DomainInner<C>) -> Option<usize> {
+    let cpu = crate::handler::owned_in(domain.id)?;
+    let slot = &domain.slots[cpu];
+    (slot.state() == crate::slot::ONLINE && slot.section_open(Ordering::Relaxed)).then_some(cpu)
 }
 
 impl<C: Config> Work<C> {
     pub(crate) fn new(domain: Arc<DomainInner<C>>, cpu: usize, func: Box<WorkFn<C>>) -> Self {
-        let inner = Arc::new(WorkInner {
-            state: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            panicked: AtomicU64::new(0),
-            next: AtomicPtr::new(ptr::null_mut()),
-            func,
-        });
         Self {
-            inner: Some(inner),
+            inner: Arc::new(WorkInner::new(func)),
             domain,
             cpu,
         }
     }
 
-    fn inner(&self) -> &WorkInner<C> {
-        self.inner
-            .as_deref()
-            .expect("a Work's inner is only taken by its drop")
-    }
-
-    fn slot(&self) -> &SlotState<C> {
+    fn slot_state(&self) -> &SlotState<C> {
         &self.domain.slots[self.cpu]
     }
 
     /// The slot this work is bound to.
+    pub fn slot(&self) -> usize {
+        self.cpu
+    }
+
+    /// The slot this work is bound to (the kernel's name for [`slot`](Self::slot)).
     pub fn cpu(&self) -> usize {
         self.cpu
     }
 
     /// Queues the work on its slot (`queue_percpu_work_on`). Returns `false`
     /// if it was already pending, in which case the pending run covers this
-    /// request too (as in the kernel).
+    /// request too (as in the kernel). In `remote` mode the caller may run
+    /// it at once; its lock waits are bounded by the domain's flush timeout.
     pub fn queue(&self) -> bool {
-        let w = self.inner();
-        if !w.mark_pending() {
-            return false;
+        self.queue_until(Instant::now() + self.domain.flush_timeout)
+    }
+
+    fn queue_until(&self, deadline: Instant) -> bool {
+        let w = &self.inner;
+        let running = match w.mark_pending() {
+            None => return false,
+            Some(r) => r,
+        };
+        if running {
+            // The run in flight runs it again when it ends.
+            return true;
         }
-        let slot = self.slot();
-        if slot.mode == SlotMode::Remote {
-            if slot.run_now_remote() {
-                w.run(slot, CtxKind::RemoteLocked, RanAt::Remote);
-            } else {
-                // The owner is stuck in a section (preempted, most likely):
-                // it runs the work when it leaves, and so does a flusher
-                // once it sees it out. No signal either way.
-                slot.push(w);
-                slot.help();
-            }
+        let slot = self.slot_state();
+        let owns = crate::handler::current_thread_owns(slot);
+        if slot.mode == SlotMode::Remote && !slot.is_retired() && slot.run_now_remote(owns) {
+            let _hold = slot.hold_remote();
+            WorkInner::run_claimed(
+                w,
+                slot,
+                RunCtx {
+                    kind: CtxKind::RemoteLocked,
+                    at: RanAt::RemoteLocked,
+                    deadline: Some(deadline),
+                },
+            );
         } else {
-            slot.push(w);
-            slot.kick();
+            // `remote` with the owner stuck in a section: it runs the work
+            // when it leaves, and so does a flusher once it sees it out.
+            WorkInner::push(w, slot);
+            slot.kick(owns, Some(deadline));
         }
         true
     }
 
     /// Whether the latest queueing has not finished running yet.
     pub fn is_pending(&self) -> bool {
-        let w = self.inner();
-        w.done.load(Ordering::SeqCst) < w.state.load(Ordering::SeqCst) >> 1
+        let w = &self.inner;
+        w.done.load(Ordering::SeqCst) < w.state.load(Ordering::SeqCst) >> SEQ_SHIFT
     }
 
     /// Waits until the latest queueing has run (`flush_percpu_work`), at most
@@ -223,13 +372,23 @@ impl<C: Config> Work<C> {
 
     /// Waits until the latest queueing has run, at most `timeout`. While it
     /// waits, if the owner goes offline or away, the caller runs the work.
+    /// From inside the caller's own local section of this domain it returns
+    /// [`FlushError::InLocalSection`] at once.
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushError> {
-        let w = self.inner();
-        let target = w.state.load(Ordering::SeqCst) >> 1;
-        let slot = self.slot();
-        let mut waiter = Waiter::new(timeout);
-        // When to look for a lost signal: after 10 ms, then 10 times later each time.
-        let mut resend_after = Duration::from_millis(10);
+        if let Some(cpu) = caller_in_section(&self.domain) {
+            if self.is_pending() {
+                return Err(FlushError::InLocalSection { cpu });
+            }
+        }
+        self.flush_until(Instant::now() + timeout, timeout)
+    }
+
+    fn flush_until(&self, deadline: Instant, bound: Duration) -> Result<(), FlushError> {
+        let w = &self.inner;
+        let target = w.state.load(Ordering::SeqCst) >> SEQ_SHIFT;
+        let slot = self.slot_state();
+        let owns = crate::handler::current_thread_owns(slot);
+        let mut waiter = Waiter::new(deadline);
         loop {
             if w.done.load(Ordering::SeqCst) >= target {
                 if target > 0 && w.panicked.load(Ordering::SeqCst) == target {
@@ -238,56 +397,69 @@ impl<C: Config> Work<C> {
                 return Ok(());
             }
             // The owner may have gone offline or away since it was queued.
-            slot.help();
-            if waiter.elapsed() >= resend_after {
-                slot.resend_lost_signal();
-                resend_after = resend_after.saturating_mul(10);
+            if slot.help(owns, Some(deadline)) == Helped::Retired {
+                return Err(FlushError::Retired { cpu: self.cpu });
+            }
+            if waiter.resend_due() {
+                slot.resend();
             }
             if waiter.wait() {
+                let waited_ms = bound.as_millis() as u64;
+                if w.timed_out.load(Ordering::SeqCst) >= target {
+                    return Err(FlushError::LockTimeout {
+                        cpu: self.cpu,
+                        waited_ms,
+                    });
+                }
                 return Err(FlushError::Timeout {
                     cpu: self.cpu,
-                    waited_ms: timeout.as_millis() as u64,
+                    waited_ms,
                 });
             }
         }
     }
 }
 
-impl<C: Config> Drop for Work<C> {
-    fn drop(&mut self) {
-        if self.is_pending() && self.flush().is_err() && self.is_pending() {
-            // Still on a slot's pending list: its memory must outlive the list.
-            std::mem::forget(self.inner.take());
-        }
-    }
-}
-
-/// Spins briefly, then yields, until a deadline.
-pub(crate) struct Waiter {
+/// Spins briefly, then yields, then sleeps, until a deadline.
+struct Waiter {
     start: Instant,
-    timeout: Duration,
+    deadline: Instant,
     spins: u32,
+    /// When to look for a failed or lost signal next.
+    resend_at: Duration,
 }
 
 impl Waiter {
-    pub(crate) fn new(timeout: Duration) -> Self {
+    fn new(deadline: Instant) -> Self {
         Self {
             start: Instant::now(),
-            timeout,
+            deadline,
             spins: 0,
+            resend_at: Duration::from_millis(1),
         }
     }
 
-    /// Time since the wait began.
-    pub(crate) fn elapsed(&self) -> Duration {
-        self.start.elapsed()
+    /// Whether to look for a failed or lost signal now: after 1 ms, then
+    /// each time 4 times later (under the models: every 8 waits, since
+    /// their time does not pass).
+    fn resend_due(&mut self) -> bool {
+        #[cfg(qpw_loom)]
+        return self.spins % 8 == 7;
+        #[cfg(not(qpw_loom))]
+        {
+            if self.spins % 16 != 0 || self.start.elapsed() < self.resend_at {
+                return false;
+            }
+            self.resend_at = self.resend_at.saturating_mul(4);
+            true
+        }
     }
 
     /// Waits a little; `true` once the deadline has passed. Spins first
     /// (a drain usually completes in microseconds), then yields, then, after
     /// about a thousand yields, sleeps 50 µs at a time: a long wait must not
     /// starve the threads it waits for on a crowded machine.
-    pub(crate) fn wait(&mut self) -> bool {
+    fn wait(&mut self) -> bool {
         self.spins = self.spins.saturating_add(1);
         if self.spins < 64 {
             spin_hint();
@@ -301,19 +473,22 @@ impl Waiter {
             #[cfg(qpw_loom)]
             yield_now();
         }
-        self.spins % 16 == 0 && self.start.elapsed() >= self.timeout
+        self.spins % 16 == 0 && Instant::now() >= self.deadline
     }
 }
 
 /// One work per slot with the same function: the `lru_add_drain_all` pattern.
 ///
-/// [`run`](Self::run) queues the work on every slot, then flushes every one:
-/// in `remote` mode each runs at once under its slot's locks; in `queue` mode
-/// every owner is signalled before the first wait, so their handlers run in
-/// parallel; in `defer` mode each owner runs it at its next quiescent point.
-/// Slots without an owner, or whose owner is offline, are run by the caller.
+/// [`run`](Self::run) queues the work on every slot, then flushes every one,
+/// all under one deadline (the domain's flush timeout, for the whole
+/// drain-all): in `remote` mode each runs at once under its slot's locks;
+/// in `queue` mode every owner is signalled before the first wait, so their
+/// handlers run in parallel; in `defer` mode each owner runs it at its next
+/// quiescent point. Slots without an owner, or whose owner is offline, are
+/// run by the caller. Retired slots (see [`Domain::is_retired`]) are
+/// skipped and counted in their [`SlotStats`](crate::SlotStats).
 pub struct WorkSet<C: Config = crate::Standard> {
-    pub(crate) works: Vec<Work<C>>,
+    works: Vec<Work<C>>,
 }
 
 impl<C: Config> fmt::Debug for WorkSet<C> {
@@ -330,31 +505,75 @@ impl<C: Config> WorkSet<C> {
         self.works.get(cpu)
     }
 
-    /// Queues on every slot and waits for every one (drain-all), with the
-    /// domain's flush timeout for each. Allocates nothing.
+    /// Queues on every slot and waits for every one (drain-all), all within
+    /// one deadline: the domain's flush timeout. Allocates nothing. From
+    /// inside the caller's own local section of this domain it returns
+    /// [`FlushError::InLocalSection`] at once, having queued nothing.
     pub fn run(&self) -> Result<(), FlushError> {
-        Self::queue_then_flush(self.works.iter())
+        self.queue_then_flush(|_| true)
     }
 
     /// As [`run`](Self::run), but only on the slots `filter` selects (the
-    /// kernel's drainers skip CPUs with nothing cached).
+    /// kernel's drainers skip CPUs with nothing cached). `filter` is called
+    /// once per slot.
     pub fn run_filtered(&self, mut filter: impl FnMut(usize) -> bool) -> Result<(), FlushError> {
-        let chosen: Vec<&Work<C>> = self.works.iter().filter(|w| filter(w.cpu)).collect();
-        Self::queue_then_flush(chosen.into_iter())
+        let chosen: Vec<bool> = self.works.iter().map(|w| filter(w.cpu)).collect();
+        self.queue_then_flush(|c| chosen[c])
     }
 
-    fn queue_then_flush<'a>(
-        works: impl Iterator<Item = &'a Work<C>> + Clone,
-    ) -> Result<(), FlushError> {
-        for w in works.clone() {
-            w.queue();
+    fn queue_then_flush(&self, chosen: impl Fn(usize) -> bool) -> Result<(), FlushError> {
+        let Some(first) = self.works.first() else {
+            return Ok(());
+        };
+        let domain = &first.domain;
+        if let Some(cpu) = caller_in_section(domain) {
+            return Err(FlushError::InLocalSection { cpu });
+        }
+        let bound = domain.flush_timeout;
+        let deadline = Instant::now() + bound;
+        let live = |w: &&Work<C>| chosen(w.cpu) && !w.slot_state().is_retired();
+        for w in self.works.iter() {
+            if chosen(w.cpu) && w.slot_state().is_retired() {
+                w.slot_state().counters.skipped_retired();
+            }
+        }
+        for w in self.works.iter().filter(live) {
+            w.queue_until(deadline);
         }
         let mut first_err = None;
-        for w in works {
-            if let Err(e) = w.flush() {
-                first_err.get_or_insert(e);
+        for w in self.works.iter().filter(live) {
+            match w.flush_until(deadline, bound) {
+                // Retired while we waited (a fork child cannot see that
+                // happen, but keep the rule): skipped, not an error.
+                Err(FlushError::Retired { .. }) | Ok(()) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl<C: Config> Domain<C> {
+    /// Prepares a work for slot `cpu` (`INIT_QPW(work, fn, cpu)`).
+    pub fn work(
+        &self,
+        cpu: usize,
+        f: impl Fn(&mut WorkCtx<'_, C>) + Send + Sync + 'static,
+    ) -> Result<Work<C>, Error> {
+        self.slot(cpu)?;
+        Ok(Work::new(self.inner.clone(), cpu, Box::new(f)))
+    }
+
+    /// Prepares one work per slot with the same function, for drain-all.
+    pub fn work_all(
+        &self,
+        f: impl Fn(&mut WorkCtx<'_, C>) + Send + Sync + Clone + 'static,
+    ) -> WorkSet<C> {
+        let works = (0..self.nr_cpus())
+            .map(|c| Work::new(self.inner.clone(), c, Box::new(f.clone())))
+            .collect();
+        WorkSet { works }
     }
 }

@@ -531,7 +531,7 @@ fn slot_exhaustion() {
     let me = domain
         .bind_any()
         .expect("a slot is free after the holders exit");
-    assert_eq!(me.cpu(), 0);
+    assert_eq!(me.slot(), 0);
 }
 
 /// Many drains per millisecond in `queue` mode while the owners go in and
@@ -667,7 +667,7 @@ fn owner_leaked_by_an_exited_thread() {
         "the dead owner's slot was freed"
     );
     let me = domain.bind_unpinned(1).expect("the slot is reusable");
-    assert_eq!(me.cpu(), 1);
+    assert_eq!(me.slot(), 1);
 }
 
 /// Blocks (or unblocks) signal `sig` in the calling thread.

@@ -104,7 +104,7 @@ impl<C: Config> Shared<C> {
     /// A local section: returns (value before, drained) read inside it,
     /// where no work of this slot can run.
     fn section(&self, me: &mut Owner<C>, k: u64) -> (u64, u64) {
-        let cpu = me.cpu();
+        let cpu = me.slot();
         let mut g = self.counts.lock(me);
         self.enter(cpu);
         let v = *g;
@@ -162,7 +162,7 @@ fn spawn_worker<C: Config>(shared: Arc<Shared<C>>) -> Worker {
                 }
                 Cmd::Implicit(k) => Reply::Implicit(shared.domain.with_local(|me| {
                     let (v, d) = shared.section(me, k);
-                    (me.cpu(), v, d)
+                    (me.slot(), v, d)
                 })),
                 Cmd::Quiescent => {
                     Reply::Quiesced(owner.as_mut().expect("model: bound").quiescent())
@@ -430,7 +430,10 @@ impl<C: Config> Case<C> {
                         self.slots[cpu].owner = Some(t);
                         self.slots[cpu].added += k;
                         self.check_section(cpu, v, d, k);
-                        self.after_section(cpu);
+                        // Parked offline between calls, having run what
+                        // was pending.
+                        self.slots[cpu].offline = true;
+                        self.slots[cpu].pending = Pending::No;
                     }
                     (Err(e), Err(x)) => assert_eq!(e, x),
                     (r, x) => panic!("with_local on thread {t}: got {r:?}, expected {x:?}"),

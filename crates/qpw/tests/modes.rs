@@ -341,7 +341,7 @@ fn owner_exit_runs_queued_work_once() {
         assert!(!domain.is_owned(1).unwrap(), "the slot is free again");
         // And the slot is reusable.
         let again = domain.bind_unpinned(1).unwrap();
-        assert_eq!(again.cpu(), 1);
+        assert_eq!(again.slot(), 1);
     }
 }
 
@@ -419,7 +419,7 @@ fn defer_bounded_flush_and_offline_owner() {
     owner.join().unwrap();
     let s = domain.stats(1).unwrap();
     assert_eq!(
-        (s.signals_sent, s.works_remote, s.works_at_quiescent),
+        (s.signals_sent, s.works_for_absent_owner, s.works_at_quiescent),
         (0, 1, 1),
         "{s:?}"
     );
@@ -556,7 +556,7 @@ fn implicit_owner_binds_on_first_use_and_frees_at_exit() {
             move || {
                 let cpu = domain.with_local(|me| {
                     *data.lock(me) += 1;
-                    me.cpu()
+                    me.slot()
                 });
                 assert_eq!(cpu.unwrap(), 0);
                 // Re-entry for the same domain is refused, not a second binding.
@@ -776,8 +776,9 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
 
 /// A work running in the owner's signal handler that reaches its own owner
 /// (through `with_local`) and tries a local section would alias the data the
-/// handler already holds: it is refused (a panic the flush reports) before
-/// anything changes, and the owner's sections work afterwards.
+/// handler already holds: it is refused (`with_local` is re-entered: an
+/// error, here unwrapped into a panic the flush reports) before anything
+/// changes, and the owner's sections work afterwards.
 #[test]
 fn section_inside_own_work_is_refused_and_changes_nothing() {
     let domain: Domain = Domain::builder()
@@ -799,9 +800,15 @@ fn section_inside_own_work_is_refused_and_changes_nothing() {
     let owner = std::thread::spawn({
         let (domain, data) = (domain.clone(), data.clone());
         move || {
-            domain.with_local(|me| *data.lock(me) += 10).unwrap();
-            bound_tx.send(()).unwrap();
-            done_rx.recv().unwrap(); // outside any section: the handler runs the work here
+            // Online only inside `with_local`: wait there, outside any
+            // section, so the handler runs the work here.
+            domain
+                .with_local(|me| {
+                    *data.lock(me) += 10;
+                    bound_tx.send(()).unwrap();
+                    done_rx.recv().unwrap();
+                })
+                .unwrap();
             domain.with_local(|me| *data.lock(me) += 100).unwrap();
             domain.stats(0).unwrap()
         }

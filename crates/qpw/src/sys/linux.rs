@@ -49,11 +49,45 @@ fn set_affinity(set: &libc::cpu_set_t) -> Result<(), Error> {
     Ok(())
 }
 
-/// The CPUs this process may run on (the main thread's affinity mask).
-pub(crate) fn allowed_cpus() -> Result<Vec<usize>, Error> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    Ok(cpus_of(&get_affinity(pid)?))
+/// A CPU list file (`0-3,6`); `None` if missing, empty or malformed.
+fn read_cpu_list(file: &str) -> Option<Vec<usize>> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    crate::config::parse_cpu_list(text).ok()
+}
+
+/// The process's cgroup v2 `cpuset.cpus.effective`, if it has one.
+fn cgroup_cpuset() -> Option<Vec<usize>> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let path = path.trim_end_matches('/');
+    read_cpu_list(&format!("/sys/fs/cgroup{path}/cpuset.cpus.effective"))
+}
+
+/// The CPUs any thread of this process may be placed on: the CPUs online
+/// within the process's cgroup cpuset. Not a thread's affinity mask: the
+/// main thread, or the caller, may be pinned to one CPU while the process's
+/// other threads run everywhere. Falls back to the calling thread's mask
+/// when neither file can be read.
+pub(crate) fn possible_cpus() -> Result<Vec<usize>, Error> {
+    let online = read_cpu_list("/sys/devices/system/cpu/online");
+    let cpus = match (online, cgroup_cpuset()) {
+        (Some(o), Some(c)) => o.into_iter().filter(|x| c.contains(x)).collect(),
+        (Some(o), None) => o,
+        (None, Some(c)) => c,
+        (None, None) => Vec::new(),
+    };
+    let cpus: Vec<usize> = cpus
+        .into_iter()
+        .filter(|&c| c < libc::CPU_SETSIZE as usize)
+        .collect();
+    if cpus.is_empty() {
+        return Ok(cpus_of(&get_affinity(0)?));
+    }
+    Ok(cpus)
 }
 
 /// Pins the calling thread to `cpu`, returning its previous mask.

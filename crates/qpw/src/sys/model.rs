@@ -4,7 +4,7 @@
 use crate::error::Error;
 
 pub(crate) struct Affinity;
-pub(crate) fn allowed_cpus() -> Result<Vec<usize>, Error> {
+pub(crate) fn possible_cpus() -> Result<Vec<usize>, Error> {
     Ok(vec![0, 1])
 }
 pub(crate) fn pin_current(_cpu: usize) -> Result<Affinity, Error> {
@@ -43,10 +43,49 @@ pub(crate) fn at_fork(
 ) -> Result<(), Error> {
     Ok(())
 }
-pub(crate) fn signal_thread(_tid: i32, _sig: i32) -> Result<(), i32> {
+/// Signals as the models see them: sent ones wait in `pending` (per thread
+/// id) until the owner's thread reaches a signal point; `fail` makes the
+/// next sends fail with the errno given (as `tgkill` does under
+/// `RLIMIT_SIGPENDING`).
+#[derive(Default)]
+struct Signals {
+    pending: Vec<i32>,
+    fail: Vec<i32>,
+}
+
+loom::lazy_static! {
+    static ref SIGNALS: std::sync::Mutex<Signals> = std::sync::Mutex::new(Signals::default());
+}
+
+pub(crate) fn signal_thread(tid: i32, _sig: i32) -> Result<(), i32> {
+    let mut s = SIGNALS.lock().unwrap();
+    if let Some(e) = s.fail.pop() {
+        return Err(e);
+    }
+    if !s.pending.contains(&tid) {
+        s.pending.push(tid);
+    }
     Ok(())
 }
+
+/// Whether a signal is pending for the calling thread; takes it.
+pub(crate) fn take_signal() -> bool {
+    let me = current_tid();
+    let mut s = SIGNALS.lock().unwrap();
+    let before = s.pending.len();
+    s.pending.retain(|&t| t != me);
+    s.pending.len() != before
+}
+
+/// Makes the next `n` sends fail with `errno`.
+#[allow(dead_code)] // used by some models only
+pub(crate) fn fail_next_signals(n: usize, errno: i32) {
+    SIGNALS.lock().unwrap().fail.extend(std::iter::repeat(errno).take(n));
+}
+
 pub(crate) const ESRCH: i32 = 3;
+#[allow(dead_code)] // used by some models only
+pub(crate) const EAGAIN: i32 = 11;
 pub(crate) fn rt_signal_range() -> (i32, i32) {
     (34, 64)
 }

@@ -1,0 +1,203 @@
+//! The thread's list of the slots it owns, and the qpw signal handler that
+//! walks it.
+//!
+//! Each binding links an [`OwnerRec`] (heap-allocated at bind time) into a
+//! thread-local list that the handler reads without allocating or locking.
+//! A record names its slot and its binding's generation, so neither the
+//! handler nor "is the caller this slot's owner" can mistake one binding for
+//! another. Under `--cfg qpw_loom` the list is kept per loom thread and the
+//! handler runs at [`signal_point`]s, so the models explore the paths where
+//! the owner is the caller.
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::slot::{generation, SlotState};
+use std::cell::Cell;
+use std::sync::atomic::{compiler_fence, AtomicPtr, Ordering};
+
+/// One entry of this thread's list of owned slots.
+pub(crate) struct OwnerRec {
+    next: AtomicPtr<OwnerRec>,
+    slot: *const (),
+    on_signal: unsafe fn(*const (), u64),
+    fork_child: unsafe fn(*const (), u64, u32),
+    domain_id: usize,
+    cpu: usize,
+    /// The binding's generation.
+    pub(crate) gen: u64,
+}
+
+impl OwnerRec {
+    pub(crate) fn new<C: Config>(slot: &SlotState<C>, gen: u64) -> Self {
+        Self {
+            next: AtomicPtr::new(std::ptr::null_mut()),
+            slot: slot as *const SlotState<C> as *const (),
+            on_signal: on_signal_for::<C>,
+            fork_child: fork_child_for::<C>,
+            domain_id: slot.domain_id,
+            cpu: slot.cpu,
+            gen,
+        }
+    }
+}
+
+/// # Safety
+/// `slot` must point to a live `SlotState<C>`.
+unsafe fn on_signal_for<C: Config>(slot: *const (), gen: u64) {
+    // SAFETY: the caller guarantees `slot` is a live SlotState<C> (the record
+    // is unlinked before its owner, which keeps the domain alive, is dropped).
+    let slot = unsafe { &*(slot as *const SlotState<C>) };
+    slot.on_signal(gen);
+}
+
+/// # Safety
+/// As [`on_signal_for`].
+unsafe fn fork_child_for<C: Config>(slot: *const (), gen: u64, tid: u32) {
+    // SAFETY: as in `on_signal_for`.
+    let slot = unsafe { &*(slot as *const SlotState<C>) };
+    if generation(slot.ctl.load(Ordering::Relaxed)) == gen {
+        slot.fork_child(true, tid);
+    }
+}
+
+#[cfg(not(qpw_loom))]
+thread_local! {
+    // Const-initialised and without a destructor: reading it never allocates
+    // or registers anything, so the signal handler may.
+    static OWNED: Cell<*const OwnerRec> = const { Cell::new(std::ptr::null()) };
+}
+
+// Per loom thread, so the owner-is-the-caller paths are explored.
+#[cfg(qpw_loom)]
+loom::thread_local! {
+    static OWNED: Cell<*const OwnerRec> = Cell::new(std::ptr::null());
+}
+
+fn owned_head() -> *const OwnerRec {
+    OWNED.with(|h| h.get())
+}
+
+/// Calls `f` on each record of this thread's list until it returns `Some`.
+fn find<R>(mut f: impl FnMut(&OwnerRec) -> Option<R>) -> Option<R> {
+    let mut p = owned_head();
+    while !p.is_null() {
+        // SAFETY: records on this thread's list are live while linked, and
+        // only this thread links or unlinks them.
+        let r = unsafe { &*p };
+        if let Some(v) = f(r) {
+            return Some(v);
+        }
+        p = r.next.load(Ordering::Relaxed);
+    }
+    None
+}
+
+/// Links `rec` at the head of this thread's list. A signal arriving at any
+/// point sees either the old list or the new one.
+///
+/// # Safety
+/// `rec` must stay at its address, live, until [`unlink`]ed by this thread.
+pub(crate) unsafe fn link(rec: &OwnerRec) {
+    OWNED.with(|h| {
+        rec.next.store(h.get() as *mut OwnerRec, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        h.set(rec);
+        compiler_fence(Ordering::SeqCst);
+    });
+}
+
+/// Removes `rec` from this thread's list.
+pub(crate) fn unlink(rec: &OwnerRec) {
+    OWNED.with(|h| {
+        let target = rec as *const OwnerRec;
+        let next = rec.next.load(Ordering::Relaxed);
+        if std::ptr::eq(h.get(), target) {
+            h.set(next);
+        } else {
+            find(|r| {
+                if std::ptr::eq(r.next.load(Ordering::Relaxed), target) {
+                    r.next.store(next, Ordering::Relaxed);
+                    Some(())
+                } else {
+                    None
+                }
+            });
+        }
+        compiler_fence(Ordering::SeqCst);
+    });
+}
+
+/// The slot this thread owns in domain `domain_id`, if any.
+pub(crate) fn owned_in(domain_id: usize) -> Option<usize> {
+    find(|r| (r.domain_id == domain_id).then_some(r.cpu))
+}
+
+/// Whether the calling thread holds the current binding of `slot`
+/// (async-signal-safe; a short list walk).
+pub(crate) fn current_thread_owns<C: Config>(slot: &SlotState<C>) -> bool {
+    let target = slot as *const SlotState<C> as *const ();
+    find(|r| std::ptr::eq(r.slot, target).then_some(r.gen))
+        .is_some_and(|gen| generation(slot.ctl.load(Ordering::SeqCst)) == gen)
+}
+
+/// The handler's body: runs pending work of every slot this thread owns,
+/// unless the thread is inside that slot's local section.
+pub(crate) fn handle_signal() {
+    find(|r| {
+        // SAFETY: a linked record's slot is live (its owner holds the domain).
+        unsafe { (r.on_signal)(r.slot, r.gen) };
+        None::<()>
+    });
+}
+
+/// The qpw signal handler.
+///
+/// Async-signal-safe as long as the work functions are: it allocates nothing,
+/// takes no lock its thread may hold outside a local section (a cell's lock
+/// is only ever held by the owner inside a section), and keeps `errno`.
+#[cfg(not(qpw_loom))]
+extern "C" fn handler(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut libc::c_void) {
+    let _errno = crate::sys::ErrnoGuard::save();
+    handle_signal();
+}
+
+#[cfg(qpw_loom)]
+extern "C" fn handler(_sig: i32, _info: *mut core::ffi::c_void, _uctx: *mut core::ffi::c_void) {}
+
+/// Where a signal may land in the owner's own code. In the models a signal
+/// sent to this thread is delivered here; outside them, anywhere (no-op).
+#[inline(always)]
+pub(crate) fn signal_point() {
+    #[cfg(qpw_loom)]
+    if crate::sys::take_signal() {
+        handle_signal();
+    }
+}
+
+/// Fork child, forking thread: its bindings keep their slots, with its new
+/// thread id. Returns whether `slot` is one of them.
+pub(crate) fn fork_child_mine<C: Config>(slot: &SlotState<C>) -> bool {
+    let target = slot as *const SlotState<C> as *const ();
+    let tid = crate::sys::current_tid() as u32;
+    find(|r| {
+        if std::ptr::eq(r.slot, target) {
+            // SAFETY: a linked record's slot is live.
+            unsafe { (r.fork_child)(r.slot, r.gen, tid) };
+            return Some(generation(slot.ctl.load(Ordering::Relaxed)) == r.gen);
+        }
+        None
+    })
+    .unwrap_or(false)
+}
+
+/// Installs the handler for `signal` once per process.
+pub(crate) fn ensure_handler(signal: i32) -> Result<(), Error> {
+    crate::fork::with_installed_signals(|installed| {
+        if installed.contains(&signal) {
+            return Ok(());
+        }
+        crate::sys::install_handler(signal, handler)?;
+        installed.push(signal);
+        Ok(())
+    })
+}

@@ -1,0 +1,94 @@
+//! Implicit owners: [`Domain::with_local`]'s per-thread table.
+//!
+//! An implicit owner is bound on first use and parked *offline* between
+//! calls: an idle thread that once touched the domain is, to every drain,
+//! an offline owner whose work the drainer runs itself, never an online
+//! owner to wait for. Each call brings it online for the closure and takes
+//! it offline again (two atomic read-modify-writes, plus running what was
+//! queued meanwhile).
+
+use crate::config::Config;
+use crate::domain::Domain;
+use crate::error::Error;
+use crate::owner::Owner;
+use std::any::Any;
+use std::cell::RefCell;
+
+type Implicit = Vec<(usize, Option<Box<dyn Any>>)>;
+
+#[cfg(not(qpw_loom))]
+thread_local! {
+    static IMPLICIT: RefCell<Implicit> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(qpw_loom)]
+loom::thread_local! {
+    static IMPLICIT: RefCell<Implicit> = RefCell::new(Vec::new());
+}
+
+/// Parks an implicit owner offline and returns it to this thread's table
+/// when dropped (however the closure ends).
+struct PutBack<C: Config> {
+    id: usize,
+    owner: Option<Box<dyn Any>>,
+    _c: std::marker::PhantomData<C>,
+}
+
+impl<C: Config> PutBack<C> {
+    fn owner(&mut self) -> &mut Owner<C> {
+        self.owner
+            .as_mut()
+            .and_then(|o| o.downcast_mut::<Owner<C>>())
+            .expect("implicit owners are stored by domain id")
+    }
+}
+
+impl<C: Config> Drop for PutBack<C> {
+    fn drop(&mut self) {
+        self.owner().go_offline();
+        let (id, owner) = (self.id, self.owner.take());
+        IMPLICIT.with(|m| {
+            let mut m = m.borrow_mut();
+            match m.iter_mut().find(|(d, _)| *d == id) {
+                Some((_, slot)) => *slot = owner,
+                None => m.push((id, owner)),
+            }
+        });
+    }
+}
+
+impl<C: Config> Domain<C> {
+    /// Runs `f` with this thread's implicit owner of this domain, binding a
+    /// free slot (unpinned) on first use. The binding lasts until the thread
+    /// exits, when the slot is drained and freed. Between calls the owner
+    /// is offline, so an idle thread never holds up a drain.
+    pub fn with_local<R>(&self, f: impl FnOnce(&mut Owner<C>) -> R) -> Result<R, Error> {
+        let id = self.id();
+        let taken = IMPLICIT.with(|m| {
+            let mut m = m.borrow_mut();
+            match m.iter_mut().find(|(d, _)| *d == id) {
+                Some((_, slot)) => slot.take().map(Some).ok_or(Error::Reentrant),
+                None => Ok(None),
+            }
+        })?;
+        let (owner, parked): (Box<dyn Any>, bool) = match taken {
+            Some(o) => (o, true),
+            None => (Box::new(self.bind_any()?), false),
+        };
+        // Put the owner back however `f` ends: if it unwound with the owner
+        // dropped, the slot would be unbound under the caller, and inside this
+        // slot's own work (a signal handler) the unbinding would panic again
+        // and abort the process.
+        let mut back = PutBack::<C> {
+            id,
+            owner: Some(owner),
+            _c: std::marker::PhantomData,
+        };
+        if parked {
+            back.owner().go_online();
+        }
+        let r = f(back.owner());
+        drop(back);
+        Ok(r)
+    }
+}

@@ -1,0 +1,249 @@
+//! fork() from a busy multi-threaded process, in every mode.
+//!
+//! Two threads own slots and run local sections, queue work and drain in a
+//! loop; a third drains every slot in a loop; the main thread owns a slot
+//! too and forks 200 times. Each child, where only the forking thread
+//! exists: keeps using the main thread's slot (its thread id changed), has
+//! a new thread bind a free slot, run a local section, a drain-all and a
+//! work on the main thread's slot (in `queue` mode that signals the main
+//! thread by its new id), while the main thread runs a drain-all too. The
+//! child exits 0 only if all of that succeeded; the parent waits for it with
+//! a time limit and kills it past that (a hang).
+
+use qpw::{Domain, Mode, PerCpu};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// 200, or `QPW_FORKS` (a quick look at a broken build).
+fn forks() -> usize {
+    std::env::var("QPW_FORKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+const CHILD_LIMIT: Duration = Duration::from_secs(10);
+
+/// One mode at a time: each test's threads must be the ones the children lose.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+// Child exit codes, by what failed.
+const OK: i32 = 0;
+const BIND: i32 = 10;
+const THREAD_DRAIN: i32 = 11;
+const THREAD_WORK: i32 = 12;
+const MAIN_DRAIN: i32 = 13;
+const THREAD_PANIC: i32 = 14;
+const NOT_RUN: i32 = 15;
+const COUNT: i32 = 16;
+
+fn child(domain: &Domain, data: &Arc<PerCpu<u64>>, me: &mut qpw::Owner) -> i32 {
+    // The forking thread keeps its slot: a local section works.
+    *data.lock(me) += 1;
+    let ran = Arc::new(AtomicBool::new(false));
+    let helper = std::thread::spawn({
+        let (domain, data, ran) = (domain.clone(), data.clone(), ran.clone());
+        move || -> i32 {
+            let mut mine = match domain.bind_any() {
+                Ok(o) => o,
+                Err(_) => return BIND,
+            };
+            *data.lock(&mut mine) += 1;
+            let drain = domain.work_all({
+                let data = data.clone();
+                move |ctx| {
+                    let _ = *data.lock_ctx(ctx);
+                }
+            });
+            if drain.run().is_err() {
+                return THREAD_DRAIN;
+            }
+            // A work on the forking thread's slot.
+            let work = domain
+                .work(0, {
+                    let (data, ran) = (data.clone(), ran.clone());
+                    move |ctx| {
+                        *data.lock_ctx(ctx) += 1;
+                        ran.store(true, Ordering::SeqCst);
+                    }
+                })
+                .unwrap();
+            work.queue();
+            if work.flush().is_err() {
+                return THREAD_WORK;
+            }
+            drop(mine);
+            OK
+        }
+    });
+    let drain = domain.work_all(|_| {});
+    if drain.run().is_err() {
+        return MAIN_DRAIN;
+    }
+    // Quiescent points until the helper is done (defer mode runs its work here).
+    let start = Instant::now();
+    while !helper.is_finished() && start.elapsed() < CHILD_LIMIT {
+        me.quiescent();
+        std::thread::yield_now();
+    }
+    let code = match helper.join() {
+        Ok(c) => c,
+        Err(_) => return THREAD_PANIC,
+    };
+    if code != OK {
+        return code;
+    }
+    if !ran.load(Ordering::SeqCst) {
+        return NOT_RUN;
+    }
+    let v = *data.lock(me);
+    if v < 2 {
+        return COUNT;
+    }
+    OK
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    ok: usize,
+    hung: usize,
+    crashed: usize,
+    failed: Vec<i32>,
+}
+
+fn fork_storm(mode: Mode) -> Outcome {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let domain: Domain = Domain::builder()
+        .mode(mode)
+        .nr_cpus(5)
+        .flush_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for slot in [1usize, 2] {
+        let (domain, data, stop, loops) = (domain.clone(), data.clone(), stop.clone(), loops.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut me = domain.bind_unpinned(slot).unwrap();
+            let other = domain
+                .work(3 - slot, {
+                    let data = data.clone();
+                    move |ctx| *data.lock_ctx(ctx) += 1
+                })
+                .unwrap();
+            let drain = domain.work_all({
+                let data = data.clone();
+                move |ctx| {
+                    let _ = *data.lock_ctx(ctx);
+                }
+            });
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                *data.lock(&mut me) += 1;
+                other.queue();
+                me.quiescent();
+                if i % 16 == 0 {
+                    let _ = me.idle(|| drain.run());
+                }
+                i += 1;
+                loops.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    {
+        let (domain, data, stop) = (domain.clone(), data.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let drain = domain.work_all({
+                let data = data.clone();
+                move |ctx| {
+                    let _ = *data.lock_ctx(ctx);
+                }
+            });
+            while !stop.load(Ordering::Relaxed) {
+                let _ = drain.run();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }));
+    }
+    let mut me = domain.bind_unpinned(0).unwrap();
+    let mut out = Outcome::default();
+    for _ in 0..forks() {
+        *data.lock(&mut me) += 1;
+        me.quiescent();
+        // SAFETY: the child only uses qpw (whose fork handling is under test),
+        // the allocator and thread creation, and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = child(&domain, &data, &mut me);
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(code) };
+        }
+        let start = Instant::now();
+        let mut status = 0;
+        loop {
+            // SAFETY: polling our own child.
+            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if rc == pid {
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    out.ok += 1;
+                } else if libc::WIFEXITED(status) {
+                    out.failed.push(libc::WEXITSTATUS(status));
+                } else {
+                    out.crashed += 1;
+                }
+                break;
+            }
+            assert_eq!(rc, 0, "waitpid failed");
+            if start.elapsed() > CHILD_LIMIT {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                out.hung += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(loops.load(Ordering::Relaxed) > 0, "the owner threads never ran");
+    out
+}
+
+fn check(mode: &str) {
+    let out = fork_storm(Mode::parse(mode).unwrap());
+    eprintln!("fork storm, mode {mode}: {out:?}");
+    assert_eq!(
+        (out.ok, out.hung, out.crashed),
+        (forks(), 0, 0),
+        "mode {mode}: children failed with exit codes {:?}",
+        out.failed
+    );
+}
+
+#[test]
+fn fork_storm_queue() {
+    check("queue");
+}
+
+#[test]
+fn fork_storm_remote() {
+    check("remote");
+}
+
+#[test]
+fn fork_storm_defer() {
+    check("defer");
+}
+
+#[test]
+fn fork_storm_auto() {
+    check("auto:0,2");
+}
