@@ -228,6 +228,10 @@ fn delta(a: &SlotStats, b: &SlotStats) -> SlotStats {
         works_remote: a.works_remote - b.works_remote,
         lock_contended: a.lock_contended - b.lock_contended,
         works_panicked: a.works_panicked - b.works_panicked,
+        signals_failed: a.signals_failed - b.signals_failed,
+        works_for_absent_owner: a.works_for_absent_owner - b.works_for_absent_owner,
+        lock_timeouts: a.lock_timeouts - b.lock_timeouts,
+        drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,
     }
 }
 
@@ -451,7 +455,7 @@ pub fn point(
         batches,
         signals_sent: m.stats.signals_sent,
         works_by_owners: m.stats.works_by_owner(),
-        works_by_caller: m.stats.works_remote,
+        works_by_caller: m.stats.works_remote + m.stats.works_for_absent_owner,
         increments,
         counter_total,
         kernel_before_qpw: k.map(|k| k.0),

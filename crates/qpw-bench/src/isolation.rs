@@ -486,6 +486,10 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         works_remote: a.works_remote - b.works_remote,
         lock_contended: a.lock_contended - b.lock_contended,
         works_panicked: a.works_panicked - b.works_panicked,
+        signals_failed: a.signals_failed - b.signals_failed,
+        works_for_absent_owner: a.works_for_absent_owner - b.works_for_absent_owner,
+        lock_timeouts: a.lock_timeouts - b.lock_timeouts,
+        drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,
     };
     let mine = delta(&d.after, &d.before);
     let all = delta(&d.after_all, &d.before_all);
@@ -503,7 +507,7 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         owner_works_in_handler: mine.works_in_handler,
         owner_works_at_section_end: mine.works_at_section_end,
         owner_works_at_quiescent: mine.works_at_quiescent,
-        works_run_remotely: mine.works_remote,
+        works_run_remotely: mine.works_remote + mine.works_for_absent_owner,
         works_other_slots: all.works_run() - mine.works_run(),
         threshold_ns: a.threshold_ns,
         owner_gaps_over_threshold: drained.over,

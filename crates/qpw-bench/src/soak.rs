@@ -480,7 +480,7 @@ fn round<C: Config>(
     totals.drains += drains.load(Ordering::Relaxed);
     totals.signals_sent += total.signals_sent;
     totals.works_by_owner += total.works_by_owner();
-    totals.works_remote += total.works_remote;
+    totals.works_remote += total.works_remote + total.works_for_absent_owner;
     totals.binds += tally.binds;
     totals.no_free_slot += tally.no_free_slot;
     totals.remote_frees += tally.remote_frees;

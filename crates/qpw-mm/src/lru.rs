@@ -408,7 +408,7 @@ impl<T: Send + 'static, C: Config> Lru<T, C> {
     /// holds the shared-list mutex (for the loom models).
     fn add_then(&self, owner: &mut Owner<C>, item: T, during_fold: impl FnOnce(&mut Owner<C>)) {
         let inner = &*self.inner;
-        let cpu = owner.cpu();
+        let cpu = owner.slot();
         let mut fresh: Option<Box<Chunk<T>>> = None;
         let spilled = loop {
             let mut local = inner.local.lock(owner);

@@ -205,7 +205,7 @@ impl fmt::Display for KmallocStats {
             self.work.works_in_handler,
             self.work.works_at_section_end,
             self.work.works_at_quiescent,
-            self.work.works_remote
+            self.work.works_remote + self.work.works_for_absent_owner
         )?;
         writeln!(
             f,

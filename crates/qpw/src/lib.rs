@@ -33,6 +33,7 @@
 //! | `INIT_QPW`, `queue_percpu_work_on`, `flush_percpu_work` | [`Domain::work`], [`Work::queue`], [`Work::flush`] |
 //! | `qpw_get_cpu`, `qpw_is_cpu_remote` | [`WorkCtx::cpu`], [`WorkCtx::is_remote`] |
 //! | return to userspace | [`Owner::quiescent`], [`Owner::offline`] |
+//! | `smp_processor_id()` | [`Owner::slot`] |
 //! | `CONFIG_QPW` | cargo feature `qpw`, and the [`Config`] type parameter |
 //! | `qpw=` boot option | [`Mode`], from the `QPW` variable or [`Builder::mode`] |
 //! | `PREEMPT_RT` | the [`Rt`] configuration: the local lock is always the spinlock |
@@ -85,6 +86,11 @@
 //!    `SA_RESTART`.
 //! 5. An owner that exits hands its slot back, drained.
 //! 6. Bad input gets an [`Error`] naming what was wrong, and changes nothing.
+//! 7. A work never runs concurrently with itself (queued while it runs, it
+//!    runs again after), and nothing it uses is freed while it runs.
+//! 8. Every wait is bounded, one deadline per drain-all, and nobody waits
+//!    on itself (see *Waits and their bounds*).
+//! 9. After `fork()` the child can use everything (see *fork*).
 //!
 //! # Signal-handler context
 //!
@@ -99,22 +105,61 @@
 //! handler that is only safe if the thread was not interrupted inside the
 //! allocator. Treat a panicking work function as a bug, not as control flow.
 //!
+//! # Waits and their bounds
+//!
+//! Every wait ends by the domain's flush timeout, with an error naming the
+//! slot and the reason ([`FlushError`]). A drain-all ([`WorkSet::run`]) has
+//! *one* deadline for all its slots. A flush or drain-all from inside the
+//! caller's own local section of the domain returns
+//! [`FlushError::InLocalSection`] at once (it would wait on itself, as
+//! `flush_work` with preemption off would hang). In `remote` mode the lock
+//! waits of work run remotely are bounded by the same deadline
+//! ([`FlushError::LockTimeout`]). Dropping a [`Work`] or [`WorkSet`] never
+//! waits: work still queued keeps its memory until it has run.
+//!
+//! # fork
+//!
+//! qpw handles `fork()` itself (`pthread_atfork`, registered when the first
+//! domain is built). In the child, where only the forking thread exists:
+//!
+//! - the forking thread's owners keep their slots (their thread id is
+//!   updated) and work as before: sections, quiescent points, signals;
+//! - a slot whose owner thread is gone is handed over (freed, for any thread
+//!   to bind) when its data is known to be consistent: the owner was between
+//!   sections or offline, no remote thread held it (`BUSY`) or was running
+//!   remote work on it. Otherwise it is **retired**: never touched again,
+//!   skipped by drain-alls (counted in [`SlotStats::drains_skipped_retired`]),
+//!   and binding it or flushing a work of it fails ([`Error::SlotRetired`],
+//!   [`FlushError::Retired`]);
+//! - the child may build domains, bind, queue, flush and drain-all in every
+//!   mode, and spawn threads that do. Work queued in the parent on slots
+//!   that were handed over runs in the child like any other pending work.
+//!
+//! Consumers with locks of their own register a [`ForkHook`] (see
+//! [`register_fork_hook`] for the order of calls). Not covered: a fork from
+//! inside a work function, a local section or a [`RemoteGuard`] (the
+//! forking thread's own state is then half-changed), and, in `remote` mode,
+//! a vanished thread that held a lock of the forking thread's own slot at
+//! the instant of the fork (the child's next section on that slot would wait
+//! for it; qpw cannot see cell locks from the slot).
+//!
 //! # Limits
 //!
 //! - An [`Owner`] leaked with `mem::forget` keeps its slot. If its thread has
 //!   exited, the next signal finds the thread gone (`ESRCH`) and the slot is
-//!   freed; but if the kernel has meanwhile given its thread id to another
-//!   thread of the process, that thread takes the signal (harmlessly) and
-//!   the slot's flushes time out instead.
-//! - A drain-all from inside one of the caller's own local sections cannot
-//!   finish its own slot's work (it waits on itself) and returns
-//!   [`FlushError::Timeout`], as `flush_work` with preemption off would hang.
+//!   freed (retired, if it left inside a section), by a compare-and-swap on
+//!   that binding's generation, so a newer binding is never freed. If the
+//!   kernel has meanwhile given its thread id to another thread, that
+//!   thread takes the signal (harmlessly) and the slot's flushes time out.
 //! - An owner can be preempted inside a local section, which the kernel's
 //!   spinlocks prevent. In `remote` mode, once a caller of the domain has
 //!   waited long on a cell lock, callers that find an owner's section counter
 //!   standing still leave the work to the owner's section end instead of
 //!   waiting on it; with more busy owners than cores every mode's drain
 //!   latency then follows the scheduler.
+//! - [`Domain::with_local`] parks its implicit owner offline between calls
+//!   (two atomic read-modify-writes a call), so idle threads never hold up a
+//!   drain; a thread that wants the cheapest hot path binds explicitly.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -397,9 +397,17 @@ fn loom_signal_lands_during_bind() {
         crate::handler::signal_point();
         me.quiescent();
         assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        let pending = crate::sys::take_signal();
+        let slot = &f.domain.inner.slots[1];
         assert!(
-            !f.domain.inner.slots[1].sig_inflight.load(Ordering::SeqCst),
-            "every signal was delivered, yet one is marked in flight"
+            !slot.sig_inflight.load(Ordering::SeqCst),
+            "every signal was delivered, yet one is marked in flight (undelivered: {pending}, \
+             me {} slot tid {} ctl {:#x} gen {}, stats {:?})",
+            crate::sys::current_tid(),
+            slot.tid.load(Ordering::SeqCst),
+            slot.ctl.load(Ordering::SeqCst),
+            me.gen(),
+            f.domain.stats(1).unwrap()
         );
     });
 }

@@ -8,12 +8,12 @@ use crate::owner::Owner;
 use crate::slot::{far_deadline, CtxKind, RemoteHold, SlotState};
 use crate::sync::{Arc, MutPtr, UnsafeCell};
 use crate::work::WorkCtx;
-use std::time::Instant;
 use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
+use std::time::Instant;
 
 struct Cell<T> {
     lock: CellLock,

@@ -35,8 +35,7 @@
 use crate::config::{Config, SlotMode};
 use crate::stats::{Counters, RanAt};
 use crate::sync::{
-    signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
-    Ordering,
+    signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering,
 };
 use crossbeam_utils::CachePadded;
 use std::marker::PhantomData;

@@ -210,12 +210,10 @@ impl<C: Config> WorkInner<C> {
                 } else {
                     s & !RUNNING
                 };
-                match this.state.compare_exchange_weak(
-                    s,
-                    next,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                ) {
+                match this
+                    .state
+                    .compare_exchange_weak(s, next, Ordering::SeqCst, Ordering::SeqCst)
+                {
                     Ok(_) => break,
                     Err(now) => s = now,
                 }
@@ -388,8 +386,23 @@ impl<C: Config> Work<C> {
         let target = w.state.load(Ordering::SeqCst) >> SEQ_SHIFT;
         let slot = self.slot_state();
         let owns = crate::handler::current_thread_owns(slot);
+        // A flusher that owns a slot of the domain (outside a section: see
+        // `flush_timeout`) is at a quiescent point while it waits: it runs its
+        // own slot's work meanwhile, so two owners flushing each other's
+        // slots (`defer`) do not wait on each other until the deadline.
+        let mine = crate::handler::owned_in(self.domain.id)
+            .map(|c| &*self.domain.slots[c])
+            .filter(|s| !std::ptr::eq(*s, slot));
         let mut waiter = Waiter::new(deadline);
         loop {
+            if let Some(m) = mine {
+                if m.has_pending()
+                    && m.state() == crate::slot::ONLINE
+                    && !m.section_open(Ordering::Relaxed)
+                {
+                    m.run_pending_as_owner(RanAt::Quiescent);
+                }
+            }
             if w.done.load(Ordering::SeqCst) >= target {
                 if target > 0 && w.panicked.load(Ordering::SeqCst) == target {
                     return Err(FlushError::Panicked { cpu: self.cpu });
@@ -422,10 +435,12 @@ impl<C: Config> Work<C> {
 
 /// Spins briefly, then yields, then sleeps, until a deadline.
 struct Waiter {
+    #[cfg_attr(qpw_loom, allow(dead_code))] // time does not pass in the models
     start: Instant,
     deadline: Instant,
     spins: u32,
     /// When to look for a failed or lost signal next.
+    #[cfg_attr(qpw_loom, allow(dead_code))]
     resend_at: Duration,
 }
 

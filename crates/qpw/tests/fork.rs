@@ -124,7 +124,8 @@ fn fork_storm(mode: Mode) -> Outcome {
     let loops = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for slot in [1usize, 2] {
-        let (domain, data, stop, loops) = (domain.clone(), data.clone(), stop.clone(), loops.clone());
+        let (domain, data, stop, loops) =
+            (domain.clone(), data.clone(), stop.clone(), loops.clone());
         threads.push(std::thread::spawn(move || {
             let mut me = domain.bind_unpinned(slot).unwrap();
             let other = domain
@@ -149,6 +150,10 @@ fn fork_storm(mode: Mode) -> Outcome {
                 }
                 i += 1;
                 loops.fetch_add(1, Ordering::Relaxed);
+                // Busy, not flat out: three drainers queueing on the main
+                // thread's slot back to back would keep its signal handler
+                // running work without end (in any version of qpw).
+                std::thread::sleep(Duration::from_micros(50));
             }
         }));
     }
@@ -213,7 +218,10 @@ fn fork_storm(mode: Mode) -> Outcome {
     for t in threads {
         t.join().unwrap();
     }
-    assert!(loops.load(Ordering::Relaxed) > 0, "the owner threads never ran");
+    assert!(
+        loops.load(Ordering::Relaxed) > 0,
+        "the owner threads never ran"
+    );
     out
 }
 
@@ -246,4 +254,78 @@ fn fork_storm_defer() {
 #[test]
 fn fork_storm_auto() {
     check("auto:0,2");
+}
+
+/// Item 2 of issue 8: after `fork()` the forking thread keeps its slot with
+/// its new thread id. A thread of the child queues work on that slot
+/// (`queue` mode: a signal to the owner): it must reach the owner, whose
+/// handler runs it, and the slot must stay bound (it was freed under the
+/// live owner when the signal to the parent's thread id failed with ESRCH).
+#[test]
+fn fork_child_keeps_the_forking_threads_slot() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Queue)
+        .nr_cpus(2)
+        .flush_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    let mut me = domain.bind_unpinned(0).unwrap();
+    *data.lock(&mut me) += 1;
+    // SAFETY: the child uses qpw, the allocator and a thread, and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = (|| {
+            let done = Arc::new(AtomicBool::new(false));
+            let queuer = std::thread::spawn({
+                let (domain, data, done) = (domain.clone(), data.clone(), done.clone());
+                move || {
+                    let work = domain
+                        .work(0, {
+                            let data = data.clone();
+                            move |ctx| *data.lock_ctx(ctx) += 1
+                        })
+                        .unwrap();
+                    work.queue();
+                    let r = work.flush();
+                    done.store(true, Ordering::SeqCst);
+                    r
+                }
+            });
+            // Online, outside any section, not quiescent: only the signal
+            // brings the work here.
+            let start = Instant::now();
+            while !done.load(Ordering::SeqCst) && start.elapsed() < CHILD_LIMIT {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if queuer.join().map(|r| r.is_err()).unwrap_or(true) {
+                return 20;
+            }
+            if !domain.is_owned(0).unwrap() {
+                return 21; // the live owner's slot was freed
+            }
+            let s = domain.stats(0).unwrap();
+            if s.works_in_handler != 1 {
+                return 22;
+            }
+            if *data.lock(&mut me) != 2 {
+                return 23;
+            }
+            0
+        })();
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child crashed: {status:#x}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "child failed (20: flush failed, 21: slot freed under its owner, 22: not run by the \
+         owner's handler, 23: data wrong)"
+    );
 }

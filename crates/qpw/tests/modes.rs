@@ -419,7 +419,11 @@ fn defer_bounded_flush_and_offline_owner() {
     owner.join().unwrap();
     let s = domain.stats(1).unwrap();
     assert_eq!(
-        (s.signals_sent, s.works_for_absent_owner, s.works_at_quiescent),
+        (
+            s.signals_sent,
+            s.works_for_absent_owner,
+            s.works_at_quiescent
+        ),
         (0, 1, 1),
         "{s:?}"
     );

@@ -11,10 +11,6 @@ pub(crate) fn pin_current(_cpu: usize) -> Result<Affinity, Error> {
     Ok(Affinity)
 }
 pub(crate) fn restore_affinity(_saved: &Affinity) {}
-pub(crate) fn gettid() -> i32 {
-    current_tid()
-}
-
 loom::thread_local! {
     static TID: std::cell::Cell<i32> = std::cell::Cell::new(0);
 }
@@ -80,7 +76,11 @@ pub(crate) fn take_signal() -> bool {
 /// Makes the next `n` sends fail with `errno`.
 #[allow(dead_code)] // used by some models only
 pub(crate) fn fail_next_signals(n: usize, errno: i32) {
-    SIGNALS.lock().unwrap().fail.extend(std::iter::repeat(errno).take(n));
+    SIGNALS
+        .lock()
+        .unwrap()
+        .fail
+        .extend(std::iter::repeat(errno).take(n));
 }
 
 pub(crate) const ESRCH: i32 = 3;
