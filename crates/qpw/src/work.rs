@@ -450,13 +450,14 @@ impl Waiter {
             start: Instant::now(),
             deadline,
             spins: 0,
-            resend_at: Duration::from_millis(1),
+            resend_at: Duration::from_millis(10),
         }
     }
 
-    /// Whether to look for a failed or lost signal now: after 1 ms, then
-    /// each time 4 times later (under the models: every 8 waits, since
-    /// their time does not pass).
+    /// Whether to look for a failed or lost signal now: after 10 ms, then
+    /// each time 10 times later (under the models: every 8 waits, since
+    /// their time does not pass). Not sooner: an owner that is only
+    /// waiting for a core would get a second signal for nothing.
     fn resend_due(&mut self) -> bool {
         #[cfg(qpw_loom)]
         return self.spins % 8 == 7;
@@ -465,7 +466,7 @@ impl Waiter {
             if self.spins % 16 != 0 || self.start.elapsed() < self.resend_at {
                 return false;
             }
-            self.resend_at = self.resend_at.saturating_mul(4);
+            self.resend_at = self.resend_at.saturating_mul(10);
             true
         }
     }
