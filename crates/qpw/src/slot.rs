@@ -509,12 +509,14 @@ impl<C: Config> SlotState<C> {
     /// generation `gen` (the handler's record). Owner's thread, any point of
     /// its code.
     pub(crate) fn on_signal(&self, gen: u64) {
+        // Whatever binding the signal was sent for, it has landed: clearing
+        // the mark can at worst cause one more signal later.
+        self.sig_inflight.store(false, Ordering::SeqCst);
         let s = self.ctl.load(Ordering::SeqCst);
         if generation(s) != gen {
             // The record is of a binding that is ending or not yet published.
             return;
         }
-        self.sig_inflight.store(false, Ordering::SeqCst);
         if self.mode != SlotMode::Queue
             || state(s) != ONLINE
             || self.section_open(Ordering::Relaxed)

@@ -73,6 +73,13 @@ pub(crate) fn take_signal() -> bool {
     s.pending.len() != before
 }
 
+/// Forgets every signal sent and every failure planned (a model's start).
+pub(crate) fn reset_signals() {
+    let mut s = SIGNALS.lock().unwrap();
+    s.pending.clear();
+    s.fail.clear();
+}
+
 /// Makes the next `n` sends fail with `errno`.
 #[allow(dead_code)] // used by some models only
 pub(crate) fn fail_next_signals(n: usize, errno: i32) {
