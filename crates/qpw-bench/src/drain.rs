@@ -228,6 +228,8 @@ fn delta(a: &SlotStats, b: &SlotStats) -> SlotStats {
         works_remote: a.works_remote - b.works_remote,
         lock_contended: a.lock_contended - b.lock_contended,
         works_panicked: a.works_panicked - b.works_panicked,
+        owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
+        owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
     }
 }
 

@@ -502,6 +502,8 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         works_remote: a.works_remote - b.works_remote,
         lock_contended: a.lock_contended - b.lock_contended,
         works_panicked: a.works_panicked - b.works_panicked,
+        owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
+        owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
     };
     let mine = delta(&d.after, &d.before);
     let all = delta(&d.after_all, &d.before_all);

@@ -92,6 +92,8 @@ pub struct StressResult {
     pub remote_holds: u64,
     /// Cell-lock acquisitions on the owner's slot that found the lock taken.
     pub lock_contended: u64,
+    /// Times the owner waited for its cell in the kernel (`FUTEX_LOCK_PI`).
+    pub owner_waits_pi: u64,
     /// Owner gaps over 100 µs while drained.
     pub stalls_over_100us: u64,
     /// Owner gaps over 1 ms while drained.
@@ -280,12 +282,12 @@ pub fn run(a: &IsolationArgs, step: &mut dyn FnMut(&str)) -> Result<Vec<StressRe
 pub fn markdown(runs: &[StressResult]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| mode | owner | hold | drains (failed) | signals | remote holds | owner stalls > 100 µs / > 1 ms (baseline) | in a remote hold > 100 µs / > 1 ms (waiting on it) | longest in a hold (waiting) | longest (baseline) | drain p50 / p99 / max |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| mode | owner | hold | drains (failed) | signals | remote holds | owner PI waits | owner stalls > 100 µs / > 1 ms (baseline) | in a remote hold > 100 µs / > 1 ms (waiting on it) | longest in a hold (waiting) | longest (baseline) | drain p50 / p99 / max |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         s.push_str(&format!(
-            "| {} | {} | {} µs | {} ({}) | {} | {} | {} / {} ({} / {}) | {} / {} ({} / {}) | {} µs ({} µs) | {} µs ({} µs) | {} / {} / {} µs |\n",
+            "| {} | {} | {} µs | {} ({}) | {} | {} | {} | {} / {} ({} / {}) | {} / {} ({} / {}) | {} µs ({} µs) | {} µs ({} µs) | {} / {} / {} µs |\n",
             r.mode,
             r.owner_policy,
             util::fmt_fig(r.hold_ns as f64 / 1e3),
@@ -293,6 +295,7 @@ pub fn markdown(runs: &[StressResult]) -> String {
             r.drains_failed,
             r.signals_sent,
             r.remote_holds,
+            r.owner_waits_pi,
             r.stalls_over_100us,
             r.stalls_over_1ms,
             r.baseline_stalls_over_100us,
@@ -478,11 +481,12 @@ fn match_stalls(stalls: &[(u64, u64)], holds: &[(u64, u64)], window: u64) -> (Ma
     (inside, waiting)
 }
 
-fn delta(a: &SlotStats, b: &SlotStats) -> (u64, u64, u64) {
+fn delta(a: &SlotStats, b: &SlotStats) -> (u64, u64, u64, u64) {
     (
         a.signals_sent - b.signals_sent,
         a.works_remote - b.works_remote,
         a.lock_contended - b.lock_contended,
+        a.owner_waits_pi - b.owner_waits_pi,
     )
 }
 
@@ -699,8 +703,8 @@ fn run_mode(
 
     let window = tsc::from_ns(WAKE_WINDOW_NS as f64);
     let (inside, waiting) = match_stalls(&drained.stalls, &intervals, window);
-    let (_, remote, contended) = delta(&d.after, &d.before);
-    let (signals, _, _) = delta(&d.after_all, &d.before_all);
+    let (_, remote, contended, pi_waits) = delta(&d.after, &d.before);
+    let (signals, _, _, _) = delta(&d.after_all, &d.before_all);
     Ok(StressResult {
         mode: mode.name(),
         owner_policy: o
@@ -718,6 +722,7 @@ fn run_mode(
         works_run_remotely: remote,
         remote_holds: intervals.len() as u64,
         lock_contended: contended,
+        owner_waits_pi: pi_waits,
         stalls_over_100us: drained.over_stall,
         stalls_over_1ms: drained.over_long,
         stalls_over_100us_in_hold: inside.n,

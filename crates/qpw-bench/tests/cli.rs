@@ -168,6 +168,7 @@ isolation_stress.runs[].signals_sent integer
 isolation_stress.runs[].works_run_remotely integer
 isolation_stress.runs[].remote_holds integer
 isolation_stress.runs[].lock_contended integer
+isolation_stress.runs[].owner_waits_pi integer
 isolation_stress.runs[].stalls_over_100us integer
 isolation_stress.runs[].stalls_over_1ms integer
 isolation_stress.runs[].stalls_over_100us_in_hold integer

@@ -88,6 +88,12 @@ pub enum Error {
     },
     /// `with_local` was called again for the same domain from inside its closure.
     Reentrant,
+    /// A call that never waits found the slot's cell (or the slot) held by
+    /// another context.
+    WouldBlock {
+        /// The slot.
+        cpu: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -141,6 +147,11 @@ impl fmt::Display for Error {
             }
             Error::Reentrant => f.write_str(
                 "with_local was re-entered for the same domain from inside its own closure",
+            ),
+            Error::WouldBlock { cpu } => write!(
+                f,
+                "slot {cpu} is held by another thread right now; try_remote does not wait \
+                 (use remote to wait, or try again later)"
             ),
         }
     }

@@ -119,6 +119,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod cell_lock;
 mod config;
 mod domain;
 mod error;
@@ -130,6 +131,8 @@ mod sync;
 mod sys;
 mod work;
 
+#[cfg(all(test, qpw_loom))]
+mod loom_cell_lock;
 #[cfg(all(test, qpw_loom))]
 mod loom_tests;
 

@@ -1,10 +1,11 @@
 //! Per-CPU storage: one cache-padded cell per slot, each with its QPW lock.
 
+use crate::cell_lock::CellLock;
 use crate::config::{Config, SlotMode, Standard};
 use crate::domain::Domain;
 use crate::error::Error;
 use crate::owner::Owner;
-use crate::slot::{SlotState, SpinLock};
+use crate::slot::SlotState;
 use crate::sync::{Arc, MutPtr, UnsafeCell};
 use crate::work::{CtxKind, WorkCtx};
 use crossbeam_utils::CachePadded;
@@ -14,7 +15,7 @@ use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 
 struct Cell<T> {
-    lock: SpinLock,
+    lock: CellLock,
     data: UnsafeCell<T>,
 }
 
@@ -27,6 +28,10 @@ struct Cell<T> {
 /// | [`lock`](Self::lock) with the [`Owner`] | the slot's owner | `queue`/`defer`: a flag, no atomic RMW; `remote` or RT: the cell's spinlock |
 /// | [`lock_ctx`](Self::lock_ctx) with a [`WorkCtx`] | a work function, wherever it runs | whatever its context needs |
 /// | [`remote`](Self::remote) with a slot number | any thread | `remote` mode: the cell's spinlock; otherwise only while the owner is absent or offline |
+///
+/// [`try_lock`](Self::try_lock) and [`try_remote`](Self::try_remote) are the
+/// same without ever waiting. The cell lock gives an owner that waits on a
+/// remote holder priority inheritance (see `ARCHITECTURE.md`).
 ///
 /// ```
 /// use qpw::{Domain, Mode, PerCpu};
@@ -76,7 +81,7 @@ impl<T, C: Config> PerCpu<T, C> {
         let cells = (0..domain.nr_cpus())
             .map(|c| {
                 CachePadded::new(Cell {
-                    lock: SpinLock::new(),
+                    lock: CellLock::new(),
                     data: UnsafeCell::new(init(c)),
                 })
             })
@@ -126,7 +131,8 @@ impl<T, C: Config> PerCpu<T, C> {
         // section inside this slot's own work (see there).
         let entered = slot.enter();
         if spin {
-            cell.lock.lock(&slot.counters, None);
+            cell.lock
+                .lock_owner(crate::sys::current_tid(), &slot.counters);
         }
         LocalGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
@@ -136,6 +142,38 @@ impl<T, C: Config> PerCpu<T, C> {
             entered,
             _owner: PhantomData,
         }
+    }
+
+    /// Enters the owner's local section like [`lock`](Self::lock), but never
+    /// waits: `None` when a remote thread holds the cell right now (only
+    /// possible where the cell lock is taken: `remote` slots and the RT
+    /// configurations). Work queued meanwhile is then left to the flusher,
+    /// which runs it itself once the owner is outside its section.
+    #[inline]
+    pub fn try_lock<'a>(&'a self, owner: &'a mut Owner<C>) -> Option<LocalGuard<'a, T, C>> {
+        assert!(
+            Arc::ptr_eq(&self.domain.inner, &owner.domain.inner),
+            "qpw: a PerCpu was locked with an owner of another domain"
+        );
+        // SAFETY: as in `lock`.
+        let cell = unsafe { self.cells.get_unchecked(owner.cpu) };
+        let slot = owner.slot();
+        let spin = if C::QPW { owner.use_spin } else { C::RT };
+        // In a section before the lock, as in `lock`: a signal arriving
+        // between the two must not run work that locks this cell.
+        let entered = slot.enter();
+        if spin && !cell.lock.try_lock_owner(crate::sys::current_tid()) {
+            slot.leave(entered);
+            return None;
+        }
+        Some(LocalGuard {
+            ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+            cell,
+            slot,
+            spin,
+            entered,
+            _owner: PhantomData,
+        })
     }
 
     /// Runs `f` in the owner's local section.
@@ -156,14 +194,29 @@ impl<T, C: Config> PerCpu<T, C> {
             CtxKind::Owner => C::RT || (C::QPW && ctx.slot.mode == SlotMode::Remote),
             CtxKind::Busy => false,
         };
-        if spin {
-            let long_wait =
-                (ctx.kind == CtxKind::RemoteLocked).then_some(&*ctx.slot.owner_preempted);
-            cell.lock.lock(&ctx.slot.counters, long_wait);
-        }
+        let tid = crate::sys::current_tid();
+        let lock = match (spin, ctx.kind) {
+            (false, _) => None,
+            (true, CtxKind::RemoteLocked) => {
+                // No deadline: a work function's lock waits as long as the
+                // holder holds, as a kernel spinlock does.
+                let waited = cell.lock.lock_remote(
+                    tid,
+                    &ctx.slot.counters,
+                    Some(&*ctx.slot.owner_preempted),
+                    None,
+                );
+                debug_assert!(waited.is_ok(), "a wait without deadline timed out");
+                Some((&cell.lock, false))
+            }
+            (true, _) => {
+                cell.lock.lock_owner(tid, &ctx.slot.counters);
+                Some((&cell.lock, true))
+            }
+        };
         CtxGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-            lock: spin.then_some(&cell.lock),
+            lock,
             _ctx: PhantomData,
         }
     }
@@ -175,7 +228,14 @@ impl<T, C: Config> PerCpu<T, C> {
         let slot = self.domain.slot(cpu)?;
         let cell = &self.cells[cpu];
         if C::QPW && slot.mode == SlotMode::Remote {
-            cell.lock.lock(&slot.counters, Some(&*slot.owner_preempted));
+            cell.lock
+                .lock_remote(
+                    crate::sys::current_tid(),
+                    &slot.counters,
+                    Some(&*slot.owner_preempted),
+                    None,
+                )
+                .map_err(|_| Error::WouldBlock { cpu })?;
             return Ok(RemoteGuard {
                 ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
                 cell,
@@ -192,6 +252,46 @@ impl<T, C: Config> PerCpu<T, C> {
             });
         }
         Err(Error::OwnerOnline { cpu })
+    }
+
+    /// Locks slot `cpu`'s value from any thread like [`remote`](Self::remote),
+    /// but never waits: [`Error::WouldBlock`] when another context holds the
+    /// cell (`remote` mode) or the slot (a remote thread has taken an absent
+    /// or offline owner's slot), [`Error::OwnerOnline`] as `remote` gives it.
+    pub fn try_remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
+        let slot = self.domain.slot(cpu)?;
+        let cell = &self.cells[cpu];
+        if C::QPW && slot.mode == SlotMode::Remote {
+            if !cell.lock.try_lock_remote(crate::sys::current_tid()) {
+                return Err(Error::WouldBlock { cpu });
+            }
+            return Ok(RemoteGuard {
+                ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+                cell,
+                slot,
+                spin: true,
+            });
+        }
+        // A few looks: the state may change between one and the next (that
+        // is not waiting), but a slot that stays taken gives WouldBlock.
+        for _ in 0..4 {
+            let s = slot.ctl.load(crate::sync::Ordering::SeqCst);
+            if s == crate::slot::ONLINE {
+                return Err(Error::OwnerOnline { cpu });
+            }
+            if s & crate::slot::BUSY != 0 {
+                return Err(Error::WouldBlock { cpu });
+            }
+            if slot.try_take() {
+                return Ok(RemoteGuard {
+                    ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+                    cell,
+                    slot,
+                    spin: false,
+                });
+            }
+        }
+        Err(Error::WouldBlock { cpu })
     }
 
     /// Every slot's value, given exclusive access to the whole `PerCpu`.
@@ -250,7 +350,7 @@ impl<T, C: Config> Drop for LocalGuard<'_, T, C> {
         // SAFETY: `ptr` is dropped once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.ptr) };
         if self.spin {
-            self.cell.lock.unlock();
+            self.cell.lock.unlock_owner();
         }
         self.slot.leave(self.entered);
         // Work that came during the section (`preempt_enable`'s resched check).
@@ -270,7 +370,8 @@ fn section_end<C: Config>(slot: &SlotState<C>) {
 #[must_use = "if unused the lock is released at once"]
 pub struct CtxGuard<'a, T> {
     ptr: ManuallyDrop<MutPtr<T>>,
-    lock: Option<&'a SpinLock>,
+    /// The cell lock held, and whether it was taken as the owner.
+    lock: Option<(&'a CellLock, bool)>,
     _ctx: PhantomData<&'a mut ()>,
 }
 
@@ -295,8 +396,10 @@ impl<T> Drop for CtxGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: `ptr` is dropped once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.ptr) };
-        if let Some(l) = self.lock {
-            l.unlock();
+        match self.lock {
+            Some((l, true)) => l.unlock_owner(),
+            Some((l, false)) => l.unlock_remote(),
+            None => {}
         }
     }
 }
@@ -332,7 +435,7 @@ impl<T, C: Config> Drop for RemoteGuard<'_, T, C> {
         // SAFETY: `ptr` is dropped once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.ptr) };
         if self.spin {
-            self.cell.lock.unlock();
+            self.cell.lock.unlock_remote();
         } else {
             self.slot.release();
         }

@@ -20,6 +20,13 @@ pub struct SlotStats {
     pub lock_contended: u64,
     /// Work functions that panicked.
     pub works_panicked: u64,
+    /// Times the owner found its cell held by a remote thread past its
+    /// short spin and waited in the kernel (`FUTEX_LOCK_PI`, lending the
+    /// holder its priority).
+    pub owner_waits_pi: u64,
+    /// Of those, waits the kernel refused (no PI futex support, or the
+    /// holder's thread was gone): the owner spun and yielded instead.
+    pub owner_pi_unavailable: u64,
 }
 
 impl SlotStats {
@@ -42,6 +49,8 @@ impl SlotStats {
         self.works_remote += o.works_remote;
         self.lock_contended += o.lock_contended;
         self.works_panicked += o.works_panicked;
+        self.owner_waits_pi += o.owner_waits_pi;
+        self.owner_pi_unavailable += o.owner_pi_unavailable;
     }
 }
 
@@ -63,6 +72,8 @@ pub(crate) struct Counters {
     remote: AtomicU64,
     contended: AtomicU64,
     panicked: AtomicU64,
+    owner_waits_pi: AtomicU64,
+    owner_pi_unavailable: AtomicU64,
 }
 
 impl Counters {
@@ -78,6 +89,12 @@ impl Counters {
     }
     pub(crate) fn panicked(&self) {
         Self::bump(&self.panicked)
+    }
+    pub(crate) fn owner_waited_pi(&self) {
+        Self::bump(&self.owner_waits_pi)
+    }
+    pub(crate) fn owner_pi_unavailable(&self) {
+        Self::bump(&self.owner_pi_unavailable)
     }
     pub(crate) fn ran(&self, at: RanAt) {
         Self::bump(match at {
@@ -97,6 +114,8 @@ impl Counters {
             works_remote: l(&self.remote),
             lock_contended: l(&self.contended),
             works_panicked: l(&self.panicked),
+            owner_waits_pi: l(&self.owner_waits_pi),
+            owner_pi_unavailable: l(&self.owner_pi_unavailable),
         }
     }
 }

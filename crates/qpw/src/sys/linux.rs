@@ -199,3 +199,91 @@ pub(crate) fn isolated_cpus() -> Result<Vec<usize>, Error> {
     all.dedup();
     Ok(all)
 }
+
+/// The `EINTR` errno value: a system call was interrupted by a signal.
+pub(crate) const EINTR: i32 = libc::EINTR;
+/// The `EAGAIN` errno value: try again.
+pub(crate) const EAGAIN: i32 = libc::EAGAIN;
+
+thread_local! {
+    // Const-initialised, `Copy` contents, no destructor: reading it never
+    // allocates or registers anything, so a signal handler may.
+    static TID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling thread's kernel thread id, cached per thread.
+///
+/// The cache would be wrong in a child made by `fork` (the child's thread
+/// has a new id): a `pthread_atfork` child handler, registered on first
+/// use, clears it there.
+#[inline]
+pub(crate) fn current_tid() -> u32 {
+    let t = TID.with(|t| t.get());
+    if t != 0 {
+        return t;
+    }
+    current_tid_slow()
+}
+
+#[cold]
+fn current_tid_slow() -> u32 {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        extern "C" fn clear_in_child() {
+            // The child's only thread is the one that forked: clear its cache.
+            TID.with(|t| t.set(0));
+        }
+        // SAFETY: registers a plain extern "C" function with no arguments;
+        // the handler only writes a const-initialised thread-local.
+        unsafe { libc::pthread_atfork(None, None, Some(clear_in_child)) };
+    });
+    let t = gettid() as u32;
+    TID.with(|c| c.set(t));
+    t
+}
+
+/// `FUTEX_LOCK_PI` on `word` (process-private, no timeout): returns with the
+/// lock held (the word holds this thread's id, `FUTEX_WAITERS` perhaps set),
+/// or the errno.
+pub(crate) fn futex_lock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> {
+    // SAFETY: `word` is a live, aligned u32 for the call's duration; a null
+    // timeout waits without bound; the other arguments are unused.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_LOCK_PI | libc::FUTEX_PRIVATE_FLAG,
+            0,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// `FUTEX_UNLOCK_PI` on `word`, which holds this thread's id: the kernel
+/// hands the lock to its top waiter, or frees it.
+pub(crate) fn futex_unlock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> {
+    // SAFETY: as in `futex_lock_pi`; FUTEX_UNLOCK_PI takes no other argument.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_UNLOCK_PI | libc::FUTEX_PRIVATE_FLAG,
+            0,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
