@@ -53,6 +53,9 @@ impl Shared {
 /// the owner gets in before the remote thread's second taking.
 #[test]
 fn loom_cell_lock_owner_before_later_remote() {
+    // Set (outside loom's view) when an execution took the hand-off path,
+    // so the model is known to reach it.
+    static HANDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     loom::model(|| {
         let s = Arc::new(Shared::new());
         let remote = {
@@ -73,6 +76,7 @@ fn loom_cell_lock_owner_before_later_remote() {
         s.lock.unlock_owner();
         let (first, handed, second) = remote.join().unwrap();
         if handed {
+            HANDED.store(true, std::sync::atomic::Ordering::Relaxed);
             assert!(
                 first < mine && mine < second,
                 "a remote taker got in before the waiting owner: {first} {mine} {second}"
@@ -82,6 +86,10 @@ fn loom_cell_lock_owner_before_later_remote() {
         assert_eq!(s.total(), 3);
         assert_eq!(s.lock.word(), 0, "the lock is free at the end");
     });
+    assert!(
+        HANDED.load(std::sync::atomic::Ordering::Relaxed),
+        "no execution handed the lock to a waiting owner"
+    );
 }
 
 /// Two remote threads and the owner: exclusion, and every unlock frees or
