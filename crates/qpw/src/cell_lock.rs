@@ -36,7 +36,9 @@
 
 use crate::stats::Counters;
 use crate::sync::{spin_hint, yield_now, AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+#[cfg(not(qpw_loom))]
+use std::time::Duration;
+use std::time::Instant;
 
 /// The kernel's "a thread waits in `FUTEX_LOCK_PI`" bit of a PI futex word.
 pub(crate) const FUTEX_WAITERS: u32 = 0x8000_0000;
