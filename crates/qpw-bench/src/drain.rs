@@ -232,6 +232,8 @@ fn delta(a: &SlotStats, b: &SlotStats) -> SlotStats {
         works_for_absent_owner: a.works_for_absent_owner - b.works_for_absent_owner,
         lock_timeouts: a.lock_timeouts - b.lock_timeouts,
         drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,
+        owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
+        owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
     }
 }
 

@@ -40,6 +40,19 @@ pub struct IsolationArgs {
     /// One JSON object per mode, one per line, on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The stress preset: a CPU hog on the drainer's CPU, a drainer that
+    /// busy-waits between drains, a drain work that holds the owner's cell
+    /// for `--hold-ns`; counts owner stalls over 100 µs and 1 ms, and those
+    /// inside a remote hold (`--threshold-ns` does not apply).
+    #[arg(long)]
+    pub stress: bool,
+    /// Stress: nanoseconds the drain work holds the owner's cell [default: 20000].
+    #[arg(long, requires = "stress", value_parser = crate::isolation_stress::parse_hold_ns, allow_negative_numbers = true)]
+    pub hold_ns: Option<u64>,
+    /// Stress: run the owner SCHED_FIFO at this priority (1 to 99); real-time
+    /// throttling is turned off for the run where the process may.
+    #[arg(long, value_name = "PRIO", requires = "stress", value_parser = crate::isolation_stress::parse_fifo_prio, allow_negative_numbers = true)]
+    pub owner_fifo: Option<i32>,
 }
 
 /// Gap percentiles of one phase of the owner's loop, in nanoseconds.
@@ -132,6 +145,9 @@ pub struct IsolationRun {
 
 /// Runs `qpw-bench isolation`.
 pub fn main(a: &IsolationArgs) -> Result<(), String> {
+    if a.stress {
+        return crate::isolation_stress::main(a);
+    }
     let mut failure = None;
     for mode in util::modes_or_all(&a.mode) {
         let run = run_mode(mode, a)?;
@@ -490,6 +506,8 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         works_for_absent_owner: a.works_for_absent_owner - b.works_for_absent_owner,
         lock_timeouts: a.lock_timeouts - b.lock_timeouts,
         drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,
+        owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
+        owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
     };
     let mine = delta(&d.after, &d.before);
     let all = delta(&d.after_all, &d.before_all);

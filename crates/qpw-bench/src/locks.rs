@@ -161,12 +161,12 @@ pub fn run(a: &LocksArgs, step: &mut dyn FnMut(&str)) -> Result<Vec<LockRow>, St
     let mut rows = Vec::new();
     let qpw_rows: [(&'static str, &'static str, &'static str); 7] = [
         ("Standard", "queue", "flag (no atomic RMW)"),
-        ("Standard", "remote", "slot spinlock"),
+        ("Standard", "remote", "PI cell lock (CAS tid, store 0)"),
         ("Standard", "defer", "flag (no atomic RMW)"),
         ("NoQpw", "queue", "flag, no mode branch"),
-        ("Rt", "queue", "slot spinlock"),
-        ("Rt", "remote", "slot spinlock"),
-        ("RtNoQpw", "queue", "slot spinlock, no mode branch"),
+        ("Rt", "queue", "PI cell lock (CAS tid, store 0)"),
+        ("Rt", "remote", "PI cell lock (CAS tid, store 0)"),
+        ("RtNoQpw", "queue", "PI cell lock, no mode branch"),
     ];
     for (config, mode, lock) in qpw_rows {
         step(&format!("locks: {config} {mode}"));

@@ -20,6 +20,7 @@
 
 mod drain;
 mod isolation;
+mod isolation_stress;
 mod kmalloc;
 mod locks;
 mod machine;

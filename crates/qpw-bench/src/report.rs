@@ -10,6 +10,7 @@
 
 use crate::drain::{self, DrainArgs, DrainPoint};
 use crate::isolation::{IsolationArgs, IsolationRun};
+use crate::isolation_stress::{self, StressResult};
 use crate::kmalloc::{self, KmallocArgs, KmallocReport};
 use crate::locks::{self, LockRow, LocksArgs};
 use crate::machine::Machine;
@@ -72,6 +73,10 @@ pub struct ReportArgs {
     /// Locks: repetitions per figure.
     #[arg(long, value_parser = util::parse_positive, allow_negative_numbers = true)]
     pub reps: Option<u64>,
+    /// Isolation under stress: skip the runs with a SCHED_FIFO owner (they
+    /// turn real-time throttling off for their length, where permitted).
+    #[arg(long)]
+    pub no_fifo: bool,
     /// kmalloc: allocations per repetition (16 to 50,000,000).
     #[arg(long, value_parser = parse_kmalloc_count, allow_negative_numbers = true)]
     pub kmalloc_count: Option<usize>,
@@ -85,12 +90,19 @@ pub struct Plan {
     /// Isolation options.
     #[serde(skip)]
     pub isolation: IsolationArgs,
+    /// Isolation under stress: options (run with a `SCHED_OTHER` owner, then
+    /// with a `SCHED_FIFO` one where the process may).
+    #[serde(skip)]
+    pub stress: IsolationArgs,
     /// Drain options.
     #[serde(skip)]
     pub drain: DrainArgs,
     /// Locks options.
     #[serde(skip)]
     pub locks: LocksArgs,
+    /// Whether to skip the stress runs with a `SCHED_FIFO` owner.
+    #[serde(skip)]
+    pub no_fifo: bool,
     /// kmalloc options.
     #[serde(skip)]
     pub kmalloc: KmallocArgs,
@@ -110,6 +122,13 @@ impl Plan {
             usize,
             usize,
         );
+        let stress_seconds = if a.quick {
+            0.2
+        } else if a.full {
+            2.0
+        } else {
+            0.5
+        };
         let (preset, seconds, cpus, drains, budget, iters, reps, k_iters, k_reps): Sizes =
             if a.quick {
                 ("quick", 0.5, &[1, 8, 32], 40, 0.25, 200_000, 5, 200_000, 3)
@@ -146,6 +165,19 @@ impl Plan {
                 rate: a.rate.unwrap_or(1000),
                 threshold_ns: 5000,
                 json: false,
+                stress: false,
+                hold_ns: None,
+                owner_fifo: None,
+            },
+            stress: IsolationArgs {
+                mode: Vec::new(),
+                seconds: stress_seconds,
+                rate: a.rate.unwrap_or(1000),
+                threshold_ns: isolation_stress::STALL_NS,
+                json: false,
+                stress: true,
+                hold_ns: Some(isolation_stress::DEFAULT_HOLD_NS),
+                owner_fifo: None,
             },
             drain: DrainArgs {
                 mode: Vec::new(),
@@ -160,6 +192,7 @@ impl Plan {
                 reps: a.reps.unwrap_or(reps),
                 json: false,
             },
+            no_fifo: a.no_fifo,
             kmalloc: KmallocArgs {
                 iterations: a.kmalloc_count.unwrap_or(k_iters),
                 reps: k_reps,
@@ -171,7 +204,7 @@ impl Plan {
     fn steps(&self) -> u64 {
         let modes = BenchMode::ALL.len() as u64;
         let loops = drain::owner_loops(&self.drain.owners).len() as u64;
-        1 + modes + loops * modes * self.drain.cpus.len() as u64 + 11
+        1 + 3 * modes + loops * modes * self.drain.cpus.len() as u64 + 11
     }
 }
 
@@ -184,6 +217,8 @@ pub struct Method {
     pub kmalloc: String,
     /// The isolation figures.
     pub isolation: String,
+    /// The isolation-under-stress figures.
+    pub isolation_stress: String,
     /// The drain-scaling figures.
     pub drain: String,
     /// The lock figures.
@@ -214,6 +249,21 @@ impl Method {
                  lost time = sum over gaps above {} ns of (gap - median gap), over wall time; latency percentiles are over \
                  every drain of the run",
                 i.seconds, i.seconds, i.rate, i.threshold_ns
+            ),
+            isolation_stress: format!(
+                "per mode, in one process: the owner pinned to the last CPU spins through local sections and records every \
+                 loop gap (TSC); on another CPU a drainer busy-waits between {} drain-all calls per second beside a CPU hog \
+                 (an ordinary busy thread) pinned there too; the drain work holds the owner's cell for {} ns, recording the \
+                 TSC at each remote hold's start and end; {} s baseline (hog, no drains), then {} s drained; a stall is a \
+                 gap over {} µs (long: over {} ms), counted inside a hold when it overlaps one; run with a SCHED_OTHER \
+                 owner, then a SCHED_FIFO {} one where the process may (real-time throttling off for that run)",
+                p.stress.rate,
+                p.stress.hold_ns.unwrap_or(isolation_stress::DEFAULT_HOLD_NS),
+                p.stress.seconds,
+                p.stress.seconds,
+                isolation_stress::STALL_NS / 1000,
+                isolation_stress::LONG_STALL_NS / 1_000_000,
+                REPORT_FIFO_PRIO
             ),
             drain: format!(
                 "per point, every slot has a busy owner thread (pinned when the slot is a CPU of this process, unpinned \
@@ -315,6 +365,25 @@ pub struct IsolationSection {
     pub runs: Vec<IsolationRun>,
 }
 
+/// The isolation-under-stress part of `results.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StressSection {
+    /// Seconds per phase.
+    pub seconds: f64,
+    /// Drains per second.
+    pub rate: u64,
+    /// How long the drain work holds the owner's cell, ns.
+    pub hold_ns: u64,
+    /// Whether the `SCHED_FIFO` runs were made, or why not.
+    pub fifo: String,
+    /// One run per mode with a `SCHED_OTHER` owner, then one per mode with
+    /// a `SCHED_FIFO` owner where permitted.
+    pub runs: Vec<StressResult>,
+}
+
+/// The `SCHED_FIFO` priority of the report's stress runs.
+pub const REPORT_FIFO_PRIO: i32 = 50;
+
 /// The drain part of `results.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrainSection {
@@ -362,6 +431,8 @@ pub struct Results {
     pub kmalloc: serde_json::Value,
     /// The isolation benchmark.
     pub isolation: IsolationSection,
+    /// The isolation benchmark under stress.
+    pub isolation_stress: StressSection,
     /// Drain scaling.
     pub drain: DrainSection,
     /// Lock costs.
@@ -490,15 +561,29 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
         step("kmalloc");
         let k = kmalloc::run(&plan.kmalloc)?;
         let iso = crate::isolation::run(&plan.isolation, &mut step)?;
+        let mut stress = isolation_stress::run(&plan.stress, &mut step)?;
+        let fifo = match isolation_stress::check_fifo(REPORT_FIFO_PRIO) {
+            _ if plan.no_fifo => "not run: --no-fifo".to_string(),
+            Ok(()) => {
+                let a = IsolationArgs {
+                    owner_fifo: Some(REPORT_FIFO_PRIO),
+                    ..plan.stress.clone()
+                };
+                stress.extend(isolation_stress::run(&a, &mut step)?);
+                format!("SCHED_FIFO {REPORT_FIFO_PRIO}")
+            }
+            Err(e) => format!("not run: {e}"),
+        };
         let drains = drain::run(&plan.drain, &mut step)?;
         let lock_rows = locks::run(&plan.locks, &mut step)?;
-        Ok::<_, String>((k, iso, drains, lock_rows))
+        Ok::<_, String>((k, iso, (fifo, stress), drains, lock_rows))
     })();
     pb.finish_and_clear();
-    let (k, iso, drains, lock_rows) = result?;
+    let (k, iso, (fifo, stress), drains, lock_rows) = result?;
 
     let method = Method::new(plan, &machine);
-    let tables = tables(plan, &method, &k, &iso, &drains, &lock_rows);
+    let mut tables = tables(plan, &method, &k, &iso, &drains, &lock_rows);
+    tables.push_str(&stress_table(&stress, &fifo, &method));
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let md = format!(
         "# qpw-bench report\n\nMachine: {}\n\nCommand: `{}` (preset `{}`)\n\n{}.\n\n{}\n## kmalloc: every row, and its goals\n\n{}",
@@ -524,6 +609,16 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
             rate: plan.isolation.rate,
             threshold_ns: plan.isolation.threshold_ns,
             runs: iso,
+        },
+        isolation_stress: StressSection {
+            seconds: plan.stress.seconds,
+            rate: plan.stress.rate,
+            hold_ns: plan
+                .stress
+                .hold_ns
+                .unwrap_or(isolation_stress::DEFAULT_HOLD_NS),
+            fifo,
+            runs: stress,
         },
         drain: DrainSection {
             cpus: plan.drain.cpus.clone(),
@@ -698,6 +793,19 @@ fn isolation_table(runs: &[IsolationRun], method: &Method) -> String {
         },
         util::thousands(incs)
     ));
+    s
+}
+
+fn stress_table(runs: &[StressResult], fifo: &str, method: &Method) -> String {
+    let mut s = String::from(
+        "## Isolation under stress: does a preempted remote holder stall the owner?\n\n",
+    );
+    s.push_str(&format!(
+        "How: {}. SCHED_FIFO runs: {fifo}.\n\n",
+        method.isolation_stress
+    ));
+    s.push_str(&isolation_stress::markdown(runs));
+    s.push('\n');
     s
 }
 

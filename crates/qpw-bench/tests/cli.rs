@@ -55,6 +55,7 @@ method object
 method.cycles string
 method.kmalloc string
 method.isolation string
+method.isolation_stress string
 method.drain string
 method.locks string
 method.noisy string
@@ -146,6 +147,48 @@ isolation.runs[].owner_gap_ccdf[][] number
 isolation.runs[].baseline_gap_ccdf array
 isolation.runs[].baseline_gap_ccdf[] array
 isolation.runs[].baseline_gap_ccdf[][] number
+isolation_stress object
+isolation_stress.seconds number
+isolation_stress.rate integer
+isolation_stress.hold_ns integer
+isolation_stress.fifo string
+isolation_stress.runs array
+isolation_stress.runs[] object
+isolation_stress.runs[].mode string
+isolation_stress.runs[].owner_policy string
+isolation_stress.runs[].rt_throttling string
+isolation_stress.runs[].owner_cpu integer
+isolation_stress.runs[].drainer_cpu integer|null
+isolation_stress.runs[].seconds number
+isolation_stress.runs[].rate integer
+isolation_stress.runs[].hold_ns integer
+isolation_stress.runs[].drains integer
+isolation_stress.runs[].drains_failed integer
+isolation_stress.runs[].signals_sent integer
+isolation_stress.runs[].works_run_remotely integer
+isolation_stress.runs[].remote_holds integer
+isolation_stress.runs[].lock_contended integer
+isolation_stress.runs[].owner_waits_pi integer
+isolation_stress.runs[].stalls_over_100us integer
+isolation_stress.runs[].stalls_over_1ms integer
+isolation_stress.runs[].stalls_over_100us_in_hold integer
+isolation_stress.runs[].stalls_over_1ms_in_hold integer
+isolation_stress.runs[].longest_stall_in_hold_ns number
+isolation_stress.runs[].stalls_over_100us_waiting integer
+isolation_stress.runs[].stalls_over_1ms_waiting integer
+isolation_stress.runs[].longest_stall_waiting_ns number
+isolation_stress.runs[].longest_stall_ns number
+isolation_stress.runs[].baseline_stalls_over_100us integer
+isolation_stress.runs[].baseline_stalls_over_1ms integer
+isolation_stress.runs[].baseline_longest_stall_ns number
+isolation_stress.runs[].drain_latency_ns object
+isolation_stress.runs[].drain_latency_ns.p50 number
+isolation_stress.runs[].drain_latency_ns.p99 number
+isolation_stress.runs[].drain_latency_ns.max number
+isolation_stress.runs[].owner_ops_per_sec number
+isolation_stress.runs[].baseline_ops_per_sec number
+isolation_stress.runs[].increments integer
+isolation_stress.runs[].counter_total integer
 drain object
 drain.cpus array
 drain.cpus[] integer
@@ -308,6 +351,8 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "3",
         "--kmalloc-count",
         "10000",
+        // A test does not turn real-time throttling off.
+        "--no-fifo",
     ]);
     let stdout = text(&o.stdout);
     assert!(
@@ -321,6 +366,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "## Isolation",
         "## Drain scaling",
         "## Lock cost",
+        "## Isolation under stress",
     ] {
         assert!(
             stdout.contains(heading),
@@ -409,6 +455,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "2",
         "--kmalloc-count",
         "1000",
+        "--no-fifo",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(entries(&dir), ["out"]);
@@ -416,6 +463,56 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["drain"]["cpus"], serde_json::json!([1]));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn isolation_stress_json_matches_stalls_to_remote_holds() {
+    let o = bench(&[
+        "isolation",
+        "--stress",
+        "--json",
+        "--seconds",
+        "0.2",
+        "--rate",
+        "200",
+        "--hold-ns",
+        "5000",
+        "--mode",
+        "queue,remote",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let lines: Vec<Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let modes: Vec<&str> = lines.iter().map(|l| l["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["queue", "remote"]);
+    for l in &lines {
+        let n = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("{k} in {l}"));
+        assert_eq!(l["owner_policy"], "SCHED_OTHER", "{l}");
+        assert_eq!(n("hold_ns"), 5000, "{l}");
+        assert!(n("drains") > 0, "{l}");
+        assert_eq!(n("counter_total"), n("increments"), "{l}");
+        // Every remote work on the owner's slot recorded its hold.
+        assert_eq!(n("remote_holds"), n("works_run_remotely"), "{l}");
+        assert!(
+            n("stalls_over_100us_in_hold") <= n("stalls_over_100us"),
+            "{l}"
+        );
+        assert!(
+            n("stalls_over_1ms_in_hold") <= n("stalls_over_100us_in_hold"),
+            "{l}"
+        );
+        assert!(n("stalls_over_1ms") <= n("stalls_over_100us"), "{l}");
+        assert!(
+            n("stalls_over_100us_waiting") <= n("stalls_over_100us_in_hold"),
+            "{l}"
+        );
+    }
+    // Queue mode: the owner runs the work, so no remote hold; remote: no signal.
+    assert_eq!(lines[0]["remote_holds"], 0, "{}", lines[0]);
+    assert_eq!(lines[0]["stalls_over_100us_in_hold"], 0, "{}", lines[0]);
+    assert_eq!(lines[1]["signals_sent"], 0, "{}", lines[1]);
 }
 
 #[test]
@@ -519,6 +616,24 @@ fn bad_options_fail_with_a_clear_error_and_write_nothing() {
         (vec!["isolation", "--seconds", "abc"], &["--seconds", "abc"]),
         (vec!["isolation", "--mode", "bogus"], &["--mode", "bogus"]),
         (vec!["isolation", "--rate", "0"], &["--rate"]),
+        (
+            vec!["isolation", "--stress", "--hold-ns", "0"],
+            &["--hold-ns", "out of range"],
+        ),
+        (
+            vec!["isolation", "--stress", "--hold-ns", "99999999999"],
+            &["--hold-ns", "out of range"],
+        ),
+        (
+            vec!["isolation", "--stress", "--owner-fifo", "100"],
+            &["--owner-fifo", "1 to 99"],
+        ),
+        (
+            vec!["isolation", "--stress", "--owner-fifo", "-5"],
+            &["--owner-fifo", "1 to 99"],
+        ),
+        (vec!["isolation", "--hold-ns", "20000"], &["--stress"]),
+        (vec!["isolation", "--owner-fifo", "50"], &["--stress"]),
         (
             vec!["report", "--out", out_s, "--cpus", "0"],
             &["--cpus", "at least 1"],

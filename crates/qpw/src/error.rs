@@ -102,6 +102,12 @@ pub enum Error {
         /// The slot.
         cpu: usize,
     },
+    /// A call that never waits found the slot's cell (or the slot) held by
+    /// another context.
+    WouldBlock {
+        /// The slot.
+        cpu: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -164,6 +170,11 @@ impl fmt::Display for Error {
                 f,
                 "slot {cpu} is retired: its owner vanished in a fork() leaving it possibly \
                  half-changed, so it is never used again"
+            ),
+            Error::WouldBlock { cpu } => write!(
+                f,
+                "slot {cpu} is held by another thread right now; try_remote does not wait \
+                 (use remote to wait, or try again later)"
             ),
         }
     }

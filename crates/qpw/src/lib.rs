@@ -29,7 +29,7 @@
 //! | CPU | a slot of a [`Domain`]; a thread [binds](Domain::bind) to one and gets an [`Owner`] |
 //! | preemption off / `local_lock` | [`PerCpu::lock`] with the `&mut Owner`: a [`LocalGuard`] |
 //! | IPI + kworker | a real-time signal to the owner; work runs in its handler, or at the end of its local section |
-//! | per-CPU spinlock | the cell's lock word, taken by owner and remote alike in `remote` mode |
+//! | per-CPU spinlock | the cell's lock word, taken by owner and remote alike in `remote` mode; an owner that waits on a remote holder waits in the kernel with priority inheritance (`FUTEX_LOCK_PI`), as PREEMPT_RT's `local_lock` |
 //! | `INIT_QPW`, `queue_percpu_work_on`, `flush_percpu_work` | [`Domain::work`], [`Work::queue`], [`Work::flush`] |
 //! | `qpw_get_cpu`, `qpw_is_cpu_remote` | [`WorkCtx::cpu`], [`WorkCtx::is_remote`] |
 //! | return to userspace | [`Owner::quiescent`], [`Owner::offline`] |
@@ -160,6 +160,14 @@
 //! - [`Domain::with_local`] parks its implicit owner offline between calls
 //!   (two atomic read-modify-writes a call), so idle threads never hold up a
 //!   drain; a thread that wants the cheapest hot path binds explicitly.
+//! - A remote holder can be preempted while it holds a cell, which the
+//!   kernel's spinlocks prevent. The owner then waits for it in the kernel
+//!   with priority inheritance (a `SCHED_FIFO` owner boosts the holder, and
+//!   remote takers cannot get ahead of it); a `SCHED_OTHER` owner inherits
+//!   nothing the scheduler uses, so it still waits for the holder's next
+//!   time slice. Use [`PerCpu::try_lock`] to take another path instead.
+//! - The cell lock names its holder by kernel thread id, cached per thread;
+//!   a `fork` child's cache is cleared by a `pthread_atfork` handler.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -183,6 +191,8 @@ mod sync;
 mod sys;
 mod work;
 
+#[cfg(all(test, qpw_loom))]
+mod loom_cell_lock;
 #[cfg(all(test, qpw_loom))]
 mod loom_tests;
 

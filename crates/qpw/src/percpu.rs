@@ -30,6 +30,10 @@ struct Cell<T> {
 /// | [`lock_ctx`](Self::lock_ctx) with a [`WorkCtx`] | a work function, wherever it runs | whatever its context needs |
 /// | [`remote`](Self::remote) with a slot number | any thread | `remote` mode: the cell's spinlock; otherwise only while the owner is absent or offline |
 ///
+/// [`try_lock`](Self::try_lock) and [`try_remote`](Self::try_remote) are the
+/// same without ever waiting. The cell lock gives an owner that waits on a
+/// remote holder priority inheritance (see `ARCHITECTURE.md`).
+///
 /// ```
 /// use qpw::{Domain, Mode, PerCpu};
 /// let domain: Domain = Domain::builder().mode(Mode::Remote).nr_cpus(2).build()?;
@@ -141,6 +145,38 @@ impl<T, C: Config> PerCpu<T, C> {
         }
     }
 
+    /// Enters the owner's local section like [`lock`](Self::lock), but never
+    /// waits: `None` when a remote thread holds the cell right now (only
+    /// possible where the cell lock is taken: `remote` slots and the RT
+    /// configurations). Work queued meanwhile is then left to the flusher,
+    /// which runs it itself once the owner is outside its section.
+    #[inline]
+    pub fn try_lock<'a>(&'a self, owner: &'a mut Owner<C>) -> Option<LocalGuard<'a, T, C>> {
+        assert!(
+            Arc::ptr_eq(&self.domain.inner, &owner.domain.inner),
+            "qpw: a PerCpu was locked with an owner of another domain"
+        );
+        // SAFETY: as in `lock`.
+        let cell = unsafe { self.cells.get_unchecked(owner.cpu) };
+        let slot = owner.slot_state();
+        let spin = if C::QPW { owner.use_spin } else { C::RT };
+        // In a section before the lock, as in `lock`: a signal arriving
+        // between the two must not run work that locks this cell.
+        let entered = slot.enter();
+        if spin && !cell.lock.try_lock_owner(crate::sys::current_tid() as u32) {
+            slot.leave(entered);
+            return None;
+        }
+        Some(LocalGuard {
+            ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+            cell,
+            slot,
+            spin,
+            entered,
+            _owner: PhantomData,
+        })
+    }
+
     /// Runs `f` in the owner's local section.
     #[inline(always)]
     pub fn with<R>(&self, owner: &mut Owner<C>, f: impl FnOnce(&mut T) -> R) -> R {
@@ -238,6 +274,50 @@ impl<T, C: Config> PerCpu<T, C> {
             });
         }
         Err(Error::OwnerOnline { cpu })
+    }
+
+    /// Locks slot `cpu`'s value from any thread like [`remote`](Self::remote),
+    /// but never waits: [`Error::WouldBlock`] when another context holds the
+    /// cell (`remote` mode) or the slot (a remote thread has taken an absent
+    /// or offline owner's slot), [`Error::OwnerOnline`] as `remote` gives it.
+    pub fn try_remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
+        let slot = self.domain.slot(cpu)?;
+        let cell = &self.cells[cpu];
+        if slot.is_retired() {
+            return Err(Error::SlotRetired { cpu });
+        }
+        if C::QPW && slot.mode == SlotMode::Remote {
+            let hold = slot.hold_remote();
+            if !cell.lock.try_lock_remote() {
+                return Err(Error::WouldBlock { cpu });
+            }
+            return Ok(RemoteGuard {
+                ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+                cell,
+                slot,
+                hold: Some(hold),
+            });
+        }
+        // A few looks: the state may change between one and the next (that
+        // is not waiting), but a slot that stays taken gives WouldBlock.
+        for _ in 0..4 {
+            let s = slot.state();
+            if s == crate::slot::ONLINE {
+                return Err(Error::OwnerOnline { cpu });
+            }
+            if s & crate::slot::BUSY != 0 {
+                return Err(Error::WouldBlock { cpu });
+            }
+            if slot.try_take() {
+                return Ok(RemoteGuard {
+                    ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+                    cell,
+                    slot,
+                    hold: None,
+                });
+            }
+        }
+        Err(Error::WouldBlock { cpu })
     }
 
     /// Every slot's value, given exclusive access to the whole `PerCpu`.

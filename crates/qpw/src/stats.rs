@@ -30,6 +30,13 @@ pub struct SlotStats {
     /// Drain-alls that skipped this slot because it is retired (its owner
     /// vanished in a `fork()`).
     pub drains_skipped_retired: u64,
+    /// Times the owner found its cell held by a remote thread past its
+    /// short spin and waited in the kernel (`FUTEX_LOCK_PI`, lending the
+    /// holder its priority).
+    pub owner_waits_pi: u64,
+    /// Of those, waits the kernel refused (no PI futex support, or the
+    /// holder's thread was gone): the owner spun and yielded instead.
+    pub owner_pi_unavailable: u64,
 }
 
 impl SlotStats {
@@ -56,6 +63,8 @@ impl SlotStats {
         self.lock_timeouts += o.lock_timeouts;
         self.works_panicked += o.works_panicked;
         self.drains_skipped_retired += o.drains_skipped_retired;
+        self.owner_waits_pi += o.owner_waits_pi;
+        self.owner_pi_unavailable += o.owner_pi_unavailable;
     }
 }
 
@@ -84,6 +93,8 @@ pub(crate) struct Counters {
     lock_timeouts: AtomicU64,
     panicked: AtomicU64,
     skipped_retired: AtomicU64,
+    owner_waits_pi: AtomicU64,
+    owner_pi_unavailable: AtomicU64,
 }
 
 impl Counters {
@@ -109,6 +120,12 @@ impl Counters {
     pub(crate) fn skipped_retired(&self) {
         Self::bump(&self.skipped_retired)
     }
+    pub(crate) fn owner_waited_pi(&self) {
+        Self::bump(&self.owner_waits_pi)
+    }
+    pub(crate) fn owner_pi_unavailable(&self) {
+        Self::bump(&self.owner_pi_unavailable)
+    }
     pub(crate) fn ran(&self, at: RanAt) {
         Self::bump(match at {
             RanAt::Handler => &self.in_handler,
@@ -132,6 +149,8 @@ impl Counters {
             lock_timeouts: l(&self.lock_timeouts),
             works_panicked: l(&self.panicked),
             drains_skipped_retired: l(&self.skipped_retired),
+            owner_waits_pi: l(&self.owner_waits_pi),
+            owner_pi_unavailable: l(&self.owner_pi_unavailable),
         }
     }
 }

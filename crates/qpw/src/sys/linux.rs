@@ -278,3 +278,54 @@ pub(crate) fn isolated_cpus() -> Result<Vec<usize>, Error> {
     all.dedup();
     Ok(all)
 }
+
+/// The `EINTR` errno value: a system call was interrupted by a signal.
+pub(crate) const EINTR: i32 = libc::EINTR;
+/// The `EAGAIN` errno value: try again.
+pub(crate) const EAGAIN: i32 = libc::EAGAIN;
+
+/// `FUTEX_LOCK_PI` on `word` (process-private, no timeout): returns with the
+/// lock held (the word holds this thread's id, `FUTEX_WAITERS` perhaps set),
+/// or the errno.
+pub(crate) fn futex_lock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> {
+    // SAFETY: `word` is a live, aligned u32 for the call's duration; a null
+    // timeout waits without bound; the other arguments are unused.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_LOCK_PI | libc::FUTEX_PRIVATE_FLAG,
+            0,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// `FUTEX_UNLOCK_PI` on `word`, which holds this thread's id: the kernel
+/// hands the lock to its top waiter, or frees it.
+pub(crate) fn futex_unlock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> {
+    // SAFETY: as in `futex_lock_pi`; FUTEX_UNLOCK_PI takes no other argument.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_UNLOCK_PI | libc::FUTEX_PRIVATE_FLAG,
+            0,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}

@@ -17,3 +17,11 @@ pub(crate) use model::*;
 compile_error!(
     "qpw supports Linux only (it needs tgkill, sched_setaffinity and real-time signals)"
 );
+
+/// The kernel's "a thread waits in `FUTEX_LOCK_PI`" bit of a PI futex word
+/// (the same on every Linux architecture; the models use it too).
+pub(crate) const FUTEX_WAITERS: u32 = 0x8000_0000;
+/// The kernel's "the holder died" bit (robust futexes; qpw registers none).
+pub(crate) const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+/// The thread-id bits of a PI futex word.
+pub(crate) const FUTEX_TID_MASK: u32 = !(FUTEX_WAITERS | FUTEX_OWNER_DIED);

@@ -119,3 +119,54 @@ impl ErrnoGuard {
 pub(crate) fn isolated_cpus() -> Result<Vec<usize>, Error> {
     Ok(Vec::new())
 }
+
+pub(crate) const EINTR: i32 = 4;
+
+/// The kernel's `FUTEX_LOCK_PI` as a parking loop. Its atomic step (take a
+/// free word, or set `FUTEX_WAITERS` and queue) is one compare-and-swap;
+/// parked, the thread yields until the holder's `FUTEX_UNLOCK_PI` leaves the
+/// word "handed over" (`FUTEX_WAITERS` with no id), which only a queued
+/// waiter takes. qpw has at most one such waiter per word (the owner).
+pub(crate) fn futex_lock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> {
+    use super::{FUTEX_TID_MASK, FUTEX_WAITERS};
+    use crate::sync::Ordering::SeqCst;
+    let tid = current_tid() as u32;
+    loop {
+        let cur = word.load(SeqCst);
+        if cur & FUTEX_TID_MASK == 0 {
+            if word.compare_exchange(cur, tid, SeqCst, SeqCst).is_ok() {
+                return Ok(());
+            }
+        } else if cur & FUTEX_WAITERS != 0
+            || word
+                .compare_exchange(cur, cur | FUTEX_WAITERS, SeqCst, SeqCst)
+                .is_ok()
+        {
+            break;
+        }
+    }
+    loop {
+        loom::thread::yield_now();
+        if word
+            .compare_exchange(FUTEX_WAITERS, FUTEX_WAITERS | tid, SeqCst, SeqCst)
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// The kernel's `FUTEX_UNLOCK_PI`: hands the word to the queued waiter (see
+/// [`futex_lock_pi`]), or frees it when none is queued.
+pub(crate) fn futex_unlock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> {
+    use super::FUTEX_WAITERS;
+    use crate::sync::Ordering::SeqCst;
+    let cur = word.load(SeqCst);
+    let next = if cur & FUTEX_WAITERS != 0 {
+        FUTEX_WAITERS
+    } else {
+        0
+    };
+    word.store(next, SeqCst);
+    Ok(())
+}

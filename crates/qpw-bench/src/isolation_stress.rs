@@ -1,0 +1,779 @@
+//! `qpw-bench isolation --stress`: does a drain stall the owner when the
+//! machine is hostile to the drainer?
+//!
+//! The owner is pinned to the last CPU and spins through local sections,
+//! recording every loop gap with the TSC. On the first other CPU run a
+//! drainer that busy-waits between drain-alls at `--rate` per second, and a
+//! CPU hog (an ordinary busy thread) pinned there too, so the scheduler
+//! preempts the drainer now and then, wherever it is. The drain work holds
+//! the owner's cell for `--hold-ns` (busy-waiting inside the cell's lock) and,
+//! when it runs on another thread than the owner, writes the TSC at the start
+//! and end of each hold into a preallocated array. Owner gaps over 100 µs and
+//! over 1 ms are then matched against those intervals: a gap that overlaps a
+//! hold was spent waiting on a remote holder (or at least while one held the
+//! cell). `--owner-fifo PRIO` runs the owner `SCHED_FIFO`, as RT users run
+//! isolated loops; real-time throttling is turned off for the run when the
+//! process may (and restored after), and reported otherwise.
+//!
+//! Each mode runs a baseline first (same owner, hog and loop, no drains).
+
+use crate::isolation::IsolationArgs;
+use crate::tsc;
+use crate::util::{self, BenchMode, Percentiles};
+use qpw::{Domain, PerCpu, SlotStats, Standard};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// The drain work's default hold, in nanoseconds.
+pub const DEFAULT_HOLD_NS: u64 = 20_000;
+/// The longest hold accepted (10 ms).
+pub const MAX_HOLD_NS: u64 = 10_000_000;
+/// A stall: a loop gap over this many nanoseconds.
+pub const STALL_NS: u64 = 100_000;
+/// A long stall: over this many nanoseconds.
+pub const LONG_STALL_NS: u64 = 1_000_000;
+/// A stall that overlaps a hold and ends at most this long after the hold's
+/// end was waiting on it: the owner went on when the holder let go. (A stall
+/// from elsewhere, e.g. the hypervisor taking the owner's CPU, overlaps
+/// holds by chance when it is long, but rarely ends right after one.)
+pub const WAKE_WINDOW_NS: u64 = 200_000;
+
+const RT_RUNTIME: &str = "/proc/sys/kernel/sched_rt_runtime_us";
+
+/// Parses `--hold-ns`: 1 to [`MAX_HOLD_NS`].
+pub fn parse_hold_ns(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(v) if (1..=MAX_HOLD_NS).contains(&v) => Ok(v),
+        Ok(v) => Err(format!(
+            "{v} ns is out of range: a hold is 1 to {MAX_HOLD_NS} ns"
+        )),
+        Err(_) => Err(format!("`{s}` is not a number of nanoseconds")),
+    }
+}
+
+/// Parses `--owner-fifo`: a `SCHED_FIFO` priority, 1 to 99.
+pub fn parse_fifo_prio(s: &str) -> Result<i32, String> {
+    match s.trim().parse::<i32>() {
+        Ok(v) if (1..=99).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a SCHED_FIFO priority: use 1 to 99")),
+    }
+}
+
+/// One mode's result under stress; the `--json` line.
+#[derive(Debug, Clone, Serialize)]
+pub struct StressResult {
+    /// The mode.
+    pub mode: &'static str,
+    /// The owner's scheduling policy: `SCHED_OTHER` or `SCHED_FIFO <prio>`.
+    pub owner_policy: String,
+    /// Real-time throttling during the run (`off`, `off for the run`, or `on (...)`).
+    pub rt_throttling: String,
+    /// The slot (and CPU) the owner was bound to.
+    pub owner_cpu: usize,
+    /// The CPU of the drainer and the hog (`None`: a 1-CPU machine, unpinned).
+    pub drainer_cpu: Option<usize>,
+    /// Seconds of each phase.
+    pub seconds: f64,
+    /// Drains asked per second.
+    pub rate: u64,
+    /// How long the drain work holds the owner's cell, ns.
+    pub hold_ns: u64,
+    /// Drain-all calls completed.
+    pub drains: u64,
+    /// Drain-all calls that returned an error.
+    pub drains_failed: u64,
+    /// Signals sent during the drained phase.
+    pub signals_sent: u64,
+    /// Works on the owner's slot run by another thread (each one a remote hold).
+    pub works_run_remotely: u64,
+    /// Remote holds recorded (timestamps kept for matching).
+    pub remote_holds: u64,
+    /// Cell-lock acquisitions on the owner's slot that found the lock taken.
+    pub lock_contended: u64,
+    /// Times the owner waited for its cell in the kernel (`FUTEX_LOCK_PI`).
+    pub owner_waits_pi: u64,
+    /// Owner gaps over 100 µs while drained.
+    pub stalls_over_100us: u64,
+    /// Owner gaps over 1 ms while drained.
+    pub stalls_over_1ms: u64,
+    /// Of the gaps over 100 µs, those that overlap a remote hold.
+    pub stalls_over_100us_in_hold: u64,
+    /// Of the gaps over 1 ms, those that overlap a remote hold.
+    pub stalls_over_1ms_in_hold: u64,
+    /// The longest gap that overlaps a remote hold, ns (0: none over 100 µs).
+    pub longest_stall_in_hold_ns: f64,
+    /// Of the gaps over 100 µs in a hold, those that ended within 200 µs
+    /// after the hold's end: the owner was waiting on that holder.
+    pub stalls_over_100us_waiting: u64,
+    /// The same over 1 ms.
+    pub stalls_over_1ms_waiting: u64,
+    /// The longest of those, ns.
+    pub longest_stall_waiting_ns: f64,
+    /// The longest gap while drained, ns.
+    pub longest_stall_ns: f64,
+    /// Owner gaps over 100 µs in the baseline.
+    pub baseline_stalls_over_100us: u64,
+    /// Owner gaps over 1 ms in the baseline.
+    pub baseline_stalls_over_1ms: u64,
+    /// The longest gap in the baseline, ns.
+    pub baseline_longest_stall_ns: f64,
+    /// Latency of one drain-all, ns.
+    pub drain_latency_ns: Percentiles,
+    /// Owner loop iterations per second while drained.
+    pub owner_ops_per_sec: f64,
+    /// The same in the baseline.
+    pub baseline_ops_per_sec: f64,
+    /// Increments made by the owner (both phases).
+    pub increments: u64,
+    /// The counter's total after the last drain: equal to `increments`, or the run failed.
+    pub counter_total: u64,
+}
+
+/// What the run needs besides [`IsolationArgs`].
+#[derive(Debug, Clone, Copy)]
+struct Opts {
+    hold_ns: u64,
+    fifo: Option<i32>,
+}
+
+fn opts(a: &IsolationArgs) -> Opts {
+    Opts {
+        hold_ns: a.hold_ns.unwrap_or(DEFAULT_HOLD_NS),
+        fifo: a.owner_fifo,
+    }
+}
+
+/// Sets the calling thread's policy to `SCHED_FIFO` at `prio`; the errno on failure.
+fn set_fifo(prio: i32) -> Result<(), i32> {
+    let p = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: `p` is a valid sched_param; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// Whether this process may run a thread `SCHED_FIFO` at `prio`: tried on a
+/// short-lived thread, so nothing else changes.
+pub fn check_fifo(prio: i32) -> Result<(), String> {
+    let r = std::thread::spawn(move || set_fifo(prio))
+        .join()
+        .map_err(|_| "the SCHED_FIFO probe thread panicked".to_string())?;
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e == libc::EPERM => Err(format!(
+            "--owner-fifo {prio}: this process may not run threads SCHED_FIFO \
+             (sched_setscheduler: {}); run it as root, or with CAP_SYS_NICE or an RLIMIT_RTPRIO of at least {prio}",
+            std::io::Error::from_raw_os_error(e)
+        )),
+        Err(e) => Err(format!(
+            "--owner-fifo {prio}: sched_setscheduler failed: {}",
+            std::io::Error::from_raw_os_error(e)
+        )),
+    }
+}
+
+/// Real-time throttling off for a run, restored on drop.
+pub struct RtThrottle {
+    /// What the run had: `off`, `off for the run (was N, restored after)` or `on (...)`.
+    pub state: String,
+    restore: Option<String>,
+}
+
+impl RtThrottle {
+    /// Turns throttling off if it is on and the process may; says what it did.
+    pub fn off() -> RtThrottle {
+        let was = match std::fs::read_to_string(RT_RUNTIME) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) => {
+                return RtThrottle {
+                    state: format!("unknown ({RT_RUNTIME}: {e})"),
+                    restore: None,
+                }
+            }
+        };
+        if was == "-1" {
+            return RtThrottle {
+                state: "off".into(),
+                restore: None,
+            };
+        }
+        match std::fs::write(RT_RUNTIME, "-1") {
+            Ok(()) => RtThrottle {
+                state: format!("off for the run (sched_rt_runtime_us was {was}, restored after)"),
+                restore: Some(was),
+            },
+            Err(e) => RtThrottle {
+                state: format!(
+                    "on (sched_rt_runtime_us = {was}; could not turn it off: {e}): \
+                     a spinning SCHED_FIFO owner is throttled"
+                ),
+                restore: None,
+            },
+        }
+    }
+}
+
+impl Drop for RtThrottle {
+    fn drop(&mut self) {
+        if let Some(was) = self.restore.take() {
+            if let Err(e) = std::fs::write(RT_RUNTIME, &was) {
+                eprintln!("qpw-bench: could not restore {RT_RUNTIME} to {was}: {e}");
+            }
+        }
+    }
+}
+
+/// Runs `qpw-bench isolation --stress`.
+pub fn main(a: &IsolationArgs) -> Result<(), String> {
+    let runs = run(a, &mut |_| {})?;
+    if !a.json {
+        println!("{}", markdown(&runs));
+    }
+    let mut failure = None;
+    for r in &runs {
+        if a.json {
+            println!("{}", serde_json::to_string(r).map_err(|e| e.to_string())?);
+        }
+        if r.counter_total != r.increments {
+            failure.get_or_insert(format!(
+                "{} mode lost increments under stress: total {} != {} made",
+                r.mode, r.counter_total, r.increments
+            ));
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Runs every mode asked for under stress; `step` is told when each starts.
+pub fn run(a: &IsolationArgs, step: &mut dyn FnMut(&str)) -> Result<Vec<StressResult>, String> {
+    let o = opts(a);
+    if let Some(p) = o.fifo {
+        check_fifo(p)?;
+    }
+    let throttle = o.fifo.map(|_| RtThrottle::off());
+    let state = throttle.as_ref().map_or_else(
+        || "n/a (SCHED_OTHER owner)".to_string(),
+        |t| t.state.clone(),
+    );
+    let mut out = Vec::new();
+    for mode in util::modes_or_all(&a.mode) {
+        step(&format!("isolation --stress: {}", mode.name()));
+        let r = run_mode(mode, a, o, &state)?;
+        if r.counter_total != r.increments {
+            return Err(format!(
+                "isolation --stress: {} mode lost increments: total {} != {} made",
+                r.mode, r.counter_total, r.increments
+            ));
+        }
+        out.push(r);
+    }
+    drop(throttle);
+    Ok(out)
+}
+
+/// The Markdown table of stress runs.
+pub fn markdown(runs: &[StressResult]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| mode | owner | hold | drains (failed) | signals | remote holds | owner PI waits | owner stalls > 100 µs / > 1 ms (baseline) | in a remote hold > 100 µs / > 1 ms (waiting on it) | longest in a hold (waiting) | longest (baseline) | drain p50 / p99 / max |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs {
+        s.push_str(&format!(
+            "| {} | {} | {} µs | {} ({}) | {} | {} | {} | {} / {} ({} / {}) | {} / {} ({} / {}) | {} µs ({} µs) | {} µs ({} µs) | {} / {} / {} µs |\n",
+            r.mode,
+            r.owner_policy,
+            util::fmt_fig(r.hold_ns as f64 / 1e3),
+            r.drains,
+            r.drains_failed,
+            r.signals_sent,
+            r.remote_holds,
+            r.owner_waits_pi,
+            r.stalls_over_100us,
+            r.stalls_over_1ms,
+            r.baseline_stalls_over_100us,
+            r.baseline_stalls_over_1ms,
+            r.stalls_over_100us_in_hold,
+            r.stalls_over_1ms_in_hold,
+            r.stalls_over_100us_waiting,
+            r.stalls_over_1ms_waiting,
+            util::fmt_fig(r.longest_stall_in_hold_ns / 1e3),
+            util::fmt_fig(r.longest_stall_waiting_ns / 1e3),
+            util::fmt_fig(r.longest_stall_ns / 1e3),
+            util::fmt_fig(r.baseline_longest_stall_ns / 1e3),
+            util::fmt_fig(r.drain_latency_ns.p50 / 1e3),
+            util::fmt_fig(r.drain_latency_ns.p99 / 1e3),
+            util::fmt_fig(r.drain_latency_ns.max / 1e3),
+        ));
+    }
+    if let Some(r) = runs.first() {
+        s.push_str(&format!(
+            "\nReal-time throttling: {}. Counter check: {}.\n",
+            r.rt_throttling,
+            if runs.iter().all(|r| r.counter_total == r.increments) {
+                "nothing lost"
+            } else {
+                "INCREMENTS LOST"
+            }
+        ));
+    }
+    s
+}
+
+/// The owner's stalls in one phase.
+struct Phase {
+    iters: u64,
+    ticks: u64,
+    over_stall: u64,
+    over_long: u64,
+    longest: u64,
+    /// (start, end) TSC of each gap over [`STALL_NS`], as many as fit.
+    stalls: Vec<(u64, u64)>,
+}
+
+impl Phase {
+    fn ops_per_sec(&self) -> f64 {
+        let s = self.ticks as f64 / tsc::hz();
+        if s > 0.0 {
+            self.iters as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The owner's loop: one local section per iteration, gaps over the stall
+/// threshold kept (into a preallocated vector), until `stop`.
+fn owner_loop(
+    me: &mut qpw::Owner,
+    counts: &PerCpu<u64>,
+    defer: bool,
+    stop: &AtomicBool,
+    cap: usize,
+) -> Phase {
+    let stall = tsc::from_ns(STALL_NS as f64).max(1);
+    let long = tsc::from_ns(LONG_STALL_NS as f64).max(1);
+    let mut stalls = Vec::with_capacity(cap);
+    let (mut iters, mut over_stall, mut over_long, mut longest) = (0u64, 0u64, 0u64, 0u64);
+    let start = tsc::now();
+    let mut prev = start;
+    loop {
+        *counts.lock(me) += 1;
+        if defer {
+            me.quiescent();
+        }
+        let t = tsc::now();
+        let gap = t.saturating_sub(prev);
+        if gap > stall {
+            over_stall += 1;
+            if gap > long {
+                over_long += 1;
+            }
+            if stalls.len() < cap {
+                stalls.push((prev, t));
+            }
+        }
+        longest = longest.max(gap);
+        prev = t;
+        iters += 1;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    Phase {
+        iters,
+        ticks: prev - start,
+        over_stall,
+        over_long,
+        longest,
+        stalls,
+    }
+}
+
+/// The remote holds' timestamps, written by the drain work without allocating.
+struct Holds {
+    start: Box<[AtomicU64]>,
+    end: Box<[AtomicU64]>,
+    next: AtomicUsize,
+}
+
+impl Holds {
+    fn new(cap: usize) -> Holds {
+        let v = |_| AtomicU64::new(0);
+        Holds {
+            start: (0..cap).map(v).collect(),
+            end: (0..cap).map(v).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn record(&self, t0: u64, t1: u64) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i < self.start.len() {
+            self.start[i].store(t0, Ordering::Relaxed);
+            self.end[i].store(t1, Ordering::Relaxed);
+        }
+    }
+
+    /// The recorded intervals, sorted by start.
+    fn intervals(&self) -> Vec<(u64, u64)> {
+        let n = self.next.load(Ordering::SeqCst).min(self.start.len());
+        let mut v: Vec<_> = (0..n)
+            .map(|i| {
+                (
+                    self.start[i].load(Ordering::SeqCst),
+                    self.end[i].load(Ordering::SeqCst),
+                )
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Stalls over each threshold and the longest of them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Matched {
+    n: u64,
+    n_long: u64,
+    longest: u64,
+}
+
+impl Matched {
+    fn add(&mut self, gap: u64, long: u64) {
+        self.n += 1;
+        if gap > long {
+            self.n_long += 1;
+        }
+        self.longest = self.longest.max(gap);
+    }
+}
+
+/// Gaps (`stalls`) that overlap one of `holds` (sorted, not overlapping each
+/// other: one drainer), and of those, the ones that ended within `window`
+/// ticks after the end of a hold they overlap.
+fn match_stalls(stalls: &[(u64, u64)], holds: &[(u64, u64)], window: u64) -> (Matched, Matched) {
+    let long = tsc::from_ns(LONG_STALL_NS as f64).max(1);
+    let (mut inside, mut waiting) = (Matched::default(), Matched::default());
+    for &(s, e) in stalls {
+        // The first hold that ends after the gap starts; it overlaps if it
+        // starts before the gap ends.
+        let i = holds.partition_point(|&(_, he)| he <= s);
+        if holds.get(i).is_none_or(|&(hs, _)| hs >= e) {
+            continue;
+        }
+        inside.add(e - s, long);
+        // The last hold that starts before the gap ends: did the gap end
+        // right after it did?
+        let j = holds.partition_point(|&(hs, _)| hs < e);
+        let (_, he) = holds[j - 1];
+        if he > s && he <= e && e - he <= window {
+            waiting.add(e - s, long);
+        }
+    }
+    (inside, waiting)
+}
+
+fn delta(a: &SlotStats, b: &SlotStats) -> (u64, u64, u64, u64) {
+    (
+        a.signals_sent - b.signals_sent,
+        a.works_remote - b.works_remote,
+        a.lock_contended - b.lock_contended,
+        a.owner_waits_pi - b.owner_waits_pi,
+    )
+}
+
+fn busy_wait_until(deadline: Instant) {
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+}
+
+struct DrainerOut {
+    lat_ns: Vec<f64>,
+    failed: u64,
+    before: SlotStats,
+    after: SlotStats,
+    before_all: SlotStats,
+    after_all: SlotStats,
+}
+
+fn run_mode(
+    mode: BenchMode,
+    a: &IsolationArgs,
+    o: Opts,
+    rt_throttling: &str,
+) -> Result<StressResult, String> {
+    let allowed = util::allowed_cpus();
+    let owner_cpu = *allowed.last().ok_or("this process may run on no CPU")?;
+    let drainer_cpu = allowed.iter().copied().find(|&c| c != owner_cpu);
+    let domain: Domain<Standard> = Domain::builder()
+        .mode(mode.to_mode(vec![owner_cpu]))
+        .flush_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("isolation --stress ({}): {e}", mode.name()))?;
+    let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    let total = Arc::new(AtomicU64::new(0));
+    let expected_drains = (a.rate as f64 * a.seconds) as usize + 1024;
+    let holds = Arc::new(Holds::new(expected_drains));
+    let hold_ticks = tsc::from_ns(o.hold_ns as f64).max(1);
+    let drain = Arc::new(domain.work_all({
+        let (counts, total, holds) = (counts.clone(), total.clone(), holds.clone());
+        // Async-signal-safe: a cell lock, a TSC busy-wait, atomic stores.
+        move |ctx| {
+            let mine = ctx.cpu() == owner_cpu;
+            let remote = ctx.is_remote();
+            let mut c = counts.lock_ctx(ctx);
+            if mine {
+                let t0 = tsc::now();
+                let mut t1 = t0;
+                while t1.wrapping_sub(t0) < hold_ticks {
+                    std::hint::spin_loop();
+                    t1 = tsc::now();
+                }
+                if remote {
+                    holds.record(t0, t1);
+                }
+            }
+            total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
+        }
+    }));
+    let phase_len = Duration::from_secs_f64(a.seconds);
+    // Room for a stall every 100 µs of the phase.
+    let stall_cap = (a.seconds * 1e9 / STALL_NS as f64) as usize + 16;
+    let stop_base = Arc::new(AtomicBool::new(false));
+    let stop_drained = Arc::new(AtomicBool::new(false));
+    let stop_hog = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(2));
+    let failed_bind = Arc::new(AtomicBool::new(false));
+
+    let hog = std::thread::Builder::new().name("qpw-hog".into()).spawn({
+        let stop_hog = stop_hog.clone();
+        move || {
+            if let Some(c) = drainer_cpu {
+                let _ = util::pin_current(c);
+            }
+            let mut x = 0u64;
+            while !stop_hog.load(Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+    });
+    let hog = hog.map_err(|e| format!("spawning the hog thread: {e}"))?;
+
+    let owner = std::thread::Builder::new().name("qpw-owner".into()).spawn({
+        let (domain, counts, stop_base, stop_drained, barrier, failed_bind) = (
+            domain.clone(),
+            counts.clone(),
+            stop_base.clone(),
+            stop_drained.clone(),
+            barrier.clone(),
+            failed_bind.clone(),
+        );
+        let defer = mode == BenchMode::Defer;
+        let fifo = o.fifo;
+        move || -> Result<(Phase, Phase), String> {
+            let bound = domain
+                .bind(owner_cpu)
+                .map_err(|e| format!("binding the owner to CPU {owner_cpu}: {e}"))
+                .and_then(|me| match fifo {
+                    Some(p) => set_fifo(p).map(|()| me).map_err(|e| {
+                        format!(
+                            "--owner-fifo {p}: sched_setscheduler: {}",
+                            std::io::Error::from_raw_os_error(e)
+                        )
+                    }),
+                    None => Ok(me),
+                });
+            let mut me = match bound {
+                Ok(me) => me,
+                Err(e) => {
+                    failed_bind.store(true, Ordering::SeqCst);
+                    barrier.wait();
+                    return Err(e);
+                }
+            };
+            barrier.wait();
+            let base = owner_loop(&mut me, &counts, defer, &stop_base, stall_cap);
+            barrier.wait();
+            let drained = owner_loop(&mut me, &counts, defer, &stop_drained, stall_cap);
+            Ok((base, drained))
+        }
+    });
+    let owner = match owner {
+        Ok(o) => o,
+        Err(e) => {
+            stop_hog.store(true, Ordering::SeqCst);
+            let _ = hog.join();
+            return Err(format!("spawning the owner thread: {e}"));
+        }
+    };
+
+    let drainer = std::thread::Builder::new()
+        .name("qpw-drainer".into())
+        .spawn({
+            let (domain, stop_base, stop_drained, barrier, failed_bind, drain) = (
+                domain.clone(),
+                stop_base.clone(),
+                stop_drained.clone(),
+                barrier.clone(),
+                failed_bind.clone(),
+                drain.clone(),
+            );
+            let rate = a.rate;
+            move || -> Result<Option<DrainerOut>, String> {
+                if let Some(c) = drainer_cpu {
+                    util::pin_current(c)?;
+                }
+                barrier.wait();
+                if failed_bind.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                std::thread::sleep(phase_len);
+                stop_base.store(true, Ordering::SeqCst);
+                barrier.wait();
+                let before = domain.stats(owner_cpu).map_err(|e| e.to_string())?;
+                let before_all = domain.total_stats();
+                let period = Duration::from_secs_f64(1.0 / rate as f64);
+                let start = Instant::now();
+                let end = start + phase_len;
+                let mut next = start + period;
+                let mut lat_ns =
+                    Vec::with_capacity((rate as f64 * phase_len.as_secs_f64()) as usize + 16);
+                let mut failed = 0;
+                while next < end {
+                    busy_wait_until(next);
+                    let t0 = tsc::now();
+                    let r = drain.run();
+                    let t1 = tsc::now();
+                    match r {
+                        Ok(()) => lat_ns.push(tsc::to_ns(t1 - t0)),
+                        Err(_) => failed += 1,
+                    }
+                    next += period;
+                    let now = Instant::now();
+                    if next < now {
+                        next = now + period;
+                    }
+                }
+                stop_drained.store(true, Ordering::SeqCst);
+                let after = domain.stats(owner_cpu).map_err(|e| e.to_string())?;
+                let after_all = domain.total_stats();
+                Ok(Some(DrainerOut {
+                    lat_ns,
+                    failed,
+                    before,
+                    after,
+                    before_all,
+                    after_all,
+                }))
+            }
+        });
+    let d = match drainer {
+        Ok(d) => d
+            .join()
+            .map_err(|_| "the drainer thread panicked".to_string()),
+        Err(e) => Err(format!("spawning the drainer thread: {e}")),
+    };
+    stop_base.store(true, Ordering::SeqCst);
+    stop_drained.store(true, Ordering::SeqCst);
+    let o_res = owner
+        .join()
+        .map_err(|_| "the owner thread panicked".to_string());
+    stop_hog.store(true, Ordering::SeqCst);
+    let _ = hog.join();
+    let d = d??;
+    let (base, drained) = o_res??;
+    let d = d.ok_or("the owner could not bind")?;
+
+    // The holds of the drained phase only: the final drain runs every slot here.
+    let intervals = holds.intervals();
+    drain
+        .run()
+        .map_err(|e| format!("the final drain failed: {e}"))?;
+    let increments = base.iters + drained.iters;
+    let counter_total = total.load(Ordering::SeqCst);
+
+    let window = tsc::from_ns(WAKE_WINDOW_NS as f64);
+    let (inside, waiting) = match_stalls(&drained.stalls, &intervals, window);
+    let (_, remote, contended, pi_waits) = delta(&d.after, &d.before);
+    let (signals, _, _, _) = delta(&d.after_all, &d.before_all);
+    Ok(StressResult {
+        mode: mode.name(),
+        owner_policy: o
+            .fifo
+            .map_or_else(|| "SCHED_OTHER".to_string(), |p| format!("SCHED_FIFO {p}")),
+        rt_throttling: rt_throttling.to_string(),
+        owner_cpu,
+        drainer_cpu,
+        seconds: a.seconds,
+        rate: a.rate,
+        hold_ns: o.hold_ns,
+        drains: d.lat_ns.len() as u64,
+        drains_failed: d.failed,
+        signals_sent: signals,
+        works_run_remotely: remote,
+        remote_holds: intervals.len() as u64,
+        lock_contended: contended,
+        owner_waits_pi: pi_waits,
+        stalls_over_100us: drained.over_stall,
+        stalls_over_1ms: drained.over_long,
+        stalls_over_100us_in_hold: inside.n,
+        stalls_over_1ms_in_hold: inside.n_long,
+        longest_stall_in_hold_ns: tsc::to_ns(inside.longest),
+        stalls_over_100us_waiting: waiting.n,
+        stalls_over_1ms_waiting: waiting.n_long,
+        longest_stall_waiting_ns: tsc::to_ns(waiting.longest),
+        longest_stall_ns: tsc::to_ns(drained.longest),
+        baseline_stalls_over_100us: base.over_stall,
+        baseline_stalls_over_1ms: base.over_long,
+        baseline_longest_stall_ns: tsc::to_ns(base.longest),
+        drain_latency_ns: util::percentiles(&d.lat_ns),
+        owner_ops_per_sec: drained.ops_per_sec(),
+        baseline_ops_per_sec: base.ops_per_sec(),
+        increments,
+        counter_total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_parsers_name_the_bad_value() {
+        assert!(parse_hold_ns("0").unwrap_err().contains("out of range"));
+        assert!(parse_hold_ns("abc").unwrap_err().contains("abc"));
+        assert!(parse_hold_ns("20000000").is_err());
+        assert_eq!(parse_hold_ns("20000").unwrap(), 20_000);
+        assert!(parse_fifo_prio("0").unwrap_err().contains("1 to 99"));
+        assert!(parse_fifo_prio("100").is_err());
+        assert!(parse_fifo_prio("x").is_err());
+        assert_eq!(parse_fifo_prio("50").unwrap(), 50);
+    }
+
+    #[test]
+    fn stalls_are_matched_to_overlapping_holds_only() {
+        let holds = [(100, 200), (1_000, 1_100), (5_000, 5_050)];
+        // Inside the first, straddling the second's end, before the third,
+        // and one covering the third.
+        let stalls = [(120, 150), (1_050, 1_500), (2_000, 4_000), (4_900, 5_100)];
+        let (inside, waiting) = match_stalls(&stalls, &holds, 100);
+        assert_eq!(inside.n, 3);
+        assert_eq!(inside.longest, 450);
+        // Ended within 100 ticks of its hold's end: only the last one (the
+        // first ended inside its hold, the second 400 ticks after).
+        assert_eq!(waiting.n, 1);
+        assert_eq!(waiting.longest, 200);
+        assert_eq!(match_stalls(&stalls, &[], 100).0.n, 0);
+        // A gap that ends exactly where a hold starts does not overlap it.
+        assert_eq!(match_stalls(&[(50, 100)], &holds, 100).0.n, 0);
+    }
+}
