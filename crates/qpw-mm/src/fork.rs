@@ -1,8 +1,9 @@
-//! fork safety: a `kmalloc` instance's fork hook (qpw's [`ForkHook`]).
+//! fork safety: the fork hook (qpw's [`ForkHook`]) of a `kmalloc` instance
+//! or a `KmemCache`.
 //!
 //! Before `fork()` the forking thread takes every lock of the instance
-//! (each class's depot lock, the large-mapping cache's), in the parent and
-//! the child it releases them. So the child never finds a lock held by a
+//! (each class's depot lock, the large-mapping cache's; a cache's depot
+//! lock), in the parent and the child it releases them. So the child never finds a lock held by a
 //! thread it does not have (the hang this fixes: a child waiting forever in
 //! a depot lock taken by another thread of the parent). The locks are
 //! [`Lock`](crate::lock::Lock)s, which can be held from one call to another
@@ -20,46 +21,63 @@
 //! thread. The decay pass state is not locked in `prepare` (a pass may wait
 //! a flush timeout for a drain); the child resets it instead.
 
-use crate::kmalloc::KShared;
 use crate::lock::set_fork_holder;
-use qpw::{Config, ForkHook};
+use qpw::ForkHook;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
-/// The fork hook of one instance.
-pub(crate) struct KForkHook<C: Config> {
-    pub(crate) shared: Weak<KShared<C>>,
+/// What an instance does around `fork`.
+pub(crate) trait ForkLocks: Send + Sync + 'static {
+    /// Takes every lock (in a fixed order).
+    fn lock_for_fork(&self);
+    /// Releases them.
+    ///
+    /// # Safety
+    /// After [`lock_for_fork`](Self::lock_for_fork), by the forking thread.
+    unsafe fn unlock_after_fork(&self);
+    /// In the child, after the locks are released.
+    ///
+    /// # Safety
+    /// Only in a fork child, before any other thread exists.
+    unsafe fn child(&self) {}
+}
+
+/// The fork hook of one instance (held weakly: the instance may go away
+/// while the hook is registered; dropping its handle unregisters it).
+pub(crate) struct LockHook<T: ForkLocks> {
+    target: Weak<T>,
     /// `prepare` took the locks (the instance was alive).
     held: AtomicBool,
 }
 
-impl<C: Config> KForkHook<C> {
-    pub(crate) fn new(shared: Weak<KShared<C>>) -> Self {
-        Self {
-            shared,
+impl<T: ForkLocks> LockHook<T> {
+    /// Registers a hook for `target` until the handle drops.
+    pub(crate) fn register(target: &Arc<T>) -> qpw::ForkHookHandle {
+        qpw::register_fork_hook(Arc::new(Self {
+            target: Arc::downgrade(target),
             held: AtomicBool::new(false),
-        }
+        }))
     }
 
-    fn release(&self) -> Option<std::sync::Arc<KShared<C>>> {
+    fn release(&self) -> Option<Arc<T>> {
         if !self.held.swap(false, Ordering::Relaxed) {
             return None;
         }
-        let sh = self.shared.upgrade();
+        let t = self.target.upgrade();
         set_fork_holder(false);
-        if let Some(sh) = &sh {
+        if let Some(t) = &t {
             // SAFETY: `prepare` took these locks in this thread (the
             // forking one; in the child, the only one).
-            unsafe { sh.classes().unlock_after_fork() };
+            unsafe { t.unlock_after_fork() };
         }
-        sh
+        t
     }
 }
 
-impl<C: Config> ForkHook for KForkHook<C> {
+impl<T: ForkLocks> ForkHook for LockHook<T> {
     fn prepare(&self) {
-        if let Some(sh) = self.shared.upgrade() {
-            sh.classes().lock_for_fork();
+        if let Some(t) = self.target.upgrade() {
+            t.lock_for_fork();
             set_fork_holder(true);
             self.held.store(true, Ordering::Relaxed);
         }
@@ -70,9 +88,25 @@ impl<C: Config> ForkHook for KForkHook<C> {
     }
 
     fn child(&self) {
-        if let Some(sh) = self.release() {
+        if let Some(t) = self.release() {
             // SAFETY: in the child of a fork, before any other thread exists.
-            unsafe { sh.decay.after_fork_child() };
+            unsafe { t.child() };
         }
+    }
+}
+
+impl<C: qpw::Config> ForkLocks for crate::kmalloc::KShared<C> {
+    fn lock_for_fork(&self) {
+        self.classes().lock_for_fork();
+    }
+
+    unsafe fn unlock_after_fork(&self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.classes().unlock_after_fork() }
+    }
+
+    unsafe fn child(&self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.decay.after_fork_child() }
     }
 }

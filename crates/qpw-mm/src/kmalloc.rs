@@ -6,7 +6,7 @@ use crate::binding::next_id;
 use crate::classes::{Classes, Resize};
 use crate::decay::Decay;
 use crate::error::{DestroyError, FreeError, SlabError};
-use crate::fork::KForkHook;
+use crate::fork::LockHook;
 use crate::sheaf::Pcs;
 use crate::size_class::{SizeClasses, MAX_CLASSES};
 use crate::stats::{KmallocStats, SharedPathStats, ShrinkReport};
@@ -307,7 +307,7 @@ impl<C: Config> Kmalloc<C> {
                 core.drain_pcs(p);
             }
         });
-        let fork = qpw::register_fork_hook(Arc::new(KForkHook::new(Arc::downgrade(&shared))));
+        let fork = LockHook::register(&shared);
         Kmalloc {
             shared,
             drain,

@@ -675,7 +675,8 @@ impl SlabCore {
                     // SAFETY: listed slabs are carved; the lock is held.
                     let m = unsafe { self.meta_of(s) };
                     cur = m.next;
-                    let ripe = min_passes == 0 || (m.stamp != 0 && pass - m.stamp >= min_passes);
+                    let ripe = min_passes == 0
+                        || (m.stamp != 0 && pass.wrapping_sub(m.stamp) >= min_passes);
                     if !ripe {
                         continue;
                     }
