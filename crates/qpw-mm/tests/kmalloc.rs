@@ -512,3 +512,59 @@ fn decay_passes_release_what_stayed_free_for_the_delay() {
     assert_eq!(s.total().slabs_empty, 0, "{s}");
     km.destroy().unwrap();
 }
+
+/// The decay drains a slot that went idle holding sheaves, through qpw's
+/// drain: in `remote` mode the pass runs the work itself, under the slot's
+/// lock, and never signals the owner.
+#[test]
+fn decay_drains_an_idle_slot_without_interrupting_it_in_remote_mode() {
+    if !cfg!(feature = "qpw") {
+        return; // only `queue` exists without qpw
+    }
+    let km: std::sync::Arc<Kmalloc> = std::sync::Arc::new(
+        Kmalloc::builder()
+            .mode(qpw::Mode::Remote)
+            .nr_cpus(2)
+            .size_classes(qpw_mm::SizeClasses::Fine)
+            .class_bytes(64 << 20)
+            .build()
+            .unwrap(),
+    );
+    km.set_decay(Some(std::time::Duration::from_millis(100)));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let k = km.clone();
+    let owner = std::thread::spawn(move || {
+        let ps: Vec<_> = (0..1000).map(|_| k.kmalloc_local(64).unwrap()).collect();
+        for p in ps {
+            // SAFETY: allocated above, freed once.
+            unsafe { k.kfree_local(p.as_ptr()) };
+        }
+        ready_tx.send(()).unwrap();
+        // Idle, still bound, its sheaves full of objects.
+        done_rx.recv().unwrap();
+        k.unbind_local();
+    });
+    ready_rx.recv().unwrap();
+    let before = km.stats();
+    for _ in 0..qpw_mm::decay::PASSES_PER_DELAY + 2 {
+        km.decay();
+    }
+    let after = km.stats();
+    done_tx.send(()).unwrap();
+    owner.join().unwrap();
+    assert!(
+        after.decay_slot_drains >= 1,
+        "no idle slot drained\n{after}"
+    );
+    assert_eq!(
+        after.work.signals_sent, before.work.signals_sent,
+        "the owner was signalled"
+    );
+    assert!(
+        after.work.works_remote > before.work.works_remote,
+        "the pass did not run the drain itself\n{after}"
+    );
+    assert!(after.total().sheaves_handed_off > before.total().sheaves_handed_off);
+    std::sync::Arc::try_unwrap(km).unwrap().destroy().unwrap();
+}
