@@ -216,10 +216,14 @@ impl Decay {
     }
 }
 
+/// The shortest delay: shorter ones (zero included) act as this, so a
+/// pass never runs more often than every millisecond.
+pub const MIN_DECAY: Duration = Duration::from_millis(4);
+
 fn delay_to_ns(delay: Option<Duration>) -> u64 {
     match delay {
         None => 0,
-        Some(d) => (d.as_nanos().min(u64::MAX as u128) as u64).max(PASSES_PER_DELAY as u64),
+        Some(d) => d.max(MIN_DECAY).as_nanos().min(u64::MAX as u128) as u64,
     }
 }
 

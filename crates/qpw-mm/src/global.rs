@@ -219,11 +219,15 @@ impl<C: Config> QpwAlloc<C> {
     /// the OS after about this long unused, by a background thread started
     /// at the first slow path (see [`decay`](crate::decay)). `None`
     /// disables the decay (memory then goes back on [`shrink`](Self::shrink)
-    /// only). Callable at any time, before or after the first allocation.
+    /// only). Delays below [`MIN_DECAY`](crate::decay::MIN_DECAY) act as
+    /// that. Callable at any time, before or after the first allocation.
     pub fn set_decay(&self, delay: Option<Duration>) {
         let ns = match delay {
             None => 0,
-            Some(d) => (d.as_nanos().min(u64::MAX as u128 - 1) as u64).max(1),
+            Some(d) => d
+                .max(crate::decay::MIN_DECAY)
+                .as_nanos()
+                .min(u64::MAX as u128 - 1) as u64,
         };
         self.decay_ns.store(ns, Ordering::Release);
         if let Some(k) = self.kmalloc() {
