@@ -2,11 +2,12 @@
 //! under qpw's local lock and a drain-all through qpw's work.
 
 use crate::error::{DestroyError, SlabError};
+use crate::fork::{ForkLocks, LockHook};
 use crate::sheaf::{objs, Pcs, MAX_SHEAF_CAPACITY};
 use crate::slab::{slab_bytes_for, Geometry, SlabCore, MAX_OBJECT_SIZE};
 use crate::stats::{CacheStats, ShrinkReport};
 use crate::sys;
-use qpw::{Config, Domain, FlushError, Owner, PerCpu, Standard, WorkSet};
+use qpw::{Config, Domain, FlushError, ForkHookHandle, Owner, PerCpu, Standard, WorkSet};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -63,6 +64,17 @@ impl<C: Config> CacheShared<C> {
     }
 }
 
+impl<C: Config> ForkLocks for CacheShared<C> {
+    fn lock_for_fork(&self) {
+        self.core.lock_for_fork();
+    }
+
+    unsafe fn unlock_after_fork(&self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.core.unlock_after_fork() }
+    }
+}
+
 impl<C: Config> Drop for CacheShared<C> {
     fn drop(&mut self) {
         if self.settle() == 0 {
@@ -70,7 +82,8 @@ impl<C: Config> Drop for CacheShared<C> {
             // `&mut self` nobody else can reach the memory.
             unsafe {
                 self.core.unmap_meta();
-                sys::unmap(self.arena, self.arena_len);
+                // A failure leaves unused address space mapped: nothing to undo.
+                let _ = sys::unmap(self.arena, self.arena_len);
             }
         }
         // Otherwise objects are still allocated: keep their memory mapped.
@@ -109,6 +122,8 @@ impl<C: Config> Drop for CacheShared<C> {
 pub struct KmemCache<C: Config = Standard> {
     shared: Arc<CacheShared<C>>,
     drain: WorkSet<C>,
+    /// Keeps the fork hook (the depot lock held across `fork`) registered.
+    fork: ForkHookHandle,
 }
 
 impl<C: Config> fmt::Debug for KmemCache<C> {
@@ -189,7 +204,8 @@ impl<C: Config> KmemCacheBuilder<C> {
                     Ok(core) => Ok((arena, core)),
                     Err(errno) => {
                         // SAFETY: reserved just above and used by nothing yet.
-                        unsafe { sys::unmap(arena, arena_len) };
+                        // A failure only leaves unused address space mapped.
+                        let _ = unsafe { sys::unmap(arena, arena_len) };
                         Err(SlabError::Map {
                             what: "slab metadata",
                             errno,
@@ -209,7 +225,12 @@ impl<C: Config> KmemCacheBuilder<C> {
             arena_len,
         });
         let drain = drain_work(&self.domain, shared.clone());
-        Ok(KmemCache { shared, drain })
+        let fork = LockHook::register(&shared);
+        Ok(KmemCache {
+            shared,
+            drain,
+            fork,
+        })
     }
 }
 
@@ -457,7 +478,12 @@ impl<C: Config> KmemCache<C> {
     /// count, and the memory stays mapped so the leaked pointers stay valid.
     pub fn destroy(self) -> Result<(), DestroyError> {
         self.flush_all().map_err(DestroyError::Flush)?;
-        let KmemCache { shared, drain } = self;
+        let KmemCache {
+            shared,
+            drain,
+            fork,
+        } = self;
+        drop(fork);
         drop(drain);
         let mut shared = Arc::try_unwrap(shared).map_err(|a| DestroyError::InUse {
             references: Arc::strong_count(&a) - 1,

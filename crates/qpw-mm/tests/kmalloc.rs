@@ -473,3 +473,98 @@ mod debug_checks {
         unsafe { km.kfree_local(Box::into_raw(b).cast()) };
     }
 }
+
+/// The decay, run by hand on an instance without a thread: freed objects'
+/// slabs and cached large mappings go back after the delay's passes, and
+/// not before.
+#[test]
+fn decay_passes_release_what_stayed_free_for_the_delay() {
+    let km: Kmalloc = Kmalloc::builder()
+        .mode(qpw::Mode::Queue)
+        .nr_cpus(2)
+        .size_classes(qpw_mm::SizeClasses::Fine)
+        .class_bytes(64 << 20)
+        .build()
+        .unwrap();
+    km.set_decay(Some(std::time::Duration::from_millis(100)));
+    let ps: Vec<_> = (0..20_000)
+        .map(|_| km.kmalloc_local(1000).unwrap().as_ptr())
+        .collect();
+    let big = km.kmalloc_local(600 << 10).unwrap().as_ptr();
+    for p in ps {
+        // SAFETY: allocated above, freed once.
+        unsafe { km.kfree_local(p) };
+    }
+    // SAFETY: as above.
+    unsafe { km.kfree_local(big) };
+    km.unbind_local();
+    let s = km.stats();
+    assert!(s.large_cached_bytes >= 600 << 10, "{s}");
+    // One pass: nothing has been free for the delay yet.
+    assert_eq!(km.decay().bytes_released, 0);
+    let mut released = 0;
+    for _ in 0..2 * qpw_mm::decay::PASSES_PER_DELAY {
+        released += km.decay().bytes_released;
+    }
+    let s = km.stats();
+    assert!(released >= 15 << 20, "released {released}\n{s}");
+    assert_eq!(s.large_cached_bytes, 0, "{s}");
+    assert_eq!(s.total().slabs_empty, 0, "{s}");
+    km.destroy().unwrap();
+}
+
+/// The decay drains a slot that went idle holding sheaves, through qpw's
+/// drain: in `remote` mode the pass runs the work itself, under the slot's
+/// lock, and never signals the owner.
+#[test]
+fn decay_drains_an_idle_slot_without_interrupting_it_in_remote_mode() {
+    if !cfg!(feature = "qpw") {
+        return; // only `queue` exists without qpw
+    }
+    let km: std::sync::Arc<Kmalloc> = std::sync::Arc::new(
+        Kmalloc::builder()
+            .mode(qpw::Mode::Remote)
+            .nr_cpus(2)
+            .size_classes(qpw_mm::SizeClasses::Fine)
+            .class_bytes(64 << 20)
+            .build()
+            .unwrap(),
+    );
+    km.set_decay(Some(std::time::Duration::from_millis(100)));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let k = km.clone();
+    let owner = std::thread::spawn(move || {
+        let ps: Vec<_> = (0..1000).map(|_| k.kmalloc_local(64).unwrap()).collect();
+        for p in ps {
+            // SAFETY: allocated above, freed once.
+            unsafe { k.kfree_local(p.as_ptr()) };
+        }
+        ready_tx.send(()).unwrap();
+        // Idle, still bound, its sheaves full of objects.
+        done_rx.recv().unwrap();
+        k.unbind_local();
+    });
+    ready_rx.recv().unwrap();
+    let before = km.stats();
+    for _ in 0..qpw_mm::decay::PASSES_PER_DELAY + 2 {
+        km.decay();
+    }
+    let after = km.stats();
+    done_tx.send(()).unwrap();
+    owner.join().unwrap();
+    assert!(
+        after.decay_slot_drains >= 1,
+        "no idle slot drained\n{after}"
+    );
+    assert_eq!(
+        after.work.signals_sent, before.work.signals_sent,
+        "the owner was signalled"
+    );
+    assert!(
+        after.work.works_remote > before.work.works_remote,
+        "the pass did not run the drain itself\n{after}"
+    );
+    assert!(after.total().sheaves_handed_off > before.total().sheaves_handed_off);
+    std::sync::Arc::try_unwrap(km).unwrap().destroy().unwrap();
+}
