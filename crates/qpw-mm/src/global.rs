@@ -172,6 +172,30 @@ impl<C: Config> QpwAlloc<C> {
             .map_or(Ok(ShrinkReport::default()), |k| k.shrink())
     }
 
+    /// The usable bytes of a live allocation of this allocator (as
+    /// `malloc_usable_size`): at least the size it was allocated with, and
+    /// all of it may be written. 0 for null.
+    ///
+    /// # Safety
+    /// `ptr` is null or a live allocation of this allocator (not freed).
+    /// A pointer the allocator recognises as not its own aborts the process
+    /// (debug builds check more than release builds).
+    pub unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
+        if ptr.is_null() {
+            return 0;
+        }
+        let cl = self.classes.load(Ordering::Acquire);
+        if cl.is_null() {
+            sys::abort_with("QpwAlloc::usable_size: pointer not from this allocator");
+        }
+        // SAFETY: published classes are never unmapped; `ptr` is a live
+        // allocation of this allocator (forwarded to the caller).
+        match unsafe { (*cl).usable_size(ptr) } {
+            Ok(n) => n,
+            Err(_) => sys::abort_with("QpwAlloc::usable_size: pointer not from this allocator"),
+        }
+    }
+
     /// A quiescent point for the calling thread (defer mode).
     pub fn quiescent(&self) -> bool {
         self.kmalloc().is_some_and(|k| k.quiescent_local())

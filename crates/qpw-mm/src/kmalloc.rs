@@ -216,7 +216,7 @@ impl Classes {
     ///
     /// # Safety
     /// `p` is allocated from this instance (checked in debug builds for large objects).
-    unsafe fn usable_size(&self, p: *mut u8) -> Result<usize, FreeError> {
+    pub(crate) unsafe fn usable_size(&self, p: *mut u8) -> Result<usize, FreeError> {
         match self.class_of(p) {
             Some(c) => Ok(KMALLOC_SIZES[c]),
             // SAFETY: forwarded to the caller.
