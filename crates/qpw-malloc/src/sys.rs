@@ -55,11 +55,26 @@ pub(crate) fn getenv(name: &CStr) -> Option<&'static [u8]> {
 /// Writes `msg` to stderr without allocating (best effort; a closed stderr
 /// only fails). Keeps `errno`.
 pub(crate) fn write_stderr(msg: &[u8]) {
+    write_fd(2, msg)
+}
+
+/// A private duplicate of stderr (close-on-exec, numbered 64 or above), for
+/// output at exit: programs such as GNU coreutils close fd 2 in an `atexit`
+/// handler, before the library's destructor runs. `None` if stderr is closed.
+pub(crate) fn dup_stderr() -> Option<i32> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) has no memory preconditions.
+    let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 64) };
+    (fd >= 0).then_some(fd)
+}
+
+/// Writes `msg` to `fd` without allocating, retrying short writes and
+/// `EINTR`; other errors end it silently. Keeps `errno`.
+pub(crate) fn write_fd(fd: i32, msg: &[u8]) {
     let saved = errno();
     let mut b = msg;
     while !b.is_empty() {
         // SAFETY: `b` is a valid byte slice; fd 2 may be closed, which only fails.
-        let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
         if n < 0 && errno() == libc::EINTR {
             continue;
         }
