@@ -59,6 +59,28 @@ static const size_t SIZES[] = {0,     1,     7,      8,      9,       15,      1
                                1 << 20, (1 << 20) + 1, 3 << 20, (3 << 20) + 5};
 #define NSIZES (sizeof SIZES / sizeof SIZES[0])
 
+/* Before main (and before the allocator's first use by this program): the
+ * dynamic loader's own calls, dlerror's buffer (malloc'd inside libdl),
+ * strdup. */
+static char *early_copy;
+static void *early_next;
+__attribute__((constructor)) static void early(void) {
+    early_next = dlsym(RTLD_NEXT, "malloc");
+    if (dlsym(RTLD_DEFAULT, "qpw_no_such_symbol") == NULL) {
+        const char *e = dlerror();
+        early_copy = strdup(e ? e : "no dlerror");
+    }
+    void *p = calloc(3, 100);
+    free(realloc(p, 5000));
+}
+
+static void check_early(void) {
+    CHECK(early_next != NULL, "dlsym(RTLD_NEXT, malloc) before main");
+    CHECK(early_copy && strstr(early_copy, "qpw_no_such_symbol"), "dlerror before main: %s",
+          early_copy ? early_copy : "(null)");
+    free(early_copy);
+}
+
 static void check_ours(void) {
     /* Every entry point resolves to one object, and it is not libc. */
     Dl_info a, b;
@@ -412,6 +434,7 @@ int main(int argc, char **argv) {
     }
     int want_trim = argc > 1 && strcmp(argv[1], "trim") == 0;
     check_ours();
+    check_early();
     check_malloc();
     check_calloc();
     check_realloc();
