@@ -328,3 +328,24 @@ static ON_LOAD: extern "C" fn() = on_load;
 #[used]
 #[link_section = ".fini_array"]
 static ON_EXIT: extern "C" fn() = on_exit;
+
+#[cfg(test)]
+mod tests {
+    //! This test binary defines `malloc` and friends itself, so libc's own
+    //! allocations in it (`strdup` here, the test harness's threads) are
+    //! served by them: the same interposition as the static library.
+    use super::*;
+
+    #[test]
+    fn libc_allocations_come_here() {
+        // SAFETY: a NUL-terminated string; strdup's result is freed once.
+        unsafe {
+            let s = libc::strdup(c"qpw".as_ptr());
+            assert!(!s.is_null());
+            // A pointer of glibc's heap would abort here ("not from this
+            // allocator"): our size lookup and free accept it.
+            assert!(malloc_usable_size(s.cast()) >= 4);
+            free(s.cast());
+        }
+    }
+}

@@ -93,3 +93,17 @@ fn report_bad(var: &CStr, value: &[u8], r: Refused) {
     line.push(b"\n");
     sys::write_stderr(line.as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_values() {
+        assert_eq!(parse_stats(b"1"), Ok(true));
+        assert_eq!(parse_stats(b" 0 "), Ok(false));
+        for bad in [&b""[..], b"yes", b"2", b"01", b"1 1", b"\xff"] {
+            assert!(parse_stats(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -74,3 +74,20 @@ pub(crate) fn print_stats(fd: i32, why: &str) {
         sys::write_fd(fd, b"\n(truncated)\n");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::Write;
+
+    #[test]
+    fn stack_buf_keeps_what_fits_and_says_so() {
+        let mut b = StackBuf::<8>::new();
+        write!(b, "{}", 1234).unwrap();
+        assert_eq!(b.as_bytes(), b"1234");
+        assert!(!b.truncated());
+        b.push(b"56789");
+        assert_eq!(b.as_bytes(), b"12345678");
+        assert!(b.truncated());
+    }
+}
