@@ -70,7 +70,8 @@ impl<C: Config> Drop for CacheShared<C> {
             // `&mut self` nobody else can reach the memory.
             unsafe {
                 self.core.unmap_meta();
-                sys::unmap(self.arena, self.arena_len);
+                // A failure leaves unused address space mapped: nothing to undo.
+                let _ = sys::unmap(self.arena, self.arena_len);
             }
         }
         // Otherwise objects are still allocated: keep their memory mapped.
@@ -189,7 +190,8 @@ impl<C: Config> KmemCacheBuilder<C> {
                     Ok(core) => Ok((arena, core)),
                     Err(errno) => {
                         // SAFETY: reserved just above and used by nothing yet.
-                        unsafe { sys::unmap(arena, arena_len) };
+                        // A failure only leaves unused address space mapped.
+                        let _ = unsafe { sys::unmap(arena, arena_len) };
                         Err(SlabError::Map {
                             what: "slab metadata",
                             errno,

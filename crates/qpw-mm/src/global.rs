@@ -20,15 +20,17 @@
 //! Errors inside the allocator cannot unwind: a double free detected in a
 //! debug build, or a foreign pointer, prints a message and aborts.
 
-use crate::kmalloc::{
-    Classes, Kmalloc, DEFAULT_CLASS_BYTES, KMALLOC_MAX_CACHE_SIZE, MIN_FALLBACK_CLASS_BYTES,
-};
+use crate::classes::Classes;
+use crate::decay::DEFAULT_DECAY;
+use crate::kmalloc::{Kmalloc, DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES};
+use crate::size_class::SizeClasses;
 use crate::stats::{KmallocStats, ShrinkReport};
 use crate::sys;
 use qpw::{Config, Domain, FlushError, Mode, Standard};
 use std::alloc::{GlobalAlloc, Layout};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
 
 /// Default slot count of the global allocator's domain: enough for programs
 /// with many more threads than CPUs. Slots cost a few hundred bytes each
@@ -65,6 +67,9 @@ impl GlobalMode {
     }
 }
 
+/// `decay_ns` before any `set_decay`: the default delay.
+const DECAY_UNSET: u64 = u64::MAX;
+
 const UNINIT: u8 = 0;
 const INIT: u8 = 1;
 const READY: u8 = 2;
@@ -93,6 +98,9 @@ pub struct QpwAlloc<C: Config = Standard> {
     classes: AtomicPtr<Classes>,
     km: AtomicPtr<Kmalloc<C>>,
     early_shared: AtomicU64,
+    /// The decay delay set before the instance existed, in ns
+    /// ([`DECAY_UNSET`], or 0 for none).
+    decay_ns: AtomicU64,
     nr_cpus: usize,
     mode: GlobalMode,
     _c: PhantomData<fn() -> C>,
@@ -124,6 +132,7 @@ impl<C: Config> QpwAlloc<C> {
             classes: AtomicPtr::new(std::ptr::null_mut()),
             km: AtomicPtr::new(std::ptr::null_mut()),
             early_shared: AtomicU64::new(0),
+            decay_ns: AtomicU64::new(DECAY_UNSET),
             nr_cpus: DEFAULT_GLOBAL_NR_CPUS,
             mode: GlobalMode::FromEnv,
             _c: PhantomData,
@@ -196,6 +205,40 @@ impl<C: Config> QpwAlloc<C> {
         }
     }
 
+    /// The decay delay asked for before the instance existed.
+    fn pending_decay(&self) -> Option<Duration> {
+        match self.decay_ns.load(Ordering::Acquire) {
+            DECAY_UNSET => Some(DEFAULT_DECAY),
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Sets the decay delay (default [`DEFAULT_DECAY`], 1 s): free slabs,
+    /// cached large mappings and idle threads' cached objects go back to
+    /// the OS after about this long unused, by a background thread started
+    /// at the first slow path (see [`decay`](crate::decay)). `None`
+    /// disables the decay (memory then goes back on [`shrink`](Self::shrink)
+    /// only). Callable at any time, before or after the first allocation.
+    pub fn set_decay(&self, delay: Option<Duration>) {
+        let ns = match delay {
+            None => 0,
+            Some(d) => (d.as_nanos().min(u64::MAX as u128 - 1) as u64).max(1),
+        };
+        self.decay_ns.store(ns, Ordering::Release);
+        if let Some(k) = self.kmalloc() {
+            k.set_decay(delay);
+        }
+    }
+
+    /// The decay delay in force (`None`: disabled).
+    pub fn decay_delay(&self) -> Option<Duration> {
+        match self.kmalloc() {
+            Some(k) => k.decay_delay(),
+            None => self.pending_decay(),
+        }
+    }
+
     /// A quiescent point for the calling thread (defer mode).
     pub fn quiescent(&self) -> bool {
         self.kmalloc().is_some_and(|k| k.quiescent_local())
@@ -209,7 +252,11 @@ impl<C: Config> QpwAlloc<C> {
     /// Builds the instance (the caller moved the state to INIT).
     #[cold]
     fn init(&self) {
-        let classes = match Classes::create(DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES) {
+        let classes = match Classes::create(
+            SizeClasses::Fine,
+            DEFAULT_CLASS_BYTES,
+            MIN_FALLBACK_CLASS_BYTES,
+        ) {
             Ok(c) => c,
             Err(_) => {
                 sys::write_stderr(
@@ -246,7 +293,12 @@ impl<C: Config> QpwAlloc<C> {
         match domain {
             Ok(d) => {
                 let km = Box::into_raw(Box::new(Kmalloc::from_parts(d, classes, false)));
+                // SAFETY: just made; leaked, so it lives for good.
+                unsafe { (*km).make_forever() };
                 self.km.store(km, Ordering::Release);
+                // A `set_decay` that raced with the build: apply the latest.
+                // SAFETY: as above.
+                unsafe { (*km).set_decay(self.pending_decay()) };
                 self.state.store(READY, Ordering::Release);
             }
             Err(_) => {
@@ -365,13 +417,15 @@ unsafe impl<C: Config> GlobalAlloc for QpwAlloc<C> {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if let Some(k) = self.kmalloc() {
+            // Large blocks are cleared only when they come from the mapping
+            // cache (fresh mappings are zero already).
+            return k.alloc_zeroed_local_raw(layout.size(), layout.align());
+        }
         // SAFETY: forwarded.
         let p = unsafe { self.alloc(layout) };
-        let fresh_map =
-            layout.size() > KMALLOC_MAX_CACHE_SIZE || layout.align() > KMALLOC_MAX_CACHE_SIZE;
-        if !p.is_null() && !fresh_map {
-            // SAFETY: `p` has `layout.size()` writable bytes. Large blocks are
-            // fresh anonymous mappings, zero already.
+        if !p.is_null() {
+            // SAFETY: `p` has `layout.size()` writable bytes.
             unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
         }
         p

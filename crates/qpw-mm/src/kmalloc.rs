@@ -1,14 +1,14 @@
-//! `kmalloc`: size classes over slab caches, large requests mapped directly,
-//! with an explicit-owner API and an implicit per-thread one.
+//! `kmalloc`: a size-class table over slab caches ([`Classes`]), large
+//! requests through the mapping cache, with an explicit-owner API and an
+//! implicit per-thread one (bindings in [`binding`](crate::binding)).
 
-use crate::cache::default_sheaf_capacity;
+use crate::binding::next_id;
+use crate::classes::{Classes, Resize};
+use crate::decay::Decay;
 use crate::error::{DestroyError, FreeError, SlabError};
-use crate::large::{self, LargeStats};
-use crate::local;
 use crate::sheaf::Pcs;
-use crate::slab::{Geometry, SlabCore};
+use crate::size_class::{SizeClasses, MAX_CLASSES};
 use crate::stats::{KmallocStats, SharedPathStats, ShrinkReport};
-use crate::sys;
 use qpw::{Config, Domain, FlushError, Mode, Owner, PerCpu, Standard, WorkSet};
 use std::alloc::Layout;
 use std::fmt;
@@ -17,301 +17,36 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The size classes, as the kernel's `kmalloc-8` .. `kmalloc-8k` caches.
-pub const KMALLOC_SIZES: [usize; NCLASSES] = [
-    8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192,
-];
-/// Requests above this size are mapped directly (`KMALLOC_MAX_CACHE_SIZE`).
-pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
-/// Number of size classes.
-pub const NCLASSES: usize = 13;
 /// Default address space reserved per size class: the most its slabs can hold.
 pub const DEFAULT_CLASS_BYTES: usize = 8 << 30;
 /// With the default, the least reserved per class when the OS refuses more.
 pub const MIN_FALLBACK_CLASS_BYTES: usize = 16 << 20;
-/// Alignment of the class reservation (at least every class's slab size).
-const CLASSES_ALIGN: usize = 2 << 20;
-
-/// Size class of requests up to 192 bytes, by `(size + 7) / 8` (the
-/// kernel's `kmalloc_size_index`).
-const SIZE_INDEX: [u8; 25] = [
-    0, 0, 1, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6,
-];
-
-/// The size class (index into [`KMALLOC_SIZES`]) for a request of `size`
-/// bytes, or `None` above [`KMALLOC_MAX_CACHE_SIZE`] (the large path). A
-/// zero size gets the smallest class: every `kmalloc(0)` is a distinct,
-/// freeable object.
-pub fn size_class(size: usize) -> Option<usize> {
-    (size <= KMALLOC_MAX_CACHE_SIZE).then(|| class_index(size))
-}
-
-/// [`size_class`] for sizes already known to be at most
-/// `KMALLOC_MAX_CACHE_SIZE` (the fast path).
-#[inline(always)]
-fn class_index(size: usize) -> usize {
-    debug_assert!(size <= KMALLOC_MAX_CACHE_SIZE);
-    if size <= 192 {
-        SIZE_INDEX[(size + 7) >> 3] as usize
-    } else {
-        (usize::BITS - (size - 1).leading_zeros()) as usize - 1
-    }
-}
-
-/// The alignment objects of class `c` have (the largest power of two
-/// dividing the class size: 32 for 96, 64 for 192).
-#[inline]
-const fn class_align(c: usize) -> usize {
-    let s = KMALLOC_SIZES[c];
-    s & s.wrapping_neg()
-}
-
-/// The class serving `size` bytes aligned to `align`, or `None` for the
-/// large path.
-#[inline(always)]
-fn class_for(size: usize, align: usize) -> Option<usize> {
-    if size > KMALLOC_MAX_CACHE_SIZE {
-        return None;
-    }
-    let mut c = class_index(size);
-    if align > 8 {
-        while class_align(c) < align {
-            c += 1;
-            if c == NCLASSES {
-                return None;
-            }
-        }
-    }
-    Some(c)
-}
-
-/// The slab caches of every class and the large counters, in their own
-/// mapping (never from the global allocator).
-pub(crate) struct Classes {
-    base: usize,
-    len: usize,
-    span_shift: u32,
-    cores: [SlabCore; NCLASSES],
-    pub(crate) large: LargeStats,
-}
-
-impl Classes {
-    /// Reserves `class_bytes` (rounded up to a power of two) per class and
-    /// builds the caches, all without the global allocator. If the OS
-    /// refuses that much address space (a low `ulimit -v`, or valgrind), the
-    /// span is halved down to `min_class_bytes` before giving up.
-    pub(crate) fn create(
-        class_bytes: usize,
-        min_class_bytes: usize,
-    ) -> Result<NonNull<Classes>, SlabError> {
-        let bad = SlabError::BadMaxBytes {
-            max_bytes: class_bytes,
-            min: CLASSES_ALIGN,
-        };
-        let mut span = class_bytes
-            .max(CLASSES_ALIGN)
-            .checked_next_power_of_two()
-            .ok_or(bad.clone())?;
-        span.checked_mul(NCLASSES).ok_or(bad)?;
-        let floor = min_class_bytes.max(CLASSES_ALIGN).min(span);
-        loop {
-            match Self::create_with_span(span) {
-                Err(SlabError::Map { .. }) if span / 2 >= floor => span /= 2,
-                r => return r,
-            }
-        }
-    }
-
-    fn create_with_span(span: usize) -> Result<NonNull<Classes>, SlabError> {
-        let len = span * NCLASSES;
-        let base = sys::reserve(len, CLASSES_ALIGN).map_err(|errno| SlabError::Map {
-            what: "kmalloc arena",
-            errno,
-        })?;
-        let mut made: [Option<SlabCore>; NCLASSES] = [const { None }; NCLASSES];
-        for (c, slot) in made.iter_mut().enumerate() {
-            let size = KMALLOC_SIZES[c];
-            let cap = default_sheaf_capacity(size);
-            let g = Geometry {
-                size,
-                cap,
-                max_full: crate::cache::default_depot_max_full(size, cap),
-            };
-            match SlabCore::new(g, base + c * span, span) {
-                Ok(core) => *slot = Some(core),
-                Err(errno) => {
-                    for core in made.iter().flatten() {
-                        // SAFETY: nothing of these cores was used.
-                        unsafe { core.unmap_meta() };
-                    }
-                    // SAFETY: reserved above, used by nothing.
-                    unsafe { sys::unmap(base, len) };
-                    return Err(SlabError::Map {
-                        what: "kmalloc metadata",
-                        errno,
-                    });
-                }
-            }
-        }
-        let cores = made.map(|c| c.expect("every class was made above"));
-        let me = Classes {
-            base,
-            len,
-            span_shift: span.trailing_zeros(),
-            cores,
-            large: LargeStats::default(),
-        };
-        let bytes = sys::round_up(std::mem::size_of::<Classes>(), sys::page_size());
-        let at = match sys::map(bytes) {
-            Ok(at) => at as *mut Classes,
-            Err(errno) => {
-                for core in &me.cores {
-                    // SAFETY: nothing of these cores was used.
-                    unsafe { core.unmap_meta() };
-                }
-                // SAFETY: reserved above, used by nothing.
-                unsafe { sys::unmap(base, len) };
-                return Err(SlabError::Map {
-                    what: "kmalloc classes",
-                    errno,
-                });
-            }
-        };
-        // SAFETY: `at` is a fresh, writable, page-aligned mapping big enough.
-        unsafe { at.write(me) };
-        // SAFETY: just written, non-null.
-        Ok(unsafe { NonNull::new_unchecked(at) })
-    }
-
-    /// Unmaps everything: arena, metadata, and the Classes itself.
-    ///
-    /// # Safety
-    /// `p` came from [`create`](Self::create); nothing of it is used afterwards.
-    pub(crate) unsafe fn destroy(p: NonNull<Classes>) {
-        // SAFETY: forwarded to the caller.
-        let me = unsafe { p.as_ref() };
-        for core in &me.cores {
-            // SAFETY: forwarded to the caller.
-            unsafe { core.unmap_meta() };
-        }
-        // SAFETY: forwarded to the caller.
-        unsafe {
-            sys::unmap(me.base, me.len);
-            std::ptr::drop_in_place(p.as_ptr());
-            sys::unmap(
-                p.as_ptr() as usize,
-                sys::round_up(std::mem::size_of::<Classes>(), sys::page_size()),
-            );
-        }
-    }
-
-    /// The class of an object address, or `None` (a large object).
-    #[inline(always)]
-    fn class_of(&self, p: *mut u8) -> Option<usize> {
-        let off = (p as usize).wrapping_sub(self.base);
-        (off < self.len).then_some(off >> self.span_shift)
-    }
-
-    /// Usable size of an allocated object.
-    ///
-    /// # Safety
-    /// `p` is allocated from this instance (checked in debug builds for large objects).
-    pub(crate) unsafe fn usable_size(&self, p: *mut u8) -> Result<usize, FreeError> {
-        match self.class_of(p) {
-            Some(c) => Ok(KMALLOC_SIZES[c]),
-            // SAFETY: forwarded to the caller.
-            None => unsafe { large::usable_size(p) },
-        }
-    }
-
-    /// The shared path's allocation (no slot).
-    pub(crate) fn alloc_shared(&self, size: usize, align: usize) -> *mut u8 {
-        match class_for(size, align) {
-            Some(c) => {
-                let p = self.cores[c].alloc_shared();
-                if !p.is_null() {
-                    self.cores[c].mark_allocated(p);
-                }
-                p
-            }
-            None => large::alloc(size, align, &self.large),
-        }
-    }
-
-    /// The shared path's free.
-    ///
-    /// # Safety
-    /// `p` is allocated from this instance and given up.
-    pub(crate) unsafe fn free_shared(&self, p: *mut u8) -> Result<(), FreeError> {
-        match self.class_of(p) {
-            Some(c) => {
-                self.cores[c].check_free(p)?;
-                // SAFETY: forwarded to the caller.
-                unsafe { self.cores[c].free_shared(p) };
-                Ok(())
-            }
-            // SAFETY: forwarded to the caller.
-            None => unsafe { large::free(p, &self.large) },
-        }
-    }
-
-    /// The in-place part of a reallocation: `Kept(p)` when `p` can serve
-    /// `new_size` as it is (same class) or after an `mremap` (large), else
-    /// `Move(bytes)`: allocate anew and copy that many bytes.
-    ///
-    /// # Safety
-    /// `p` is allocated from this instance with alignment `align`.
-    pub(crate) unsafe fn resize(
-        &self,
-        p: *mut u8,
-        align: usize,
-        new_size: usize,
-    ) -> Result<Resize, FreeError> {
-        // SAFETY: forwarded to the caller.
-        let old = unsafe { self.usable_size(p) }?;
-        let new_class = class_for(new_size, align);
-        match self.class_of(p) {
-            Some(c) if new_class == Some(c) => return Ok(Resize::Kept(p)),
-            None if new_class.is_none() && align <= sys::page_size() => {
-                // SAFETY: `p` is a live, page-aligned large object.
-                let np = unsafe { large::realloc(p, new_size, &self.large) };
-                if !np.is_null() {
-                    return Ok(Resize::Kept(np));
-                }
-            }
-            _ => {}
-        }
-        Ok(Resize::Move(old.min(new_size)))
-    }
-}
-
-/// What [`Classes::resize`] decided.
-pub(crate) enum Resize {
-    /// The object (possibly at a new address after `mremap`) serves the new size.
-    Kept(*mut u8),
-    /// Allocate anew and copy this many bytes.
-    Move(usize),
-}
 
 /// One slot's sheaves for every size class.
 #[repr(C)]
-pub(crate) struct KPcs([Pcs; NCLASSES]);
+pub(crate) struct KPcs(pub(crate) [Pcs; MAX_CLASSES]);
 
 /// What the slots, drain work and handles of one instance share.
 pub(crate) struct KShared<C: Config> {
-    pcs: PerCpu<KPcs, C>,
-    // Copies of the class arena's bounds, for `kfree` without a pointer chase.
+    pub(crate) pcs: PerCpu<KPcs, C>,
+    // Copies of the class arena's bounds and table, for `kfree` and the
+    // fast paths without a pointer chase.
     base: usize,
     len: usize,
     span_shift: u32,
+    pub(crate) table: SizeClasses,
     classes: NonNull<Classes>,
     owns_classes: bool,
-    id: usize,
-    next_slot: AtomicUsize,
-    bind_gen: AtomicU64,
-    threads_bound: AtomicU64,
-    threads_unbound: AtomicU64,
+    pub(crate) id: usize,
+    pub(crate) next_slot: AtomicUsize,
+    pub(crate) bind_gen: AtomicU64,
+    pub(crate) threads_bound: AtomicU64,
+    pub(crate) threads_unbound: AtomicU64,
     shared_path: [AtomicU64; 4],
+    pub(crate) decay: Decay,
+    /// The instance is never freed (the global allocator's): a decay
+    /// thread may hold it.
+    pub(crate) forever: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: `classes` points to a `Classes`, which is Send and Sync (its caches
@@ -322,7 +57,7 @@ unsafe impl<C: Config> Send for KShared<C> {}
 unsafe impl<C: Config> Sync for KShared<C> {}
 
 #[derive(Clone, Copy)]
-enum SharedReason {
+pub(crate) enum SharedReason {
     NoSlot = 0,
     Reentrant = 1,
     Exiting = 2,
@@ -331,7 +66,7 @@ enum SharedReason {
 
 impl<C: Config> KShared<C> {
     #[inline(always)]
-    fn classes(&self) -> &Classes {
+    pub(crate) fn classes(&self) -> &Classes {
         // SAFETY: valid as long as self (see the Send impl).
         unsafe { self.classes.as_ref() }
     }
@@ -342,7 +77,7 @@ impl<C: Config> KShared<C> {
         (off < self.len).then_some(off >> self.span_shift)
     }
 
-    fn count(&self, r: SharedReason) {
+    pub(crate) fn count(&self, r: SharedReason) {
         self.shared_path[r as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -352,13 +87,13 @@ impl<C: Config> KShared<C> {
         // SAFETY: as in `classes`; a separate borrow from `pcs`.
         let cl = unsafe { self.classes.as_ref() };
         for pcs in self.pcs.iter_mut() {
-            for (core, p) in cl.cores.iter().zip(pcs.0.iter_mut()) {
+            for (core, p) in cl.cores().iter().zip(pcs.0.iter_mut()) {
                 core.reclaim_pcs(p);
             }
         }
         let mut objects = 0;
         let mut bytes = 0;
-        for core in &cl.cores {
+        for core in cl.cores() {
             let n = core.settle_and_count_allocated();
             objects += n;
             bytes += n * core.size();
@@ -376,43 +111,6 @@ impl<C: Config> Drop for KShared<C> {
             unsafe { Classes::destroy(self.classes) };
         }
     }
-}
-
-/// A thread's implicit binding to one instance.
-struct Binding<C: Config> {
-    owner: Owner<C>,
-    shared: Arc<KShared<C>>,
-}
-
-/// Releases a binding: drains its slot's sheaves to the depots and drops
-/// the owner (qpw runs its pending work and frees the slot for reuse).
-///
-/// # Safety
-/// `p` is a `Binding<C>` made by `bind_local`, removed from the table.
-unsafe fn release_binding<C: Config>(p: *mut ()) {
-    // SAFETY: forwarded to the caller: a boxed Binding<C>, released once.
-    let mut b = unsafe { Box::from_raw(p.cast::<Binding<C>>()) };
-    let id = b.shared.id;
-    let entered = local::busy_enter(id);
-    {
-        let Binding { owner, shared } = &mut *b;
-        let cl = shared.classes();
-        let mut pcs = shared.pcs.lock(owner);
-        for (core, p) in cl.cores.iter().zip(pcs.0.iter_mut()) {
-            core.drain_pcs(p);
-        }
-    }
-    b.shared.threads_unbound.fetch_add(1, Ordering::Relaxed);
-    b.shared.bind_gen.fetch_add(1, Ordering::Release);
-    drop(b);
-    if entered {
-        local::busy_leave(id);
-    }
-}
-
-fn next_id() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A `kmalloc` instance: size classes from 8 bytes to 8 KiB over per-CPU
@@ -452,8 +150,8 @@ fn next_id() -> usize {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Kmalloc<C: Config = Standard> {
-    shared: Arc<KShared<C>>,
-    drain: WorkSet<C>,
+    pub(crate) shared: Arc<KShared<C>>,
+    pub(crate) drain: WorkSet<C>,
 }
 
 impl<C: Config> fmt::Debug for Kmalloc<C> {
@@ -474,6 +172,7 @@ pub struct KmallocBuilder<C: Config = Standard> {
     mode: Option<Mode>,
     flush_timeout: Option<Duration>,
     class_bytes: Option<usize>,
+    size_classes: SizeClasses,
 }
 
 impl<C: Config> Default for KmallocBuilder<C> {
@@ -484,6 +183,7 @@ impl<C: Config> Default for KmallocBuilder<C> {
             mode: None,
             flush_timeout: None,
             class_bytes: None,
+            size_classes: SizeClasses::Kernel,
         }
     }
 }
@@ -525,6 +225,12 @@ impl<C: Config> KmallocBuilder<C> {
         self
     }
 
+    /// The size-class table (default [`SizeClasses::Kernel`], the kernel's).
+    pub fn size_classes(mut self, table: SizeClasses) -> Self {
+        self.size_classes = table;
+        self
+    }
+
     /// Builds the domain (unless given) and the instance.
     pub fn build(self) -> Result<Kmalloc<C>, SlabError> {
         let domain = match self.domain {
@@ -543,9 +249,10 @@ impl<C: Config> KmallocBuilder<C> {
                 b.build()?
             }
         };
+        let t = self.size_classes;
         let classes = match self.class_bytes {
-            Some(b) => Classes::create(b, b)?,
-            None => Classes::create(DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES)?,
+            Some(b) => Classes::create(t, b, b)?,
+            None => Classes::create(t, DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES)?,
         };
         Ok(Kmalloc::from_parts(domain, classes, true))
     }
@@ -571,10 +278,11 @@ impl<C: Config> Kmalloc<C> {
         let cl = unsafe { classes.as_ref() };
         let id = next_id();
         let shared = Arc::new(KShared {
-            pcs: PerCpu::new(&domain, |_| KPcs([const { Pcs::new() }; NCLASSES])),
+            pcs: PerCpu::new(&domain, |_| KPcs([const { Pcs::new() }; MAX_CLASSES])),
             base: cl.base,
             len: cl.len,
             span_shift: cl.span_shift,
+            table: cl.table,
             classes,
             owns_classes,
             id,
@@ -583,6 +291,8 @@ impl<C: Config> Kmalloc<C> {
             threads_bound: AtomicU64::new(0),
             threads_unbound: AtomicU64::new(0),
             shared_path: Default::default(),
+            decay: Decay::new(domain.nr_cpus(), Some(crate::decay::DEFAULT_DECAY)),
+            forever: std::sync::atomic::AtomicBool::new(false),
         });
         let sh = shared.clone();
         let drain = domain.work_all(move |ctx| {
@@ -590,7 +300,7 @@ impl<C: Config> Kmalloc<C> {
             // slot's, no allocation (this may run in a signal handler).
             let cl = sh.classes();
             let mut pcs = sh.pcs.lock_ctx(ctx);
-            for (core, p) in cl.cores.iter().zip(pcs.0.iter_mut()) {
+            for (core, p) in cl.cores().iter().zip(pcs.0.iter_mut()) {
                 core.drain_pcs(p);
             }
         });
@@ -606,7 +316,7 @@ impl<C: Config> Kmalloc<C> {
     fn debug_mark(&self, c: usize, p: *mut u8) {
         #[cfg(debug_assertions)]
         if !p.is_null() {
-            self.shared.classes().cores[c].mark_allocated(p);
+            self.shared.classes().core(c).mark_allocated(p);
         }
         #[cfg(not(debug_assertions))]
         let _ = (c, p);
@@ -617,7 +327,7 @@ impl<C: Config> Kmalloc<C> {
     fn alloc_class(&self, owner: &mut Owner<C>, c: usize) -> *mut u8 {
         let sh = &*self.shared;
         let mut g = sh.pcs.lock(owner);
-        // SAFETY: class indices are below NCLASSES.
+        // SAFETY: class indices are below the table's length, at most MAX_CLASSES.
         let pcs = unsafe { g.0.get_unchecked_mut(c) };
         let p = match pcs.pop() {
             Some(p) => {
@@ -625,9 +335,9 @@ impl<C: Config> Kmalloc<C> {
                 p
             }
             None => {
-                let p = sh.classes().cores[c].alloc_slow(pcs);
+                let p = sh.classes().core(c).alloc_slow(pcs);
                 drop(g);
-                owner.quiescent();
+                self.after_slow_path(owner);
                 p
             }
         };
@@ -643,10 +353,9 @@ impl<C: Config> Kmalloc<C> {
     /// If `owner` belongs to another domain.
     #[inline]
     pub fn kmalloc(&self, owner: &mut Owner<C>, size: usize) -> Option<NonNull<u8>> {
-        if size <= KMALLOC_MAX_CACHE_SIZE {
-            NonNull::new(self.alloc_class(owner, class_index(size)))
-        } else {
-            NonNull::new(large::alloc(size, 8, &self.shared.classes().large))
+        match self.shared.table.class_for(size, 8) {
+            Some(c) => NonNull::new(self.alloc_class(owner, c)),
+            None => NonNull::new(self.shared.classes().large.alloc(size, 8, false)),
         }
     }
 
@@ -654,12 +363,12 @@ impl<C: Config> Kmalloc<C> {
     /// the classes, beyond that mapped directly).
     #[inline]
     pub fn alloc(&self, owner: &mut Owner<C>, layout: Layout) -> Option<NonNull<u8>> {
-        match class_for(layout.size(), layout.align()) {
+        match self.shared.table.class_for(layout.size(), layout.align()) {
             Some(c) => NonNull::new(self.alloc_class(owner, c)),
-            None => NonNull::new(large::alloc(
+            None => NonNull::new(self.shared.classes().large.alloc(
                 layout.size(),
                 layout.align(),
-                &self.shared.classes().large,
+                false,
             )),
         }
     }
@@ -670,19 +379,19 @@ impl<C: Config> Kmalloc<C> {
         match sh.class_of(p) {
             Some(c) => {
                 #[cfg(debug_assertions)]
-                sh.classes().cores[c].check_free(p)?;
+                sh.classes().core(c).check_free(p)?;
                 let mut g = sh.pcs.lock(owner);
-                // SAFETY: class indices are below NCLASSES.
+                // SAFETY: class indices are below the table's length, at most MAX_CLASSES.
                 let pcs = unsafe { g.0.get_unchecked_mut(c) };
                 if !pcs.push(p) {
-                    sh.classes().cores[c].free_slow(pcs, p);
+                    sh.classes().core(c).free_slow(pcs, p);
                     drop(g);
-                    owner.quiescent();
+                    self.after_slow_path(owner);
                 }
                 Ok(())
             }
             // SAFETY: forwarded to the caller.
-            None => unsafe { large::free(p, &sh.classes().large) },
+            None => unsafe { sh.classes().large.free(p) },
         }
     }
 
@@ -774,25 +483,24 @@ impl<C: Config> Kmalloc<C> {
     /// allocated (all, unless memory ran out).
     #[inline]
     pub fn kmalloc_bulk(&self, owner: &mut Owner<C>, size: usize, out: &mut [*mut u8]) -> usize {
-        if size > KMALLOC_MAX_CACHE_SIZE {
+        let Some(c) = self.shared.table.class_for(size, 8) else {
             let large = &self.shared.classes().large;
             for (i, o) in out.iter_mut().enumerate() {
-                *o = large::alloc(size, 8, large);
+                *o = large.alloc(size, 8, false);
                 if o.is_null() {
                     return i;
                 }
             }
             return out.len();
-        }
-        let c = class_index(size);
+        };
         let sh = &*self.shared;
         let mut g = sh.pcs.lock(owner);
-        // SAFETY: class indices are below NCLASSES.
+        // SAFETY: class indices are below the table's length, at most MAX_CLASSES.
         let pcs = unsafe { g.0.get_unchecked_mut(c) };
-        let (n, slow) = crate::cache::bulk_alloc(&sh.classes().cores[c], pcs, out);
+        let (n, slow) = crate::cache::bulk_alloc(&sh.classes().core(c), pcs, out);
         drop(g);
         if slow {
-            owner.quiescent();
+            self.after_slow_path(owner);
         }
         for &p in &out[..n] {
             self.debug_mark(c, p);
@@ -814,7 +522,7 @@ impl<C: Config> Kmalloc<C> {
         #[cfg(debug_assertions)]
         for &p in ptrs {
             if let Some(c) = sh.class_of(p) {
-                if let Err(e) = sh.classes().cores[c].check_free(p) {
+                if let Err(e) = sh.classes().core(c).check_free(p) {
                     panic!("qpw-mm: kfree_bulk: {e}");
                 }
             }
@@ -826,10 +534,10 @@ impl<C: Config> Kmalloc<C> {
             for &p in ptrs {
                 match sh.class_of(p) {
                     Some(c) => {
-                        // SAFETY: class indices are below NCLASSES.
+                        // SAFETY: class indices are below the table's length, at most MAX_CLASSES.
                         let pcs = unsafe { g.0.get_unchecked_mut(c) };
                         if !pcs.push(p) {
-                            sh.classes().cores[c].free_slow(pcs, p);
+                            sh.classes().core(c).free_slow(pcs, p);
                             slow = true;
                         }
                     }
@@ -838,13 +546,13 @@ impl<C: Config> Kmalloc<C> {
             }
         }
         if slow {
-            owner.quiescent();
+            self.after_slow_path(owner);
         }
         if large {
             for &p in ptrs {
                 if !p.is_null() && sh.class_of(p).is_none() {
                     // SAFETY: forwarded to the caller.
-                    if let Err(e) = unsafe { large::free(p, &sh.classes().large) } {
+                    if let Err(e) = unsafe { sh.classes().large.free(p) } {
                         panic!("qpw-mm: kfree_bulk: {e}");
                     }
                 }
@@ -852,95 +560,10 @@ impl<C: Config> Kmalloc<C> {
         }
     }
 
-    // ---- implicit per-thread binding -------------------------------------
-
-    /// Binds this thread to a free slot (unpinned), starting the search at a
-    /// rotating position.
-    fn bind_free_slot(&self) -> Result<Owner<C>, qpw::Error> {
-        let d = self.domain();
-        let n = d.nr_cpus();
-        let start = self.shared.next_slot.fetch_add(1, Ordering::Relaxed) % n;
-        for i in 0..n {
-            let cpu = (start + i) % n;
-            if d.is_owned(cpu).unwrap_or(true) {
-                continue;
-            }
-            match d.bind_unpinned(cpu) {
-                Err(qpw::Error::SlotOwned { .. }) => continue,
-                r => return r,
-            }
-        }
-        Err(qpw::Error::NoFreeSlot { nr_cpus: n })
-    }
-
-    /// This thread's binding, made on first use; or why the shared path
-    /// must serve it.
-    #[cold]
-    #[inline(never)]
-    fn binding_slow(&self) -> Result<*mut Binding<C>, SharedReason> {
-        let sh = &*self.shared;
-        if local::exiting() {
-            return Err(SharedReason::Exiting);
-        }
-        let found = local::find(sh.id);
-        if !found.is_null() {
-            return Ok(found.cast());
-        }
-        if local::is_busy(sh.id) {
-            return Err(SharedReason::Reentrant);
-        }
-        let generation = sh.bind_gen.load(Ordering::Acquire);
-        if local::failed_at(sh.id) == Some(generation) {
-            return Err(SharedReason::NoSlot);
-        }
-        if !local::has_room() {
-            return Err(SharedReason::TableFull);
-        }
-        if !local::busy_enter(sh.id) {
-            return Err(SharedReason::Reentrant);
-        }
-        // From here until busy_leave, allocations of this thread on this
-        // instance (qpw's own boxes) take the shared path.
-        let r = match self.bind_free_slot() {
-            Ok(owner) => {
-                let b = Box::into_raw(Box::new(Binding {
-                    owner,
-                    shared: self.shared.clone(),
-                }));
-                if local::arm_exit_hook() && local::insert(sh.id, b.cast(), release_binding::<C>) {
-                    sh.threads_bound.fetch_add(1, Ordering::Relaxed);
-                    local::clear_failed(sh.id);
-                    Ok(b)
-                } else {
-                    // SAFETY: `b` was boxed above and never shared.
-                    drop(unsafe { Box::from_raw(b) });
-                    Err(SharedReason::TableFull)
-                }
-            }
-            Err(_) => {
-                local::set_failed(sh.id, generation);
-                Err(SharedReason::NoSlot)
-            }
-        };
-        local::busy_leave(sh.id);
-        r
-    }
-
-    /// This thread's owner for the fast path, or the shared path's reason.
-    #[inline(always)]
-    fn binding(&self) -> Result<*mut Binding<C>, SharedReason> {
-        let sh = &*self.shared;
-        let b = local::lookup(sh.id, local::hint_of(sh.id));
-        if !b.is_null() {
-            return Ok(b.cast());
-        }
-        self.binding_slow()
-    }
-
     /// Allocation with the implicit binding, for the global allocator.
     #[inline(always)]
     pub(crate) fn alloc_local_raw(&self, size: usize, align: usize) -> *mut u8 {
-        match class_for(size, align) {
+        match self.shared.table.class_for(size, align) {
             Some(c) => match self.binding() {
                 // SAFETY: the binding belongs to this thread and no other
                 // reference to it is live: the allocator never re-enters
@@ -952,7 +575,7 @@ impl<C: Config> Kmalloc<C> {
                     self.shared.classes().alloc_shared(size, align)
                 }
             },
-            None => large::alloc(size, align, &self.shared.classes().large),
+            None => self.shared.classes().large.alloc(size, align, false),
         }
     }
 
@@ -964,7 +587,7 @@ impl<C: Config> Kmalloc<C> {
     pub(crate) unsafe fn free_local_raw(&self, p: *mut u8) -> Result<(), FreeError> {
         if self.shared.class_of(p).is_none() {
             // SAFETY: forwarded to the caller.
-            return unsafe { large::free(p, &self.shared.classes().large) };
+            return unsafe { self.shared.classes().large.free(p) };
         }
         match self.binding() {
             // SAFETY: as in alloc_local_raw; `p` forwarded to the caller.
@@ -1003,6 +626,19 @@ impl<C: Config> Kmalloc<C> {
                 Ok(np)
             }
         }
+    }
+
+    /// As [`alloc_local_raw`](Self::alloc_local_raw), zeroed.
+    pub(crate) fn alloc_zeroed_local_raw(&self, size: usize, align: usize) -> *mut u8 {
+        if self.shared.table.class_for(size, align).is_none() {
+            return self.shared.classes().large.alloc(size, align, true);
+        }
+        let p = self.alloc_local_raw(size, align);
+        if !p.is_null() {
+            // SAFETY: `p` has at least `size` writable bytes.
+            unsafe { std::ptr::write_bytes(p, 0, size) };
+        }
+        p
     }
 
     /// [`kmalloc`](Self::kmalloc) with this thread's implicit binding (made
@@ -1068,42 +704,13 @@ impl<C: Config> Kmalloc<C> {
         }
     }
 
-    /// Runs the drain work queued for this thread's implicit slot (defer
-    /// mode's quiescent point). Returns whether any ran.
-    pub fn quiescent_local(&self) -> bool {
-        let b = local::find(self.shared.id);
-        if b.is_null() || local::is_busy(self.shared.id) {
-            return false;
-        }
-        // SAFETY: this thread's binding, no other reference live (we are
-        // not inside the allocator).
-        unsafe { (*b.cast::<Binding<C>>()).owner.quiescent() }
-    }
-
-    /// Releases this thread's implicit binding now (as its exit would):
-    /// drains its slot and frees it. Returns whether there was one.
-    pub fn unbind_local(&self) -> bool {
-        let id = self.shared.id;
-        if local::is_busy(id) {
-            return false;
-        }
-        match local::remove(id) {
-            Some((p, release)) => {
-                // SAFETY: removed from the table, so released exactly once.
-                unsafe { release(p) };
-                true
-            }
-            None => false,
-        }
-    }
-
     // ---- drains, statistics, teardown --------------------------------------
 
     /// Drains every slot's sheaves, all classes, into the depots (drain-all
     /// through qpw; works in every mode).
     pub fn flush_all(&self) -> Result<(), FlushError> {
         let r = self.drain.run();
-        for core in &self.shared.classes().cores {
+        for core in self.shared.classes().cores() {
             core.collect();
         }
         r
@@ -1114,9 +721,11 @@ impl<C: Config> Kmalloc<C> {
     pub fn shrink(&self) -> Result<ShrinkReport, FlushError> {
         let r = self.flush_all();
         let mut rep = ShrinkReport::default();
-        for core in &self.shared.classes().cores {
+        for core in self.shared.classes().cores() {
             rep.add(core.shrink());
         }
+        let large = self.shared.classes().large.shrink();
+        rep.add((0, large));
         r.map(|()| rep)
     }
 
@@ -1124,15 +733,26 @@ impl<C: Config> Kmalloc<C> {
     pub fn stats(&self) -> KmallocStats {
         let sh = &*self.shared;
         let cl = sh.classes();
+        let ls = &cl.large.stats;
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         KmallocStats {
             config: C::NAME,
             mode: self.domain().mode().to_string(),
             nr_cpus: self.domain().nr_cpus(),
-            classes: cl.cores.iter().map(|c| c.stats()).collect(),
-            large_allocs: r(&cl.large.allocs),
-            large_frees: r(&cl.large.frees),
-            large_live_bytes: r(&cl.large.live_bytes),
+            classes: cl.cores().iter().map(|c| c.stats()).collect(),
+            large_allocs: r(&ls.allocs),
+            large_frees: r(&ls.frees),
+            large_live_bytes: r(&ls.live_bytes),
+            large_maps: r(&ls.maps),
+            large_unmaps: r(&ls.unmaps),
+            large_cache_hits: r(&ls.cache_hits),
+            large_cached_bytes: r(&ls.cached_bytes),
+            large_cache_full: r(&ls.cache_full),
+            unmap_errors: r(&ls.unmap_errors),
+            unmap_error_bytes: r(&ls.unmap_error_bytes),
+            decay_passes: r(&sh.decay.passes),
+            decay_slot_drains: r(&sh.decay.slot_drains),
+            decay_drain_timeouts: r(&sh.decay.drain_timeouts),
             threads_bound: r(&sh.threads_bound),
             threads_unbound: r(&sh.threads_unbound),
             shared_path: SharedPathStats {
@@ -1151,11 +771,12 @@ impl<C: Config> Kmalloc<C> {
     pub fn destroy(self) -> Result<(), DestroyError> {
         self.unbind_local();
         self.flush_all().map_err(DestroyError::Flush)?;
-        let large_live = self.shared.classes().large.live();
+        let large_live = self.shared.classes().large.stats.live();
         let large_bytes = self
             .shared
             .classes()
             .large
+            .stats
             .live_bytes
             .load(Ordering::Relaxed);
         let Kmalloc { shared, drain } = self;
@@ -1173,48 +794,5 @@ impl<C: Config> Kmalloc<C> {
                 bytes: bytes + large_bytes as usize,
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn size_classes_fit_and_are_tight() {
-        for size in 0..=KMALLOC_MAX_CACHE_SIZE {
-            let c = class_index(size);
-            assert!(
-                KMALLOC_SIZES[c] >= size,
-                "size {size} -> class {}",
-                KMALLOC_SIZES[c]
-            );
-            if c > 0 {
-                assert!(
-                    KMALLOC_SIZES[c - 1] < size.max(1),
-                    "size {size} could use a smaller class"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn aligned_classes_are_aligned() {
-        for align in [
-            1usize, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
-        ] {
-            for size in [1usize, 7, 8, 9, 33, 65, 96, 100, 192, 200, 4000, 4097, 8192] {
-                match class_for(size, align) {
-                    Some(c) => {
-                        assert!(KMALLOC_SIZES[c] >= size);
-                        assert!(class_align(c) >= align.min(8).max(align));
-                    }
-                    None => assert!(size > KMALLOC_MAX_CACHE_SIZE || align > 8192),
-                }
-            }
-        }
-        assert_eq!(class_for(8193, 8), None);
-        assert_eq!(class_for(10, 8192), Some(NCLASSES - 1));
-        assert_eq!(class_for(10, 16384), None);
     }
 }

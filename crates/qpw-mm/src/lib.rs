@@ -81,13 +81,19 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod binding;
 mod cache;
+mod classes;
+pub mod decay;
+mod depot;
 mod error;
 mod global;
 mod kmalloc;
 mod large;
 mod local;
+mod lock;
 mod sheaf;
+mod size_class;
 mod slab;
 mod stack;
 mod stats;
@@ -102,12 +108,13 @@ pub use cache::{
 };
 pub use error::{DestroyError, FreeError, SlabError};
 pub use global::{GlobalMode, QpwAlloc, DEFAULT_GLOBAL_NR_CPUS};
-pub use kmalloc::{
-    size_class, Kmalloc, KmallocBuilder, DEFAULT_CLASS_BYTES, KMALLOC_MAX_CACHE_SIZE,
-    KMALLOC_SIZES, MIN_FALLBACK_CLASS_BYTES, NCLASSES,
-};
+pub use kmalloc::{Kmalloc, KmallocBuilder, DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES};
 pub use lru::Lru;
 pub use sheaf::MAX_SHEAF_CAPACITY;
+pub use size_class::{
+    size_class, SizeClasses, FINE_MAX_SIZE, FINE_NCLASSES, FINE_SIZES, KMALLOC_MAX_CACHE_SIZE,
+    KMALLOC_SIZES, NCLASSES,
+};
 pub use slab::MAX_OBJECT_SIZE;
 pub use stats::{CacheStats, KmallocStats, SharedPathStats, ShrinkReport};
 pub use stock::Stock;

@@ -1,5 +1,7 @@
-//! The shared part of a cache: slabs carved from the cache's own mapping,
-//! and the depot of sheaves (SLUB's "barn") in front of them.
+//! Slab carving: the memory of a cache, cut into slabs of objects, and the
+//! slab lists (partial slabs bucketed by fullness, wholly free slabs,
+//! released slabs). The sheaves in front of the slabs are the depot's
+//! ([`depot`](crate::depot)).
 //!
 //! # Memory
 //!
@@ -17,31 +19,30 @@
 //! a sheaf from slabs and returning a sheaf's objects to slabs touch only
 //! the bitmaps, never the objects' memory.
 //!
-//! # The depot
+//! # Slab lists
 //!
-//! Under one mutex: a stack of sheaves with objects ("full"; a drained sheaf
-//! may be partly filled), a stack of empty sheaves, the sheaf of the shared
-//! path (threads without a slot), the list of partial slabs (some objects
-//! free) and of released slabs (pages returned to the OS, reusable). The
-//! number of full sheaves is capped; beyond the cap a full sheaf's objects go
-//! back to their slabs.
+//! Every carved slab is on exactly one list, or on none while wholly
+//! allocated or being released: [`NBUCKETS`] *partial* lists by how full
+//! the slab is, the *empty* list (every object free, pages still resident)
+//! and the *released* list (pages given back to the OS, reusable). The lists
+//! are doubly linked through the metadata, so a slab moves between them in
+//! O(1) as objects come and go. Refill takes from the fullest partial slab
+//! first, then from empty ones, then reuses a released slab, then carves a
+//! new one: allocations concentrate on few slabs and the others get a
+//! chance to empty out and be released.
 //!
-//! Beside the mutex, the *hand-off stack* ([`TakeAllStack`]): drain work
-//! pushes a slot's sheaves there without locking (it may run in a signal
-//! handler that interrupted a thread holding the mutex), and whoever takes
-//! the mutex next files them.
-//!
-//! Lock order: a slot's QPW lock, then the depot mutex. Drain work takes
-//! only the slot lock; drain callers take the depot mutex only after the
-//! drain, never inside a work function.
+//! Releasing (`madvise(MADV_DONTNEED)`) happens outside the lock, in
+//! batches of adjacent slabs (one call per run): a slab being released is on
+//! no list, so nothing reaches it meanwhile. A failed release is counted
+//! and the slab goes back to the empty list, not counted as released.
 
+use crate::depot::Depot;
 use crate::error::FreeError;
-use crate::sheaf::{objs, sheaf_bytes, Pcs, Sheaf};
+use crate::lock::Lock;
+use crate::sheaf::Sheaf;
 use crate::stack::TakeAllStack;
-use crate::stats::CacheStats;
 use crate::sys::{self, round_up};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 /// The smallest slab.
 pub(crate) const MIN_SLAB_BYTES: usize = 64 << 10;
@@ -53,9 +54,20 @@ pub const MAX_OBJECT_SIZE: usize = 1 << 20;
 #[cfg(test)]
 const MAX_SLAB_BYTES: usize = slab_bytes_for(MAX_OBJECT_SIZE);
 /// Address space reserved for the sheaves of one cache.
-const SHEAF_AREA: usize = 32 << 20;
-/// Arena and metadata are made usable in chunks of this many bytes.
-const COMMIT_CHUNK: usize = 1 << 20;
+pub(crate) const SHEAF_AREA: usize = 32 << 20;
+/// Arena and metadata are made usable in chunks of at least this many bytes.
+const COMMIT_CHUNK: usize = 4 << 20;
+/// Partial lists, by fullness: list 0 holds the fullest slabs.
+pub(crate) const NBUCKETS: usize = 4;
+/// The list of wholly free slabs.
+const EMPTY: u8 = NBUCKETS as u8;
+/// The list of released slabs.
+const RELEASED_LIST: u8 = NBUCKETS as u8 + 1;
+const NLISTS: usize = NBUCKETS + 2;
+/// On no list: wholly allocated, or being released.
+const NO_LIST: u8 = u8::MAX;
+/// Slabs released per batch (one lock hold collects them).
+const RELEASE_BATCH: usize = 256;
 
 /// The slab size for objects of `size` bytes.
 pub(crate) const fn slab_bytes_for(size: usize) -> usize {
@@ -70,6 +82,7 @@ pub(crate) const fn slab_bytes_for(size: usize) -> usize {
 // A slab's state; zeroed metadata (never carved) reads as neither.
 const ACTIVE: u8 = 1;
 const RELEASED: u8 = 2;
+const RELEASING: u8 = 3;
 
 /// One slab's bookkeeping (touched only under the depot lock).
 #[repr(C)]
@@ -77,61 +90,71 @@ const RELEASED: u8 = 2;
 pub(crate) struct SlabMeta {
     /// Objects free in the slab (bits set in its bitmap).
     free: u32,
-    /// Next slab (+1; 0 ends) on the partial or released list.
+    /// Next and previous slab (+1; 0 ends) on its list.
     next: u32,
+    prev: u32,
     /// No bitmap word below this one has a bit set.
     hint: u32,
+    /// Decay pass that first saw it on the empty list (0: none yet).
+    stamp: u32,
     state: u8,
-    on_partial: u8,
+    /// Which list it is on ([`NO_LIST`] for none).
+    list: u8,
     _pad: [u8; 2],
 }
 
-/// The depot: everything shared, under one mutex.
-struct Depot {
-    full: *mut Sheaf,
-    nr_full: usize,
-    empty: *mut Sheaf,
-    nr_empty: usize,
-    /// The shared path's sheaf (its count in `Sheaf::count`).
-    shared: *mut Sheaf,
-    /// Head (+1) of the partial-slab list.
-    partial: u32,
-    /// Head (+1) of the released-slab list.
-    released: u32,
-    nr_released: usize,
+/// The slab side of the depot: list heads and what is carved and committed.
+pub(crate) struct Slabs {
+    heads: [u32; NLISTS],
+    lens: [usize; NLISTS],
     /// Slabs carved from the arena so far.
-    carved: u32,
+    pub(crate) carved: u32,
+    /// Slabs being released (on no list, outside the lock).
+    releasing: usize,
     arena_committed: usize,
     meta_committed: usize,
     bitmap_committed: usize,
     live_committed: usize,
-    sheaf_bump: usize,
-    sheaf_committed: usize,
-    sheaves_made: usize,
+    /// The decay pass count (stamps of empty slabs).
+    pass: u32,
 }
 
-// SAFETY: the depot's pointers lead to sheaves and slabs in the cache's own
-// mappings; it is only reached under its mutex, which hands it whole from
-// thread to thread. (`Sync` comes from the Mutex.)
-unsafe impl Send for Depot {}
+impl Slabs {
+    pub(crate) const fn new() -> Self {
+        Self {
+            heads: [0; NLISTS],
+            lens: [0; NLISTS],
+            carved: 0,
+            releasing: 0,
+            arena_committed: 0,
+            meta_committed: 0,
+            bitmap_committed: 0,
+            live_committed: 0,
+            pass: 0,
+        }
+    }
+}
 
 /// Slow-path counters (relaxed; statistics only).
 #[derive(Default)]
-struct Counters {
-    alloc_slow: AtomicU64,
-    free_slow: AtomicU64,
-    depot_hits: AtomicU64,
-    depot_puts: AtomicU64,
-    refills: AtomicU64,
-    to_slabs: AtomicU64,
-    shared_allocs: AtomicU64,
-    shared_frees: AtomicU64,
-    handed_off: AtomicU64,
-    slabs_released: AtomicU64,
-    bytes_released: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) alloc_slow: AtomicU64,
+    pub(crate) free_slow: AtomicU64,
+    pub(crate) depot_hits: AtomicU64,
+    pub(crate) depot_puts: AtomicU64,
+    pub(crate) refills: AtomicU64,
+    pub(crate) to_slabs: AtomicU64,
+    pub(crate) shared_allocs: AtomicU64,
+    pub(crate) shared_frees: AtomicU64,
+    pub(crate) handed_off: AtomicU64,
+    pub(crate) slabs_released: AtomicU64,
+    pub(crate) bytes_released: AtomicU64,
+    pub(crate) release_calls: AtomicU64,
+    pub(crate) release_errors: AtomicU64,
+    pub(crate) decayed_sheaves: AtomicU64,
 }
 
-fn bump(c: &AtomicU64, n: u64) {
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -146,15 +169,17 @@ pub(crate) struct Geometry {
     pub(crate) max_full: usize,
 }
 
-/// The shared part of one cache.
+/// The shared part of one cache: its slabs and its depot.
 pub(crate) struct SlabCore {
-    size: usize,
-    slab_bytes: usize,
+    pub(crate) size: usize,
+    pub(crate) slab_bytes: usize,
     slab_shift: u32,
-    objs_per_slab: u32,
+    pub(crate) objs_per_slab: u32,
+    /// Free counts at which a slab moves to the next partial list.
+    thresholds: [u32; NBUCKETS - 1],
     words: usize,
-    cap: u32,
-    max_full: usize,
+    pub(crate) cap: u32,
+    pub(crate) max_full: usize,
     /// `Some(shift)` when `size` is a power of two.
     pow2: Option<u32>,
     /// ceil(2^64 / size), for division by multiplication.
@@ -162,25 +187,25 @@ pub(crate) struct SlabCore {
     arena: usize,
     arena_len: usize,
     max_slabs: usize,
-    meta: usize,
+    pub(crate) meta: usize,
     meta_len: usize,
     bitmap_off: usize,
     live_off: usize,
-    sheaf_off: usize,
+    pub(crate) sheaf_off: usize,
     /// `carved`, readable without the lock (debug checks of frees).
     carved_pub: AtomicU32,
-    depot: Mutex<Depot>,
-    handoff: TakeAllStack<Sheaf>,
-    counters: Counters,
+    pub(crate) depot: Lock<Depot>,
+    pub(crate) handoff: TakeAllStack<Sheaf>,
+    pub(crate) counters: Counters,
 }
 
-// SAFETY: every mutable part of a SlabCore is behind its mutex (the depot,
-// slab metadata and bitmaps, which are only touched with the mutex held) or
+// SAFETY: every mutable part of a SlabCore is behind its lock (the depot,
+// slab metadata and bitmaps, which are only touched with the lock held) or
 // atomic (counters, the hand-off stack, debug bitmaps); the raw addresses
 // are its own mappings, valid as long as it lives. Send: nothing in it is
 // tied to a thread.
 unsafe impl Send for SlabCore {}
-// SAFETY: as above: shared access goes through the mutex or atomics.
+// SAFETY: as above: shared access goes through the lock or atomics.
 unsafe impl Sync for SlabCore {}
 
 impl SlabCore {
@@ -206,11 +231,16 @@ impl SlabCore {
         let sheaf_off = live_off + live_len;
         let meta_len = sheaf_off + SHEAF_AREA;
         let meta = sys::reserve(meta_len, page)?;
+        let mut thresholds = [0u32; NBUCKETS - 1];
+        for (i, t) in thresholds.iter_mut().enumerate() {
+            *t = ((i + 1) * objs_per_slab).div_ceil(NBUCKETS) as u32;
+        }
         Ok(Self {
             size,
             slab_bytes,
             slab_shift: slab_bytes.trailing_zeros(),
             objs_per_slab: objs_per_slab as u32,
+            thresholds,
             words,
             cap: g.cap as u32,
             max_full: g.max_full,
@@ -229,24 +259,7 @@ impl SlabCore {
             live_off,
             sheaf_off,
             carved_pub: AtomicU32::new(0),
-            depot: Mutex::new(Depot {
-                full: std::ptr::null_mut(),
-                nr_full: 0,
-                empty: std::ptr::null_mut(),
-                nr_empty: 0,
-                shared: std::ptr::null_mut(),
-                partial: 0,
-                released: 0,
-                nr_released: 0,
-                carved: 0,
-                arena_committed: 0,
-                meta_committed: 0,
-                bitmap_committed: 0,
-                live_committed: 0,
-                sheaf_bump: 0,
-                sheaf_committed: 0,
-                sheaves_made: 0,
-            }),
+            depot: Lock::new(Depot::new()),
             handoff: TakeAllStack::new(),
             counters: Counters::default(),
         })
@@ -257,8 +270,9 @@ impl SlabCore {
     /// # Safety
     /// No object, sheaf or slab of this core may be used afterwards.
     pub(crate) unsafe fn unmap_meta(&self) {
-        // SAFETY: forwarded; the reservation was made in `new`.
-        unsafe { sys::unmap(self.meta, self.meta_len) };
+        // SAFETY: forwarded; the reservation was made in `new`. A failure
+        // only leaves unused address space mapped.
+        let _ = unsafe { sys::unmap(self.meta, self.meta_len) };
     }
 
     /// The object size.
@@ -284,16 +298,10 @@ impl SlabCore {
         p.wrapping_sub(self.arena) < self.arena_len
     }
 
-    fn lock(&self) -> MutexGuard<'_, Depot> {
-        // A panic while holding the lock (a bug, or a debug check) leaves the
-        // depot consistent: every step keeps the lists valid.
-        self.depot.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     // ---- addresses -------------------------------------------------------
 
     #[inline]
-    fn div_size(&self, off: usize) -> usize {
+    pub(crate) fn div_size(&self, off: usize) -> usize {
         match self.pow2 {
             Some(s) => off >> s,
             None => ((off as u128 * self.recip as u128) >> 64) as usize,
@@ -387,6 +395,79 @@ impl SlabCore {
         Ok(())
     }
 
+    // ---- lists -----------------------------------------------------------
+
+    /// The list a slab with `free` free objects belongs on.
+    #[inline]
+    fn list_for(&self, free: u32) -> u8 {
+        if free == 0 {
+            NO_LIST
+        } else if free == self.objs_per_slab {
+            EMPTY
+        } else {
+            self.thresholds.iter().filter(|&&t| free >= t).count() as u8
+        }
+    }
+
+    /// Puts slab `s` (on no list) at the head of list `l`.
+    fn link(&self, sl: &mut Slabs, s: usize, l: u8) {
+        if l == NO_LIST {
+            return;
+        }
+        let head = sl.heads[l as usize];
+        if head != 0 {
+            // SAFETY: listed slabs are carved; the lock is held.
+            unsafe { self.meta_of(head as usize - 1) }.prev = s as u32 + 1;
+        }
+        // SAFETY: as above.
+        let m = unsafe { self.meta_of(s) };
+        m.next = head;
+        m.prev = 0;
+        m.list = l;
+        if l == EMPTY {
+            m.stamp = 0;
+        }
+        sl.heads[l as usize] = s as u32 + 1;
+        sl.lens[l as usize] += 1;
+    }
+
+    /// Takes slab `s` off its list (if any).
+    fn unlink(&self, sl: &mut Slabs, s: usize) {
+        // SAFETY: `s` is carved; the lock is held.
+        let m = *unsafe { self.meta_of(s) };
+        if m.list == NO_LIST {
+            return;
+        }
+        if m.prev != 0 {
+            // SAFETY: neighbours on a list are carved.
+            unsafe { self.meta_of(m.prev as usize - 1) }.next = m.next;
+        } else {
+            sl.heads[m.list as usize] = m.next;
+        }
+        if m.next != 0 {
+            // SAFETY: as above.
+            unsafe { self.meta_of(m.next as usize - 1) }.prev = m.prev;
+        }
+        sl.lens[m.list as usize] -= 1;
+        // SAFETY: as above.
+        let m = unsafe { self.meta_of(s) };
+        m.list = NO_LIST;
+        m.next = 0;
+        m.prev = 0;
+    }
+
+    /// Moves slab `s` to the list its free count calls for.
+    #[inline]
+    fn relist(&self, sl: &mut Slabs, s: usize) {
+        // SAFETY: `s` is carved; the lock is held.
+        let m = unsafe { self.meta_of(s) };
+        let want = self.list_for(m.free);
+        if want != m.list {
+            self.unlink(sl, s);
+            self.link(sl, s, want);
+        }
+    }
+
     // ---- memory ----------------------------------------------------------
 
     fn commit_to(
@@ -407,43 +488,41 @@ impl SlabCore {
         true
     }
 
-    /// A slab with free objects, pushed on the partial list: a released one
+    /// A slab with every object free, on the empty list: a released one
     /// reused, or a new one carved. `None` when the arena is exhausted.
-    fn grow(&self, d: &mut Depot) -> Option<usize> {
-        let s = if d.released != 0 {
-            let s = d.released as usize - 1;
-            // SAFETY: released slabs are carved; the lock is held.
-            d.released = unsafe { self.meta_of(s) }.next;
-            d.nr_released -= 1;
+    fn grow(&self, sl: &mut Slabs) -> Option<usize> {
+        let s = if sl.heads[RELEASED_LIST as usize] != 0 {
+            let s = sl.heads[RELEASED_LIST as usize] as usize - 1;
+            self.unlink(sl, s);
             s
         } else {
-            let s = d.carved as usize;
+            let s = sl.carved as usize;
             if s >= self.max_slabs {
                 return None;
             }
             let chunk = COMMIT_CHUNK.max(self.slab_bytes);
             let ok = Self::commit_to(
                 self.arena,
-                &mut d.arena_committed,
+                &mut sl.arena_committed,
                 (s + 1) * self.slab_bytes,
                 self.arena_len,
                 chunk,
             ) && Self::commit_to(
                 self.meta,
-                &mut d.meta_committed,
+                &mut sl.meta_committed,
                 (s + 1) * std::mem::size_of::<SlabMeta>(),
                 self.bitmap_off,
                 COMMIT_CHUNK,
             ) && Self::commit_to(
                 self.meta + self.bitmap_off,
-                &mut d.bitmap_committed,
+                &mut sl.bitmap_committed,
                 (s + 1) * self.words * 8,
                 self.live_off - self.bitmap_off,
                 COMMIT_CHUNK,
             ) && (!cfg!(debug_assertions)
                 || Self::commit_to(
                     self.meta + self.live_off,
-                    &mut d.live_committed,
+                    &mut sl.live_committed,
                     (s + 1) * self.words * 8,
                     self.sheaf_off - self.live_off,
                     COMMIT_CHUNK,
@@ -451,8 +530,8 @@ impl SlabCore {
             if !ok {
                 return None;
             }
-            d.carved += 1;
-            self.carved_pub.store(d.carved, Ordering::Release);
+            sl.carved += 1;
+            self.carved_pub.store(sl.carved, Ordering::Release);
             s
         };
         // SAFETY: `s` is carved (just now or before); the lock is held.
@@ -471,93 +550,47 @@ impl SlabCore {
         let m = unsafe { self.meta_of(s) };
         *m = SlabMeta {
             free: n as u32,
-            next: d.partial,
+            next: 0,
+            prev: 0,
             hint: 0,
+            stamp: 0,
             state: ACTIVE,
-            on_partial: 1,
+            list: NO_LIST,
             _pad: [0; 2],
         };
-        d.partial = s as u32 + 1;
+        self.link(sl, s, EMPTY);
         Some(s)
     }
 
-    /// A sheaf to use: an empty one from the depot, or a new one. Null when
-    /// the sheaf area is exhausted.
-    fn new_sheaf(&self, d: &mut Depot) -> *mut Sheaf {
-        if !d.empty.is_null() {
-            let s = d.empty;
-            // SAFETY: sheaves on the empty list are live and ours under the lock.
-            d.empty = unsafe { (*s).next.load(Ordering::Relaxed) };
-            d.nr_empty -= 1;
-            return s;
+    /// The slab to refill from: the fullest partial one, else an empty one,
+    /// else a released or new one.
+    fn refill_source(&self, sl: &mut Slabs) -> Option<usize> {
+        for l in 0..=EMPTY as usize {
+            if sl.heads[l] != 0 {
+                return Some(sl.heads[l] as usize - 1);
+            }
         }
-        let bytes = round_up(sheaf_bytes(self.cap as usize), 64);
-        let at = d.sheaf_bump;
-        if at + bytes > SHEAF_AREA
-            || !Self::commit_to(
-                self.meta + self.sheaf_off,
-                &mut d.sheaf_committed,
-                at + bytes,
-                SHEAF_AREA,
-                64 << 10,
-            )
-        {
-            return std::ptr::null_mut();
-        }
-        d.sheaf_bump += bytes;
-        d.sheaves_made += 1;
-        let s = (self.meta + self.sheaf_off + at) as *mut Sheaf;
-        // SAFETY: fresh committed memory of `bytes`, 64-aligned, used by nobody.
-        unsafe {
-            s.write(Sheaf::new(self.cap));
-        }
-        s
-    }
-
-    fn push_empty(d: &mut Depot, s: *mut Sheaf) {
-        // SAFETY: the caller hands over a live sheaf it holds exclusively.
-        unsafe {
-            (*s).count = 0;
-            (*s).next.store(d.empty, Ordering::Relaxed);
-        }
-        d.empty = s;
-        d.nr_empty += 1;
-    }
-
-    fn push_full(&self, d: &mut Depot, s: *mut Sheaf) {
-        // SAFETY: as in push_empty; its count was set by the caller.
-        unsafe { (*s).next.store(d.full, Ordering::Relaxed) };
-        d.full = s;
-        d.nr_full += 1;
-        bump(&self.counters.depot_puts, 1);
-    }
-
-    fn pop_full(d: &mut Depot) -> *mut Sheaf {
-        let s = d.full;
-        if !s.is_null() {
-            // SAFETY: sheaves on the full list are live and ours under the lock.
-            d.full = unsafe { (*s).next.load(Ordering::Relaxed) };
-            d.nr_full -= 1;
-        }
-        s
+        self.grow(sl)
     }
 
     /// Fills `objs[n..want]` from slabs (carving new ones as needed); returns
     /// the new count, below `want` only when the arena is exhausted.
     ///
     /// # Safety
-    /// `objs` must have room for `want` pointers; the lock is held (`d`).
-    unsafe fn refill(&self, d: &mut Depot, objs: *mut *mut u8, mut n: usize, want: usize) -> usize {
+    /// `objs` must have room for `want` pointers; the lock is held (`sl`).
+    pub(crate) unsafe fn refill(
+        &self,
+        sl: &mut Slabs,
+        objs: *mut *mut u8,
+        mut n: usize,
+        want: usize,
+    ) -> usize {
         bump(&self.counters.refills, 1);
         while n < want {
-            let s = match d.partial {
-                0 => match self.grow(d) {
-                    Some(s) => s,
-                    None => break,
-                },
-                h => h as usize - 1,
+            let Some(s) = self.refill_source(sl) else {
+                break;
             };
-            // SAFETY: slabs on the partial list are carved; the lock is held.
+            // SAFETY: slabs on a list are carved; the lock is held.
             let m = unsafe { self.meta_of(s) };
             // SAFETY: as above.
             let bm = unsafe { self.bitmap_of(s) };
@@ -583,17 +616,13 @@ impl SlabCore {
                 unsafe { *bm.add(wi) = w };
             }
             m.hint = wi as u32;
-            if m.free == 0 {
-                d.partial = m.next;
-                m.next = 0;
-                m.on_partial = 0;
-            }
+            self.relist(sl, s);
         }
         n
     }
 
     /// Returns one object to its slab.
-    fn to_slab(&self, d: &mut Depot, p: *mut u8) {
+    pub(crate) fn to_slab(&self, sl: &mut Slabs, p: *mut u8) {
         let (s, idx) = self.locate(p as usize);
         // SAFETY: `p` is an object of this cache (it was in a sheaf), so its
         // slab is carved; the lock is held.
@@ -607,10 +636,8 @@ impl SlabCore {
         if (wi as u32) < m.hint {
             m.hint = wi as u32;
         }
-        if m.on_partial == 0 {
-            m.on_partial = 1;
-            m.next = d.partial;
-            d.partial = s as u32 + 1;
+        if m.free == 1 || m.free == self.objs_per_slab || self.thresholds.contains(&m.free) {
+            self.relist(sl, s);
         }
     }
 
@@ -618,407 +645,158 @@ impl SlabCore {
     ///
     /// # Safety
     /// `objs[..count]` are free objects of this cache, held by the caller.
-    unsafe fn objs_to_slabs(&self, d: &mut Depot, objs: *mut *mut u8, count: usize) {
+    pub(crate) unsafe fn objs_to_slabs(&self, sl: &mut Slabs, objs: *mut *mut u8, count: usize) {
         for i in 0..count {
             // SAFETY: i < count, forwarded.
-            self.to_slab(d, unsafe { *objs.add(i) });
+            self.to_slab(sl, unsafe { *objs.add(i) });
         }
         bump(&self.counters.to_slabs, count as u64);
     }
 
-    /// Files a sheaf that came back from a slot.
-    fn file_sheaf(&self, d: &mut Depot, s: *mut Sheaf) {
-        // SAFETY: the caller hands over a live sheaf it holds exclusively.
-        let count = unsafe { (*s).count } as usize;
-        if count == 0 {
-            Self::push_empty(d, s);
-        } else if d.nr_full < self.max_full {
-            self.push_full(d, s);
-        } else {
-            // SAFETY: the sheaf holds `count` free objects of this cache.
-            unsafe { self.objs_to_slabs(d, objs(s), count) };
-            Self::push_empty(d, s);
-        }
-    }
+    // ---- releasing -------------------------------------------------------
 
-    /// Files every sheaf on the hand-off stack.
-    fn absorb(&self, d: &mut Depot) {
-        let mut p = self.handoff.take_all();
-        while !p.is_null() {
-            // SAFETY: sheaves taken from the stack are ours; read the link
-            // before filing overwrites it.
-            let next = unsafe { (*p).next.load(Ordering::Relaxed) };
-            self.file_sheaf(d, p);
-            p = next;
-        }
-    }
-
-    // ---- slot paths ------------------------------------------------------
-
-    /// Allocation when the slot's main sheaf is empty (SLUB's
-    /// `__pcs_replace_empty_main`). Runs inside the slot's local section.
-    /// Null when memory is exhausted.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn alloc_slow(&self, pcs: &mut Pcs) -> *mut u8 {
-        bump(&self.counters.alloc_slow, 1);
-        if pcs.spare_count > 0 && !pcs.main.is_null() {
-            pcs.swap();
-            return pcs.pop().unwrap_or(std::ptr::null_mut());
-        }
-        let mut d = self.lock();
-        if !self.handoff.is_empty() {
-            self.absorb(&mut d);
-        }
-        if pcs.main.is_null() {
-            let s = self.new_sheaf(&mut d);
-            if s.is_null() {
-                return self.alloc_one(&mut d);
-            }
-            pcs.main = s;
-            pcs.main_count = 0;
-            pcs.main_limit = self.cap;
-        }
-        if pcs.spare.is_null() {
-            pcs.spare = self.new_sheaf(&mut d);
-            pcs.spare_count = 0;
-        }
-        let full = Self::pop_full(&mut d);
-        if !full.is_null() {
-            bump(&self.counters.depot_hits, 1);
-            Self::push_empty(&mut d, pcs.main);
-            pcs.main = full;
-            // SAFETY: a sheaf from the full list is live, its count valid.
-            pcs.main_count = unsafe { (*full).count };
-        } else {
-            // SAFETY: main has room for `cap` pointers; the lock is held.
-            pcs.main_count =
-                unsafe { self.refill(&mut d, objs(pcs.main), 0, self.cap as usize) } as u32;
-        }
-        drop(d);
-        pcs.pop().unwrap_or(std::ptr::null_mut())
-    }
-
-    /// One object straight from a slab (no sheaf available).
-    fn alloc_one(&self, d: &mut Depot) -> *mut u8 {
-        let mut p = std::ptr::null_mut();
-        // SAFETY: room for one pointer; the lock is held.
-        unsafe { self.refill(d, &mut p, 0, 1) };
-        p
-    }
-
-    /// Free when the slot's main sheaf is full or absent (SLUB's
-    /// `__pcs_replace_full_main`). Runs inside the slot's local section.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn free_slow(&self, pcs: &mut Pcs, p: *mut u8) {
-        bump(&self.counters.free_slow, 1);
-        if !pcs.main.is_null() && !pcs.spare.is_null() && pcs.spare_count < self.cap {
-            pcs.swap();
-            let pushed = pcs.push(p);
-            debug_assert!(pushed);
-            return;
-        }
-        let mut d = self.lock();
-        if pcs.main.is_null() {
-            let s = self.new_sheaf(&mut d);
-            if s.is_null() {
-                return self.to_slab(&mut d, p);
-            }
-            pcs.main = s;
-            pcs.main_count = 0;
-            pcs.main_limit = self.cap;
-            if pcs.spare.is_null() {
-                pcs.spare = self.new_sheaf(&mut d);
-                pcs.spare_count = 0;
-            }
-        } else {
-            // Main is full (and the spare too, or absent).
-            if pcs.spare.is_null() {
-                let s = self.new_sheaf(&mut d);
-                if !s.is_null() {
-                    pcs.spare = pcs.main;
-                    pcs.spare_count = pcs.main_count;
-                    pcs.main = s;
-                    pcs.main_count = 0;
+    /// Gives the pages of empty slabs back to the OS: those a decay pass saw
+    /// empty at least `min_passes` passes ago, or every empty slab with
+    /// `min_passes == 0`. Takes the lock per batch and releases outside it.
+    /// Returns (slabs released, bytes released).
+    pub(crate) fn release_empty(&self, min_passes: u32) -> (usize, usize) {
+        let mut total = (0, 0);
+        loop {
+            let mut batch = [0u32; RELEASE_BATCH];
+            let mut n = 0;
+            let mut more = false;
+            {
+                let mut d = self.depot.lock();
+                let sl = &mut d.slabs;
+                let pass = sl.pass;
+                let mut cur = sl.heads[EMPTY as usize];
+                while cur != 0 {
+                    let s = cur as usize - 1;
+                    // SAFETY: listed slabs are carved; the lock is held.
+                    let m = unsafe { self.meta_of(s) };
+                    cur = m.next;
+                    let ripe = min_passes == 0 || (m.stamp != 0 && pass - m.stamp >= min_passes);
+                    if !ripe {
+                        continue;
+                    }
+                    if n == RELEASE_BATCH {
+                        more = true;
+                        break;
+                    }
+                    self.unlink(sl, s);
+                    // SAFETY: as above.
+                    unsafe { self.meta_of(s) }.state = RELEASING;
+                    sl.releasing += 1;
+                    batch[n] = s as u32;
+                    n += 1;
                 }
             }
-            if pcs.main_count == pcs.main_limit {
-                let e = if d.nr_full < self.max_full {
-                    self.new_sheaf(&mut d)
-                } else {
-                    std::ptr::null_mut()
-                };
-                if !e.is_null() {
-                    // SAFETY: main is live and ours; record its count for the depot.
-                    unsafe { (*pcs.main).count = pcs.main_count };
-                    self.push_full(&mut d, pcs.main);
-                    pcs.main = e;
-                } else {
-                    // SAFETY: main holds main_count free objects of this cache.
-                    unsafe { self.objs_to_slabs(&mut d, objs(pcs.main), pcs.main_count as usize) };
+            if n == 0 {
+                return total;
+            }
+            let batch = &mut batch[..n];
+            batch.sort_unstable();
+            let mut ok = [true; RELEASE_BATCH];
+            let mut i = 0;
+            while i < n {
+                let mut j = i + 1;
+                while j < n && batch[j] == batch[j - 1] + 1 {
+                    j += 1;
                 }
-                pcs.main_count = 0;
+                let addr = self.arena + ((batch[i] as usize) << self.slab_shift);
+                let len = (j - i) * self.slab_bytes;
+                bump(&self.counters.release_calls, 1);
+                if sys::release(addr, len).is_err() {
+                    bump(&self.counters.release_errors, 1);
+                    ok[i..j].fill(false);
+                }
+                i = j;
             }
-        }
-        drop(d);
-        let pushed = pcs.push(p);
-        debug_assert!(pushed);
-    }
-
-    /// The drain work: hands the slot's sheaves with objects to the depot.
-    /// Lock-free and allocation-free: it may run in a signal handler that
-    /// interrupted a thread holding the depot mutex.
-    pub(crate) fn drain_pcs(&self, pcs: &mut Pcs) {
-        if pcs.main_count > 0 {
-            let m = pcs.main;
-            // SAFETY: main is live and held by this slot; after the push the
-            // depot owns it and the slot forgets it.
-            unsafe {
-                (*m).count = pcs.main_count;
-                self.handoff.push(m);
-            }
-            pcs.main = std::ptr::null_mut();
-            pcs.main_count = 0;
-            pcs.main_limit = 0;
-            bump(&self.counters.handed_off, 1);
-        }
-        if pcs.spare_count > 0 {
-            let s = pcs.spare;
-            // SAFETY: as above, for the spare.
-            unsafe {
-                (*s).count = pcs.spare_count;
-                self.handoff.push(s);
-            }
-            pcs.spare = std::ptr::null_mut();
-            pcs.spare_count = 0;
-            bump(&self.counters.handed_off, 1);
-        }
-    }
-
-    /// Takes back every sheaf of a slot the caller holds exclusively (the
-    /// cache is being torn down): objects to slabs, sheaves to the empty list.
-    pub(crate) fn reclaim_pcs(&self, pcs: &mut Pcs) {
-        let mut d = self.lock();
-        for (s, count) in [(pcs.main, pcs.main_count), (pcs.spare, pcs.spare_count)] {
-            if !s.is_null() {
-                // SAFETY: the sheaf is live and held by this slot.
-                unsafe { self.objs_to_slabs(&mut d, objs(s), count as usize) };
-                Self::push_empty(&mut d, s);
-            }
-        }
-        *pcs = Pcs::new();
-    }
-
-    /// Files what drains handed off (after a drain-all).
-    pub(crate) fn collect(&self) {
-        let mut d = self.lock();
-        self.absorb(&mut d);
-    }
-
-    // ---- shared path -----------------------------------------------------
-
-    /// Allocation for a thread without a slot: the depot's shared sheaf,
-    /// under the depot lock. Null when memory is exhausted.
-    pub(crate) fn alloc_shared(&self) -> *mut u8 {
-        bump(&self.counters.shared_allocs, 1);
-        let mut d = self.lock();
-        if !self.handoff.is_empty() {
-            self.absorb(&mut d);
-        }
-        let mut s = d.shared;
-        if s.is_null() {
-            s = self.new_sheaf(&mut d);
-            if s.is_null() {
-                return self.alloc_one(&mut d);
-            }
-            d.shared = s;
-        }
-        // SAFETY: the shared sheaf is live and ours under the lock.
-        unsafe {
-            if (*s).count == 0 {
-                let full = Self::pop_full(&mut d);
-                if !full.is_null() {
-                    bump(&self.counters.depot_hits, 1);
-                    Self::push_empty(&mut d, s);
-                    d.shared = full;
-                    s = full;
-                } else {
-                    (*s).count = self.refill(&mut d, objs(s), 0, self.cap as usize) as u32;
-                    if (*s).count == 0 {
-                        return std::ptr::null_mut();
+            let mut released = 0;
+            {
+                let mut d = self.depot.lock();
+                let sl = &mut d.slabs;
+                for (k, &s) in batch.iter().enumerate() {
+                    let s = s as usize;
+                    sl.releasing -= 1;
+                    // SAFETY: carved; the lock is held.
+                    unsafe { self.meta_of(s) }.state = if ok[k] { RELEASED } else { ACTIVE };
+                    if ok[k] {
+                        released += 1;
+                        self.link(sl, s, RELEASED_LIST);
+                    } else {
+                        self.link(sl, s, EMPTY);
                     }
                 }
             }
-            (*s).count -= 1;
-            *objs(s).add((*s).count as usize)
-        }
-    }
-
-    /// Free for a thread without a slot.
-    ///
-    /// # Safety
-    /// `p` is an allocated object of this cache that the caller gives up.
-    pub(crate) unsafe fn free_shared(&self, p: *mut u8) {
-        bump(&self.counters.shared_frees, 1);
-        let mut d = self.lock();
-        let mut s = d.shared;
-        if s.is_null() {
-            s = self.new_sheaf(&mut d);
-            if s.is_null() {
-                return self.to_slab(&mut d, p);
-            }
-            d.shared = s;
-        }
-        // SAFETY: the shared sheaf is live and ours under the lock.
-        unsafe {
-            if (*s).count == self.cap {
-                let e = if d.nr_full < self.max_full {
-                    self.new_sheaf(&mut d)
-                } else {
-                    std::ptr::null_mut()
-                };
-                if !e.is_null() {
-                    self.push_full(&mut d, s);
-                    d.shared = e;
-                    s = e;
-                } else {
-                    self.objs_to_slabs(&mut d, objs(s), self.cap as usize);
-                    (*s).count = 0;
-                }
-            }
-            *objs(s).add((*s).count as usize) = p;
-            (*s).count += 1;
-        }
-    }
-
-    // ---- shrink, accounting ----------------------------------------------
-
-    /// Returns every sheaf's objects in the depot to their slabs (after a
-    /// drain-all, that is every free object), then gives wholly free slabs'
-    /// pages back to the OS. Returns (slabs released, bytes released).
-    pub(crate) fn shrink(&self) -> (usize, usize) {
-        let mut d = self.lock();
-        self.absorb(&mut d);
-        self.flush_depot(&mut d);
-        let mut released = 0usize;
-        let mut partial = 0u32;
-        for s in (0..d.carved as usize).rev() {
-            // SAFETY: s < carved; the lock is held.
-            let m = unsafe { self.meta_of(s) };
-            if m.state != ACTIVE {
-                continue;
-            }
-            if m.free == self.objs_per_slab {
-                sys::release(self.arena + (s << self.slab_shift), self.slab_bytes);
-                m.state = RELEASED;
-                m.on_partial = 0;
-                m.next = d.released;
-                d.released = s as u32 + 1;
-                d.nr_released += 1;
-                released += 1;
-            } else if m.free > 0 {
-                m.on_partial = 1;
-                m.next = partial;
-                partial = s as u32 + 1;
-            } else {
-                m.on_partial = 0;
-                m.next = 0;
-            }
-        }
-        d.partial = partial;
-        let bytes = released * self.slab_bytes;
-        bump(&self.counters.slabs_released, released as u64);
-        bump(&self.counters.bytes_released, bytes as u64);
-        (released, bytes)
-    }
-
-    /// Every object in depot sheaves back to its slab.
-    fn flush_depot(&self, d: &mut Depot) {
-        loop {
-            let s = Self::pop_full(d);
-            if s.is_null() {
-                break;
-            }
-            // SAFETY: a full-list sheaf holds `count` free objects of this cache.
-            unsafe { self.objs_to_slabs(d, objs(s), (*s).count as usize) };
-            Self::push_empty(d, s);
-        }
-        let s = d.shared;
-        if !s.is_null() {
-            // SAFETY: the shared sheaf holds `count` free objects.
-            unsafe {
-                self.objs_to_slabs(d, objs(s), (*s).count as usize);
-                (*s).count = 0;
+            let bytes = released * self.slab_bytes;
+            bump(&self.counters.slabs_released, released as u64);
+            bump(&self.counters.bytes_released, bytes as u64);
+            total.0 += released;
+            total.1 += bytes;
+            if !more {
+                return total;
             }
         }
     }
 
-    /// Objects not free in their slabs after every sheaf the depot can see
-    /// was emptied into them: with no slot holding sheaves, the objects still
-    /// allocated (the leak count of `destroy`).
-    pub(crate) fn settle_and_count_allocated(&self) -> usize {
-        let mut d = self.lock();
-        self.absorb(&mut d);
-        self.flush_depot(&mut d);
-        let mut out = 0;
-        for s in 0..d.carved as usize {
-            // SAFETY: s < carved; the lock is held.
-            let m = unsafe { self.meta_of(s) };
-            if m.state == ACTIVE {
-                out += (self.objs_per_slab - m.free) as usize;
+    /// A decay pass over the empty list: stamps the slabs not seen before.
+    pub(crate) fn stamp_empty(&self, sl: &mut Slabs) {
+        sl.pass = sl.pass.wrapping_add(1).max(1);
+        let pass = sl.pass;
+        let mut cur = sl.heads[EMPTY as usize];
+        while cur != 0 {
+            // SAFETY: listed slabs are carved; the lock is held.
+            let m = unsafe { self.meta_of(cur as usize - 1) };
+            if m.stamp == 0 {
+                m.stamp = pass;
             }
+            cur = m.next;
         }
-        out
     }
 
-    /// The cache's counters and depot state.
-    pub(crate) fn stats(&self) -> CacheStats {
-        let d = self.lock();
+    // ---- accounting ------------------------------------------------------
+
+    /// (active slabs, objects free in them, released slabs): a scan.
+    pub(crate) fn slab_counts(&self, sl: &Slabs) -> (usize, usize, usize) {
         let mut active = 0;
-        let mut free_in_slabs = 0usize;
-        for s in 0..d.carved as usize {
-            // SAFETY: s < carved; the lock is held.
+        let mut free = 0;
+        for s in 0..sl.carved as usize {
+            // SAFETY: s < carved; the caller holds the lock.
             let m = unsafe { self.meta_of(s) };
             if m.state == ACTIVE {
                 active += 1;
-                free_in_slabs += m.free as usize;
+                free += m.free as usize;
             }
         }
-        let shared = if d.shared.is_null() {
-            0
-        } else {
-            // SAFETY: the shared sheaf is live under the lock.
-            unsafe { (*d.shared).count as usize }
-        };
-        let c = &self.counters;
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CacheStats {
-            object_size: self.size,
-            slab_bytes: self.slab_bytes,
-            objects_per_slab: self.objs_per_slab as usize,
-            sheaf_capacity: self.cap as usize,
-            slabs_carved: d.carved as usize,
-            slabs_active: active,
-            slabs_released: d.nr_released,
-            active_slab_bytes: active * self.slab_bytes,
-            objects_out_of_slabs: active * self.objs_per_slab as usize - free_in_slabs,
-            depot_full_sheaves: d.nr_full,
-            depot_empty_sheaves: d.nr_empty,
-            shared_sheaf_objects: shared,
-            sheaves: d.sheaves_made,
-            alloc_slow: r(&c.alloc_slow),
-            free_slow: r(&c.free_slow),
-            depot_hits: r(&c.depot_hits),
-            depot_puts: r(&c.depot_puts),
-            refills: r(&c.refills),
-            objects_to_slabs: r(&c.to_slabs),
-            sheaves_handed_off: r(&c.handed_off),
-            shared_allocs: r(&c.shared_allocs),
-            shared_frees: r(&c.shared_frees),
-            slabs_released_total: r(&c.slabs_released),
-            bytes_released_total: r(&c.bytes_released),
-        }
+        (active, free, sl.lens[RELEASED_LIST as usize])
+    }
+
+    /// Objects of active slabs not free in them.
+    pub(crate) fn out_of_slabs(&self, sl: &Slabs) -> usize {
+        let (active, free, _) = self.slab_counts(sl);
+        active * self.objs_per_slab as usize - free
+    }
+
+    /// Partial slabs per fullness list (fullest first), then empty ones.
+    pub(crate) fn list_lens(sl: &Slabs) -> [usize; NBUCKETS + 1] {
+        let mut out = [0; NBUCKETS + 1];
+        out.copy_from_slice(&sl.lens[..=NBUCKETS]);
+        out
+    }
+
+    /// The fork hook's `prepare`: holds the depot lock across `fork`.
+    pub(crate) fn lock_for_fork(&self) {
+        self.depot.lock_raw();
+    }
+
+    /// The fork hook's `parent`/`child`.
+    ///
+    /// # Safety
+    /// After [`lock_for_fork`](Self::lock_for_fork), by the forking thread.
+    pub(crate) unsafe fn unlock_after_fork(&self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.depot.unlock_raw() };
     }
 }
 
@@ -1065,7 +843,7 @@ mod tests {
             // SAFETY: nothing of this core was used.
             unsafe {
                 core.unmap_meta();
-                sys::unmap(arena, slab);
+                sys::unmap(arena, slab).unwrap();
             }
         }
     }
@@ -1076,5 +854,60 @@ mod tests {
         assert_eq!(slab_bytes_for(4096), MIN_SLAB_BYTES);
         assert_eq!(slab_bytes_for(8192), 128 << 10);
         const { assert!(MAX_SLAB_BYTES / MAX_OBJECT_SIZE >= MIN_OBJS_PER_SLAB) };
+    }
+
+    #[test]
+    fn fullness_lists_order_slabs() {
+        let size = 1024;
+        let slab = slab_bytes_for(size);
+        let arena = sys::reserve(slab * 8, slab).unwrap();
+        let core = SlabCore::new(
+            Geometry {
+                size,
+                cap: 8,
+                max_full: 4,
+            },
+            arena,
+            slab * 8,
+        )
+        .unwrap();
+        let per = core.objs_per_slab as usize;
+        assert_eq!(per, 64);
+        {
+            let mut d = core.depot.lock();
+            let sl = &mut d.slabs;
+            // Two slabs wholly allocated.
+            let mut a = vec![std::ptr::null_mut(); per * 2];
+            // SAFETY: room for 2 * per pointers; the lock is held.
+            let n = unsafe { core.refill(sl, a.as_mut_ptr(), 0, per * 2) };
+            assert_eq!(n, per * 2);
+            assert_eq!(sl.carved, 2);
+            // Free most of slab 0 and a few of slab 1: slab 1 is fuller.
+            let (s0, s1): (Vec<_>, Vec<_>) = a.iter().partition(|&&p| (p as usize) < arena + slab);
+            for &p in &s0[..per - 4] {
+                core.to_slab(sl, p);
+            }
+            for &p in &s1[..4] {
+                core.to_slab(sl, p);
+            }
+            let lens = SlabCore::list_lens(sl);
+            assert_eq!(lens[0], 1, "slab 1 (4 free) on the fullest list: {lens:?}");
+            assert_eq!(lens[NBUCKETS - 1], 1, "slab 0 (60 free): {lens:?}");
+            // Refill takes from the fullest slab first: slab 1.
+            let mut b = [std::ptr::null_mut(); 4];
+            // SAFETY: room for 4; the lock is held.
+            assert_eq!(unsafe { core.refill(sl, b.as_mut_ptr(), 0, 4) }, 4);
+            for p in b {
+                assert!(
+                    p as usize >= arena + slab,
+                    "refill took from the emptier slab"
+                );
+            }
+        }
+        // SAFETY: nothing of this core is used afterwards.
+        unsafe {
+            core.unmap_meta();
+            sys::unmap(arena, slab * 8).unwrap();
+        }
     }
 }

@@ -20,6 +20,9 @@ pub struct CacheStats {
     pub slabs_active: usize,
     /// Slabs whose pages were given back to the OS (reusable).
     pub slabs_released: usize,
+    /// Active slabs with every object free (pages still resident; the
+    /// decay or `shrink` releases them).
+    pub slabs_empty: usize,
     /// `slabs_active * slab_bytes`: the most the cache's slabs can hold resident.
     pub active_slab_bytes: usize,
     /// Objects of active slabs that are not free in their slab: allocated,
@@ -55,6 +58,13 @@ pub struct CacheStats {
     pub slabs_released_total: u64,
     /// Bytes released to the OS, in total.
     pub bytes_released_total: u64,
+    /// `madvise` calls that released slabs (adjacent slabs share one).
+    pub release_calls: u64,
+    /// `madvise` calls that failed (their slabs stay resident, not counted
+    /// as released).
+    pub release_errors: u64,
+    /// Full depot sheaves whose objects the decay returned to their slabs.
+    pub sheaves_decayed: u64,
 }
 
 impl CacheStats {
@@ -63,6 +73,7 @@ impl CacheStats {
         self.slabs_carved += o.slabs_carved;
         self.slabs_active += o.slabs_active;
         self.slabs_released += o.slabs_released;
+        self.slabs_empty += o.slabs_empty;
         self.active_slab_bytes += o.active_slab_bytes;
         self.objects_out_of_slabs += o.objects_out_of_slabs;
         self.depot_full_sheaves += o.depot_full_sheaves;
@@ -80,6 +91,9 @@ impl CacheStats {
         self.shared_frees += o.shared_frees;
         self.slabs_released_total += o.slabs_released_total;
         self.bytes_released_total += o.bytes_released_total;
+        self.release_calls += o.release_calls;
+        self.release_errors += o.release_errors;
+        self.sheaves_decayed += o.sheaves_decayed;
     }
 }
 
@@ -139,6 +153,28 @@ pub struct KmallocStats {
     pub large_frees: u64,
     /// Bytes mapped for large allocations still live.
     pub large_live_bytes: u64,
+    /// `mmap` calls of the large path.
+    pub large_maps: u64,
+    /// Successful `munmap` calls of the large path (on free with the cache
+    /// full, or by the decay).
+    pub large_unmaps: u64,
+    /// Large allocations served by a cached mapping.
+    pub large_cache_hits: u64,
+    /// Bytes of freed mappings cached for reuse now.
+    pub large_cached_bytes: u64,
+    /// Large frees that found the cache full and unmapped at once.
+    pub large_cache_full: u64,
+    /// `munmap` calls that failed (their bytes stay mapped and are not
+    /// counted as freed).
+    pub unmap_errors: u64,
+    /// Bytes that could not be unmapped.
+    pub unmap_error_bytes: u64,
+    /// Decay passes run.
+    pub decay_passes: u64,
+    /// Drains of idle slots the decay started.
+    pub decay_slot_drains: u64,
+    /// Decay drains that did not finish within the flush timeout.
+    pub decay_drain_timeouts: u64,
     /// Threads bound implicitly (first use) so far.
     pub threads_bound: u64,
     /// Implicit bindings released (thread exit or explicit unbind): their
@@ -185,13 +221,34 @@ impl fmt::Display for KmallocStats {
         )?;
         writeln!(
             f,
-            "large: allocs {}  frees {}  live bytes {}",
-            self.large_allocs, self.large_frees, self.large_live_bytes
+            "large: allocs {}  frees {}  live bytes {}  cache hits {}  cached bytes {}  maps {}  unmaps {}  unmap errors {}",
+            self.large_allocs,
+            self.large_frees,
+            self.large_live_bytes,
+            self.large_cache_hits,
+            self.large_cached_bytes,
+            self.large_maps,
+            self.large_unmaps,
+            self.unmap_errors
         )?;
         writeln!(
             f,
-            "slabs: active {}  released {}  active bytes {}  released bytes total {}",
-            t.slabs_active, t.slabs_released, t.active_slab_bytes, t.bytes_released_total
+            "decay: passes {}  slot drains {}  drain timeouts {}  sheaves decayed {}  release calls {}  release errors {}",
+            self.decay_passes,
+            self.decay_slot_drains,
+            self.decay_drain_timeouts,
+            t.sheaves_decayed,
+            t.release_calls,
+            t.release_errors
+        )?;
+        writeln!(
+            f,
+            "slabs: active {}  empty {}  released {}  active bytes {}  released bytes total {}",
+            t.slabs_active,
+            t.slabs_empty,
+            t.slabs_released,
+            t.active_slab_bytes,
+            t.bytes_released_total
         )?;
         writeln!(
             f,

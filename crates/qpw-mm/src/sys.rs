@@ -1,5 +1,6 @@
 //! Platform code, chosen in one place: anonymous mappings, returning pages to
-//! the OS, the thread-exit hook, and writing to stderr without allocating.
+//! the OS, the thread-exit hook, futexes, the clock, a runtime-free thread,
+//! and writing to stderr without allocating.
 //!
 //! Nothing outside this module calls `libc`. Every function here is safe to
 //! call from inside the global allocator: none of them allocates.
@@ -95,23 +96,33 @@ pub(crate) fn commit(addr: usize, len: usize) -> Result<(), Errno> {
 
 /// Returns the pages of `[addr, addr + len)` to the OS: the range stays
 /// mapped and reads as zeros afterwards, and the resident set shrinks.
-pub(crate) fn release(addr: usize, len: usize) {
+/// On failure (the errno is returned) the pages may still be resident.
+pub(crate) fn release(addr: usize, len: usize) -> Result<(), Errno> {
     // SAFETY: the caller passes a page-aligned range of its own mapping whose
     // contents it no longer needs; MADV_DONTNEED on private anonymous memory
     // only drops those pages.
-    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    if rc != 0 {
+        return Err(errno());
+    }
+    Ok(())
 }
 
-/// Unmaps `[addr, addr + len)`.
+/// Unmaps `[addr, addr + len)`. On failure (the errno is returned) the
+/// range may still be mapped: the caller must not count it as freed.
 ///
 /// # Safety
 /// The range must be a mapping (or part of one) this crate made, and nothing
 /// may use it afterwards.
-pub(crate) unsafe fn unmap(addr: usize, len: usize) {
+pub(crate) unsafe fn unmap(addr: usize, len: usize) -> Result<(), Errno> {
     if len != 0 {
         // SAFETY: forwarded to the caller.
-        unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        let rc = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        if rc != 0 {
+            return Err(errno());
+        }
     }
+    Ok(())
 }
 
 /// Maps `len` fresh, zeroed, readable and writable bytes (page aligned).
@@ -215,4 +226,84 @@ pub(crate) fn exit_key(
 pub(crate) fn arm_exit_key(key: libc::pthread_key_t) -> bool {
     // SAFETY: `key` came from pthread_key_create; the value is never dereferenced.
     unsafe { libc::pthread_setspecific(key, std::ptr::dangling::<libc::c_void>()) == 0 }
+}
+
+/// Sleeps while `*word == expected`, at most `timeout` (forever if `None`),
+/// or until [`futex_wake`]. Returns early on a signal or a changed value;
+/// callers re-check their condition.
+pub(crate) fn futex_wait(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Option<std::time::Duration>,
+) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAIT_PRIVATE
+    // only reads it and sleeps; `tsp` is null or a valid timespec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            tsp,
+        )
+    };
+}
+
+/// Wakes up to `n` threads sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: i32) {
+    // SAFETY: as in futex_wait; FUTEX_WAKE touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        )
+    };
+}
+
+/// Nanoseconds of `CLOCK_MONOTONIC` (does not allocate, unlike nothing in
+/// `std::time`, but callable from a thread std does not know).
+pub(crate) fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is writable; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Starts a detached thread running `f(arg)` with a small stack, without
+/// the Rust runtime (so it can be started from inside the global allocator:
+/// nothing of std's thread registry is touched). Returns the errno on failure.
+pub(crate) fn spawn_detached(
+    f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+    arg: *mut libc::c_void,
+) -> Result<(), Errno> {
+    // SAFETY: attr is initialised before use and destroyed after; `f` has
+    // the signature pthread expects; `arg` is forwarded untouched.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        let rc = libc::pthread_attr_init(&mut attr);
+        if rc != 0 {
+            return Err(rc);
+        }
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, 256 << 10);
+        let mut t: libc::pthread_t = 0;
+        let rc = libc::pthread_create(&mut t, &attr, f, arg);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            return Err(rc);
+        }
+    }
+    Ok(())
 }

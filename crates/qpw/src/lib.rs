@@ -122,6 +122,7 @@
 mod config;
 mod domain;
 mod error;
+mod fork;
 mod owner;
 mod percpu;
 mod slot;
@@ -144,6 +145,7 @@ pub use config::{
 };
 pub use domain::{Builder, Domain, DEFAULT_FLUSH_TIMEOUT, MAX_CPUS};
 pub use error::{Error, FlushError};
+pub use fork::{register_fork_hook, ForkHook, ForkHookHandle};
 pub use owner::{Offline, Owner};
 pub use percpu::{CtxGuard, LocalGuard, PerCpu, RemoteGuard};
 pub use stats::SlotStats;

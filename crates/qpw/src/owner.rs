@@ -159,15 +159,14 @@ extern "C" fn handler(_sig: i32, _info: *mut core::ffi::c_void, _uctx: *mut core
 
 /// Installs the handler for `signal` once per process.
 pub(crate) fn ensure_handler(signal: i32) -> Result<(), Error> {
-    use std::sync::Mutex;
-    static INSTALLED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    if installed.contains(&signal) {
-        return Ok(());
-    }
-    crate::sys::install_handler(signal, handler)?;
-    installed.push(signal);
-    Ok(())
+    crate::fork::with_installed_signals(|installed| {
+        if installed.contains(&signal) {
+            return Ok(());
+        }
+        crate::sys::install_handler(signal, handler)?;
+        installed.push(signal);
+        Ok(())
+    })
 }
 
 /// Proof that the current thread owns one slot of a domain: the Rust form of
@@ -217,7 +216,7 @@ impl<C: Config> Owner<C> {
                 signal: domain.signal(),
             });
         }
-        let tid = crate::sys::gettid() as u32;
+        let tid = crate::sys::current_tid() as u32;
         slot.acquire_owner(tid)
             .map_err(|()| Error::SlotOwned { cpu })?;
         let affinity = if pin {

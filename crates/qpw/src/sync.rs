@@ -16,6 +16,13 @@ pub(crate) use std::sync::Arc;
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// Atomics of process-global state that no model explores (the fork
+/// registry, the handler-installation flag): always the real ones, since a
+/// `static` cannot hold a loom atomic.
+pub(crate) mod process {
+    pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
+}
+
 /// Orders the owner's code against its own signal handler.
 ///
 /// A handler runs on the thread it interrupts, so only the compiler may

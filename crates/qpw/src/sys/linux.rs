@@ -74,10 +74,55 @@ pub(crate) fn restore_affinity(saved: &Affinity) {
     let _ = set_affinity(&saved.0);
 }
 
-/// The calling thread's kernel thread id.
+/// The calling thread's kernel thread id, asked of the kernel.
 pub(crate) fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions and cannot fail.
     unsafe { libc::gettid() }
+}
+
+thread_local! {
+    // Const-initialised, no destructor: reading it never allocates, so the
+    // signal handler and fork handlers may. 0 = not known yet.
+    static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling thread's kernel thread id, cached per thread (one TLS load
+/// after the first call). Async-signal-safe. The cache is dropped in a fork
+/// child ([`forget_tid`]), where the forking thread has a new id.
+#[inline]
+pub(crate) fn current_tid() -> i32 {
+    TID.with(|t| {
+        let v = t.get();
+        if v != 0 {
+            return v;
+        }
+        let v = gettid();
+        t.set(v);
+        v
+    })
+}
+
+/// Fork child only: the forking thread's id changed; ask the kernel again.
+pub(crate) fn forget_tid() {
+    TID.with(|t| t.set(0));
+}
+
+/// Registers the process's fork handlers (`pthread_atfork`). Call once.
+pub(crate) fn at_fork(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) -> Result<(), Error> {
+    // SAFETY: the three are valid extern "C" functions that live for the
+    // whole program (they are statics of this crate).
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if rc != 0 {
+        return Err(Error::Os {
+            what: "pthread_atfork",
+            errno: rc,
+        });
+    }
+    Ok(())
 }
 
 /// Sends `sig` to thread `tid` of this process. Async-signal-safe.

@@ -12,7 +12,36 @@ pub(crate) fn pin_current(_cpu: usize) -> Result<Affinity, Error> {
 }
 pub(crate) fn restore_affinity(_saved: &Affinity) {}
 pub(crate) fn gettid() -> i32 {
-    1
+    current_tid()
+}
+
+loom::thread_local! {
+    static TID: std::cell::Cell<i32> = std::cell::Cell::new(0);
+}
+
+/// Each loom thread gets its own id (from 100 up), so "is the caller this
+/// slot's owner" is answered per modelled thread.
+pub(crate) fn current_tid() -> i32 {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    static NEXT: AtomicI32 = AtomicI32::new(100);
+    TID.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
+#[allow(dead_code)] // fork is not modelled
+pub(crate) fn forget_tid() {}
+
+#[allow(dead_code)] // fork is not modelled
+pub(crate) fn at_fork(
+    _prepare: unsafe extern "C" fn(),
+    _parent: unsafe extern "C" fn(),
+    _child: unsafe extern "C" fn(),
+) -> Result<(), Error> {
+    Ok(())
 }
 pub(crate) fn signal_thread(_tid: i32, _sig: i32) -> Result<(), i32> {
     Ok(())

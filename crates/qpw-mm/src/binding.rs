@@ -1,0 +1,165 @@
+//! Thread binding and exit: the implicit per-thread API of a [`Kmalloc`]
+//! finds the calling thread's slot here, binding a free slot (unpinned) on
+//! first use; the binding is released when the thread exits (its slot
+//! drained and freed for reuse) or on [`Kmalloc::unbind_local`]. Calls that
+//! cannot use a slot get the reason for the shared path.
+
+use crate::kmalloc::KShared;
+use crate::kmalloc::{Kmalloc, SharedReason};
+use crate::local;
+use qpw::{Config, Owner};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A thread's implicit binding to one instance.
+pub(crate) struct Binding<C: Config> {
+    pub(crate) owner: Owner<C>,
+    pub(crate) shared: Arc<KShared<C>>,
+}
+
+/// Releases a binding: drains its slot's sheaves to the depots and drops
+/// the owner (qpw runs its pending work and frees the slot for reuse).
+///
+/// # Safety
+/// `p` is a `Binding<C>` made by `bind_local`, removed from the table.
+unsafe fn release_binding<C: Config>(p: *mut ()) {
+    // SAFETY: forwarded to the caller: a boxed Binding<C>, released once.
+    let mut b = unsafe { Box::from_raw(p.cast::<Binding<C>>()) };
+    let id = b.shared.id;
+    let entered = local::busy_enter(id);
+    {
+        let Binding { owner, shared } = &mut *b;
+        let cl = shared.classes();
+        let mut pcs = shared.pcs.lock(owner);
+        for (core, p) in cl.cores().iter().zip(pcs.0.iter_mut()) {
+            core.drain_pcs(p);
+        }
+    }
+    b.shared.threads_unbound.fetch_add(1, Ordering::Relaxed);
+    b.shared.bind_gen.fetch_add(1, Ordering::Release);
+    drop(b);
+    if entered {
+        local::busy_leave(id);
+    }
+}
+
+pub(crate) fn next_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl<C: Config> Kmalloc<C> {
+    // ---- implicit per-thread binding -------------------------------------
+
+    /// Binds this thread to a free slot (unpinned), starting the search at a
+    /// rotating position.
+    fn bind_free_slot(&self) -> Result<Owner<C>, qpw::Error> {
+        let d = self.domain();
+        let n = d.nr_cpus();
+        let start = self.shared.next_slot.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            let cpu = (start + i) % n;
+            if d.is_owned(cpu).unwrap_or(true) {
+                continue;
+            }
+            match d.bind_unpinned(cpu) {
+                Err(qpw::Error::SlotOwned { .. }) => continue,
+                r => return r,
+            }
+        }
+        Err(qpw::Error::NoFreeSlot { nr_cpus: n })
+    }
+
+    /// This thread's binding, made on first use; or why the shared path
+    /// must serve it.
+    #[cold]
+    #[inline(never)]
+    fn binding_slow(&self) -> Result<*mut Binding<C>, SharedReason> {
+        let sh = &*self.shared;
+        if local::exiting() {
+            return Err(SharedReason::Exiting);
+        }
+        let found = local::find(sh.id);
+        if !found.is_null() {
+            return Ok(found.cast());
+        }
+        if local::is_busy(sh.id) {
+            return Err(SharedReason::Reentrant);
+        }
+        let generation = sh.bind_gen.load(Ordering::Acquire);
+        if local::failed_at(sh.id) == Some(generation) {
+            return Err(SharedReason::NoSlot);
+        }
+        if !local::has_room() {
+            return Err(SharedReason::TableFull);
+        }
+        if !local::busy_enter(sh.id) {
+            return Err(SharedReason::Reentrant);
+        }
+        // From here until busy_leave, allocations of this thread on this
+        // instance (qpw's own boxes) take the shared path.
+        let r = match self.bind_free_slot() {
+            Ok(owner) => {
+                let b = Box::into_raw(Box::new(Binding {
+                    owner,
+                    shared: self.shared.clone(),
+                }));
+                if local::arm_exit_hook() && local::insert(sh.id, b.cast(), release_binding::<C>) {
+                    sh.threads_bound.fetch_add(1, Ordering::Relaxed);
+                    local::clear_failed(sh.id);
+                    Ok(b)
+                } else {
+                    // SAFETY: `b` was boxed above and never shared.
+                    drop(unsafe { Box::from_raw(b) });
+                    Err(SharedReason::TableFull)
+                }
+            }
+            Err(_) => {
+                local::set_failed(sh.id, generation);
+                Err(SharedReason::NoSlot)
+            }
+        };
+        local::busy_leave(sh.id);
+        r
+    }
+
+    /// This thread's owner for the fast path, or the shared path's reason.
+    #[inline(always)]
+    pub(crate) fn binding(&self) -> Result<*mut Binding<C>, SharedReason> {
+        let sh = &*self.shared;
+        let b = local::lookup(sh.id, local::hint_of(sh.id));
+        if !b.is_null() {
+            return Ok(b.cast());
+        }
+        self.binding_slow()
+    }
+
+    /// Runs the drain work queued for this thread's implicit slot (defer
+    /// mode's quiescent point). Returns whether any ran.
+    pub fn quiescent_local(&self) -> bool {
+        let b = local::find(self.shared.id);
+        if b.is_null() || local::is_busy(self.shared.id) {
+            return false;
+        }
+        // SAFETY: this thread's binding, no other reference live (we are
+        // not inside the allocator).
+        unsafe { (*b.cast::<Binding<C>>()).owner.quiescent() }
+    }
+
+    /// Releases this thread's implicit binding now (as its exit would):
+    /// drains its slot and frees it. Returns whether there was one.
+    pub fn unbind_local(&self) -> bool {
+        let id = self.shared.id;
+        if local::is_busy(id) {
+            return false;
+        }
+        match local::remove(id) {
+            Some((p, release)) => {
+                // SAFETY: removed from the table, so released exactly once.
+                unsafe { release(p) };
+                true
+            }
+            None => false,
+        }
+    }
+}

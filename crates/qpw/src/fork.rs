@@ -1,0 +1,228 @@
+//! `fork()`: qpw's own `pthread_atfork` handling, and hooks for consumers'
+//! locks.
+//!
+//! In the child of a multi-threaded parent only the forking thread exists.
+//! Every lock another thread held at the instant of the fork is copied held,
+//! and nobody is left to release it. qpw registers one set of
+//! `pthread_atfork` handlers (the first time a [`Domain`](crate::Domain) is
+//! built or a hook is registered) and runs, around `fork()`:
+//!
+//! | when | order |
+//! |---|---|
+//! | before `fork()`, in the forking thread | consumer hooks' [`prepare`](ForkHook::prepare), in registration order; then qpw takes its registry lock |
+//! | after, in the parent | qpw releases its registry lock; then consumer hooks' [`parent`](ForkHook::parent), in reverse order |
+//! | after, in the child | qpw makes every live domain usable (see the crate docs, *fork*); then consumer hooks' [`child`](ForkHook::child), in reverse order |
+//!
+//! Consumer hooks sit *outside* qpw's own handling: a consumer's `prepare`
+//! may still use qpw (drain its caches, say) before qpw freezes its
+//! registry, and its `child` may use qpw again (bind, drain), because qpw's
+//! own child handling has already run.
+//!
+//! A hook must not fork, must not register or drop a hook handle from
+//! inside a hook, and must not panic (a panic cannot unwind out of a
+//! `pthread_atfork` handler: the process aborts).
+
+use crate::sync::process::{AtomicBool, Ordering};
+use std::cell::UnsafeCell;
+use std::sync::{Arc, Weak};
+
+/// A consumer's own fork handling: its locks, taken before `fork()` so that
+/// the child gets them in a known state.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// struct Depot(Mutex<Vec<u64>>);
+/// // A real hook would hold the depot's lock from `prepare` to
+/// // `parent`/`child` (a raw lock, since a guard cannot be kept); this one
+/// // only shows the shape.
+/// impl qpw::ForkHook for Depot {
+///     fn prepare(&self) {}
+///     fn parent(&self) {}
+///     fn child(&self) {}
+/// }
+/// let handle = qpw::register_fork_hook(Arc::new(Depot(Mutex::new(Vec::new()))));
+/// drop(handle); // unregistered
+/// ```
+pub trait ForkHook: Send + Sync + 'static {
+    /// Parent, forking thread, before `fork()`: take your locks.
+    fn prepare(&self);
+    /// Parent, after `fork()`: release them.
+    fn parent(&self);
+    /// Child (only the forking thread exists): release or reinitialise them.
+    fn child(&self);
+}
+
+/// Keeps a [`ForkHook`] registered; dropping it unregisters the hook (a
+/// `fork()` already under way still runs it to the end).
+#[must_use = "dropping the handle unregisters the hook at once; use `leak` to keep it"]
+#[derive(Debug)]
+pub struct ForkHookHandle {
+    id: u64,
+}
+
+impl ForkHookHandle {
+    /// Keeps the hook registered for the rest of the process's life.
+    pub fn leak(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ForkHookHandle {
+    fn drop(&mut self) {
+        let id = self.id;
+        with_registry(|r| r.hooks.retain(|(i, _)| *i != id));
+    }
+}
+
+/// Registers `hook` until the handle is dropped (`ForkHookHandle::leak` keeps it forever).
+pub fn register_fork_hook(hook: Arc<dyn ForkHook>) -> ForkHookHandle {
+    ensure_handlers();
+    with_registry(|r| {
+        r.next_hook += 1;
+        let id = r.next_hook;
+        r.hooks.push((id, hook));
+        ForkHookHandle { id }
+    })
+}
+
+/// What a domain does in the fork child (implemented by the domain layer,
+/// which knows its slots; this layer only keeps the list).
+#[allow(dead_code)]
+pub(crate) trait ForkChild: Send + Sync {
+    /// Child, forking thread, before any consumer hook: make the domain usable.
+    fn fork_child(&self);
+}
+
+/// Remembers a live domain for the child handler. Dead entries are pruned
+/// here, so the list stays as long as the live domains.
+#[allow(dead_code)] // the domain layer registers its domains from the next commit on
+pub(crate) fn register_domain(d: Weak<dyn ForkChild>) {
+    ensure_handlers();
+    with_registry(|r| {
+        r.domains.retain(|w| w.strong_count() > 0);
+        r.domains.push(d);
+    });
+}
+
+/// Runs `f` with the list of signals qpw installed its handler for (kept
+/// here so that the lock around it is fork-safe).
+pub(crate) fn with_installed_signals<R>(f: impl FnOnce(&mut Vec<i32>) -> R) -> R {
+    with_registry(|r| f(&mut r.signals))
+}
+
+struct Registry {
+    hooks: Vec<(u64, Arc<dyn ForkHook>)>,
+    next_hook: u64,
+    domains: Vec<Weak<dyn ForkChild>>,
+    signals: Vec<i32>,
+    /// The hooks a fork under way runs (taken in `prepare`).
+    forking: Vec<Arc<dyn ForkHook>>,
+}
+
+/// The registry and its lock: a plain flag rather than a `Mutex`, because it
+/// is held from `prepare` to `parent`/`child` (across a call boundary no
+/// guard can cross) and is reset in the child.
+struct Locked {
+    held: AtomicBool,
+    reg: UnsafeCell<Registry>,
+}
+
+// SAFETY: `reg` is only reached through `with_registry` or by the fork
+// handlers while `held` is set by this thread, so one thread at a time
+// touches it; the hooks and domains it holds are Send + Sync.
+unsafe impl Sync for Locked {}
+
+static REGISTRY: Locked = Locked {
+    held: AtomicBool::new(false),
+    reg: UnsafeCell::new(Registry {
+        hooks: Vec::new(),
+        next_hook: 0,
+        domains: Vec::new(),
+        signals: Vec::new(),
+        forking: Vec::new(),
+    }),
+};
+
+fn lock() {
+    let mut spins = 0u32;
+    while REGISTRY
+        .held
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn unlock() {
+    REGISTRY.held.store(false, Ordering::Release);
+}
+
+fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    struct Unlock;
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            unlock();
+        }
+    }
+    lock();
+    let _u = Unlock;
+    // SAFETY: the registry lock is held until `_u` drops, and `f` cannot
+    // reach the registry again (it is private to this module).
+    f(unsafe { &mut *REGISTRY.reg.get() })
+}
+
+/// Registers the `pthread_atfork` handlers once per process. A thread that
+/// loses the race returns at once rather than waiting (a wait could be
+/// copied into a fork child with nobody to end it).
+fn ensure_handlers() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    if REGISTERED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // Failure (ENOMEM) leaves fork unhandled, as before this module existed;
+    // nothing else depends on it, so it is not an error of the caller's.
+    let _ = crate::sys::at_fork(prepare, parent, child);
+}
+
+unsafe extern "C" fn prepare() {
+    let hooks: Vec<Arc<dyn ForkHook>> =
+        with_registry(|r| r.hooks.iter().map(|(_, h)| h.clone()).collect());
+    for h in &hooks {
+        h.prepare();
+    }
+    lock();
+    // SAFETY: the lock is held by this thread until `parent` or `child`.
+    unsafe { (*REGISTRY.reg.get()).forking = hooks };
+}
+
+unsafe extern "C" fn parent() {
+    // SAFETY: `prepare` took the lock in this thread and still holds it.
+    let hooks = std::mem::take(unsafe { &mut (*REGISTRY.reg.get()).forking });
+    unlock();
+    for h in hooks.iter().rev() {
+        h.parent();
+    }
+}
+
+unsafe extern "C" fn child() {
+    crate::sys::forget_tid();
+    // SAFETY: `prepare` took the lock in the forking thread, which is this
+    // thread and the only one the child has; the registry is consistent.
+    let reg = unsafe { &mut *REGISTRY.reg.get() };
+    let hooks = std::mem::take(&mut reg.forking);
+    let domains: Vec<Arc<dyn ForkChild>> = reg.domains.iter().filter_map(|w| w.upgrade()).collect();
+    unlock();
+    for d in &domains {
+        d.fork_child();
+    }
+    drop(domains);
+    for h in hooks.iter().rev() {
+        h.child();
+    }
+}
