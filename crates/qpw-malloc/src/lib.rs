@@ -29,8 +29,9 @@
 //! # Options (environment)
 //!
 //! See [`options`]: `QPW` (the mode, read by qpw), `QPW_MALLOC_STATS=1`
-//! (statistics on stderr at exit). A bad value is reported on one line of
-//! stderr and the default used.
+//! (statistics on stderr at exit), `QPW_MALLOC_DECAY_MS` (how long free
+//! memory stays cached before it goes back to the OS by itself, or `off`). A
+//! bad value is reported on one line of stderr and the default used.
 //!
 //! # Start-up, threads, fork
 //!

@@ -14,7 +14,8 @@ const LIMIT: Duration = Duration::from_secs(300);
 fn every_entry_point_preloaded() {
     let exe = compile_c("entry_points", "entry_points", &[]);
     let mut cmd = preloaded(&exe);
-    cmd.arg("trim");
+    // No decay: what malloc_trim finds to return is then certain.
+    cmd.arg("trim").env("QPW_MALLOC_DECAY_MS", "off");
     let r = run(cmd, None, LIMIT);
     r.assert_ok("entry_points under LD_PRELOAD");
     let out = r.stdout();
@@ -44,6 +45,7 @@ fn every_entry_point_linked_statically() {
     );
     let mut cmd = Command::new(&exe);
     cmd.arg("trim")
+        .env("QPW_MALLOC_DECAY_MS", "off")
         .env_remove("LD_PRELOAD")
         .env("QPW_MALLOC_STATS", "1");
     let r = run(cmd, None, LIMIT);
@@ -180,5 +182,42 @@ fn double_free_aborts_with_a_message() {
             "{what}: {}",
             r.stderr()
         );
+    }
+}
+
+/// `QPW_MALLOC_DECAY_MS` reaches the allocator: with a short delay, freed
+/// memory goes back to the OS with no call by the program; with `off` it
+/// stays (until `malloc_trim`); bad values are reported.
+#[test]
+fn decay_delay_from_the_environment() {
+    let exe = compile_c("decay", "decay", &[]);
+    let mut cmd = preloaded(&exe);
+    cmd.args(["back", "20000"])
+        .env("QPW_MALLOC_DECAY_MS", "100");
+    let r = run(cmd, None, LIMIT);
+    r.assert_ok("decay with QPW_MALLOC_DECAY_MS=100");
+    assert!(r.stdout().contains("back:"), "{}", r.stdout());
+
+    // Kept for 3 s, three times the default delay (which, unset, returns
+    // this memory within about 1.5 s): the value reached the allocator. A
+    // busy machine only delays the decay, so it cannot fail these.
+    for v in ["off", "60000"] {
+        let mut cmd = preloaded(&exe);
+        cmd.args(["kept", "3000"]).env("QPW_MALLOC_DECAY_MS", v);
+        let r = run(cmd, None, LIMIT);
+        r.assert_ok(&format!("decay with QPW_MALLOC_DECAY_MS={v}"));
+    }
+
+    for bad in ["0", "soon", "-1", "1.5", "86400001"] {
+        let mut cmd = preloaded(&exe);
+        cmd.args(["kept", "10"]).env("QPW_MALLOC_DECAY_MS", bad);
+        let r = run(cmd, None, LIMIT);
+        assert!(!r.timed_out, "{bad}");
+        let want = format!(
+            "qpw-malloc: invalid value \"{bad}\" for environment variable QPW_MALLOC_DECAY_MS \
+             (accepted: off, or a whole number of milliseconds from 1 to 86400000); using the \
+             default, qpw-mm's decay delay (1000 ms)\n"
+        );
+        assert_eq!(r.stderr().matches(&want).count(), 1, "{}", r.stderr());
     }
 }

@@ -204,5 +204,6 @@ pub fn preloaded(prog: impl AsRef<std::ffi::OsStr>) -> Command {
     c.env("LD_PRELOAD", cdylib());
     c.env_remove("QPW_MALLOC_STATS");
     c.env_remove("QPW");
+    c.env_remove("QPW_MALLOC_DECAY_MS");
     c
 }
