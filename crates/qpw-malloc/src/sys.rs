@@ -67,6 +67,19 @@ pub(crate) fn dup_stderr() -> Option<i32> {
     (fd >= 0).then_some(fd)
 }
 
+/// The identity (device, inode) of the file open on `fd`, to tell later
+/// whether the descriptor still names the same file.
+pub(crate) fn file_id(fd: i32) -> Option<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is writable memory for one `stat`.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded and filled it.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
+}
+
 /// Writes `msg` to `fd` without allocating, retrying short writes and
 /// `EINTR`; other errors end it silently. Keeps `errno`.
 pub(crate) fn write_fd(fd: i32, msg: &[u8]) {

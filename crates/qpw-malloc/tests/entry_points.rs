@@ -92,6 +92,24 @@ fn statistics_at_exit_once() {
     }
 }
 
+/// A program that closed every descriptor and reopened others where the
+/// library kept its copy of stderr gets no statistics in its files.
+#[test]
+fn statistics_at_exit_never_go_into_a_reused_descriptor() {
+    let exe = compile_c("entry_points", "entry_points", &[]);
+    let file = common::tmp_dir().join("closefds.txt");
+    let mut cmd = preloaded(&exe);
+    cmd.arg("closefds").arg(&file).env("QPW_MALLOC_STATS", "1");
+    let r = run(cmd, None, LIMIT);
+    r.assert_ok("entry_points closefds");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data\n");
+    assert!(
+        r.stderr().contains("(QPW_MALLOC_STATS=1, at exit)"),
+        "{}",
+        r.stderr()
+    );
+}
+
 #[test]
 fn bad_option_values_are_reported_and_defaults_used() {
     let exe = compile_c("entry_points", "entry_points", &[]);

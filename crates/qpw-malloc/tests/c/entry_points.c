@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -430,6 +431,17 @@ int main(int argc, char **argv) {
         free(p);
         free(p);
         printf("double free not detected\n");
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[1], "closefds") == 0) {
+        /* A daemon's start: close every descriptor above stderr, then open
+         * a file that lands where the library keeps its copy of stderr. */
+        for (int fd = 3; fd < 1024; fd++) close(fd);
+        int f = open(argv[2], O_CREAT | O_TRUNC | O_WRONLY, 0600);
+        if (f < 0) return 2;
+        for (int fd = 64; fd < 80; fd++) dup2(f, fd);
+        if (write(f, "data\n", 5) != 5) return 2;
+        printf("closefds: ok\n");
         return 0;
     }
     int want_trim = argc > 1 && strcmp(argv[1], "trim") == 0;
