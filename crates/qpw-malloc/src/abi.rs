@@ -15,7 +15,7 @@ use crate::backend::{self, align_for, MALLOC_ALIGNMENT};
 use crate::sys::{self, EINVAL, ENOMEM};
 use crate::{options, report};
 use libc::{c_int, c_void, size_t};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 /// Null and `errno = ENOMEM` when `p` is null.
 #[inline(always)]
@@ -297,15 +297,37 @@ pub extern "C" fn __libc_pvalloc(size: size_t) -> *mut c_void {
 // ---- load and exit ---------------------------------------------------------
 
 /// Where the statistics at exit go: a duplicate of the stderr the process
-/// had at load (-1: none).
+/// had at load (-1: none), and the identity of its file then.
 static EXIT_FD: AtomicI32 = AtomicI32::new(-1);
+static EXIT_FILE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
 /// Runs when the library is loaded (or, linked statically, before `main`):
 /// reads the options. Allocations made earlier (by the dynamic loader or
 /// other libraries' constructors) were served already; they need no option.
 extern "C" fn on_load() {
     if options::load().stats_at_exit {
-        EXIT_FD.store(sys::dup_stderr().unwrap_or(-1), Ordering::Relaxed);
+        if let Some(fd) = sys::dup_stderr() {
+            let (dev, ino) = sys::file_id(fd).unwrap_or((0, 0));
+            EXIT_FILE[0].store(dev, Ordering::Relaxed);
+            EXIT_FILE[1].store(ino, Ordering::Relaxed);
+            EXIT_FD.store(fd, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The descriptor for the statistics at exit: the duplicate taken at load
+/// if it still names the same file (a program may have closed every
+/// descriptor and opened others since), else fd 2.
+fn exit_fd() -> i32 {
+    let fd = EXIT_FD.load(Ordering::Relaxed);
+    let then = (
+        EXIT_FILE[0].load(Ordering::Relaxed),
+        EXIT_FILE[1].load(Ordering::Relaxed),
+    );
+    if fd >= 0 && sys::file_id(fd) == Some(then) {
+        fd
+    } else {
+        2
     }
 }
 
@@ -314,8 +336,7 @@ extern "C" fn on_load() {
 /// process had at load (programs such as `sort` close fd 2 at exit).
 extern "C" fn on_exit() {
     if options::load().stats_at_exit {
-        let fd = EXIT_FD.load(Ordering::Relaxed);
-        report::print_stats(if fd >= 0 { fd } else { 2 }, "QPW_MALLOC_STATS=1, at exit");
+        report::print_stats(exit_fd(), "QPW_MALLOC_STATS=1, at exit");
     }
 }
 

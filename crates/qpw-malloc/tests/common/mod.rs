@@ -71,15 +71,23 @@ pub fn tmp_dir() -> PathBuf {
 /// Compiles `tests/c/<name>.c` (with `extra` arguments, e.g. a static
 /// library) into the scratch directory as `<out>`, once per output name.
 pub fn compile_c(name: &str, out: &str, extra: &[&Path]) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // Compiled once per test binary: recompiling a program another test is
+    // running would fail that test's exec (ETXTBSY) or this compile.
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = tmp_dir().join(out);
+    if done.iter().any(|d| d == out) {
+        return exe;
+    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/c")
         .join(format!("{name}.c"));
-    let exe = tmp_dir().join(out);
+    // Written beside and renamed: a program still running from an earlier
+    // test binary keeps its old file.
+    let tmp = tmp_dir().join(format!("{out}.tmp{}", std::process::id()));
     let mut cmd = Command::new("cc");
     cmd.args(["-O1", "-g", "-Wall", "-Werror", "-fno-builtin", "-o"])
-        .arg(&exe)
+        .arg(&tmp)
         .arg(&src);
     for e in extra {
         cmd.arg(e);
@@ -100,6 +108,8 @@ pub fn compile_c(name: &str, out: &str, extra: &[&Path]) -> PathBuf {
         "cc {src:?} failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    std::fs::rename(&tmp, &exe).expect("rename the compiled program");
+    done.push(out.to_string());
     exe
 }
 
