@@ -163,3 +163,22 @@ fn git_and_the_c_compiler() {
         "cc built a different object under LD_PRELOAD"
     );
 }
+
+#[test]
+fn a_cxx_program() {
+    if !have("c++") {
+        eprintln!("skipped: no C++ compiler here");
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/cxx.cpp");
+    let exe = tmp_dir().join("cxx");
+    let mut cmd = Command::new("c++");
+    cmd.args(["-O1", "-std=c++17", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .env_remove("LD_PRELOAD");
+    run(cmd, None, LIMIT).assert_ok("c++ tests/c/cxx.cpp");
+    let (plain, pre) = both(exe.to_str().unwrap(), &[], None);
+    assert!(pre.stdout().starts_with("cxx: ok"), "{}", pre.stdout());
+    assert_eq!(plain.stdout(), pre.stdout());
+}
