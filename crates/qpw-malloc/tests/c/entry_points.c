@@ -209,6 +209,23 @@ static void check_realloc(void) {
     }
     free(p);
 
+    /* Objects from the aligned entry points resize like any other. */
+    size_t aligns[] = {64, 4096, 65536, 1 << 20};
+    size_t targets[] = {10, 5000, 100000, 3 << 20};
+    for (size_t a = 0; a < 4; a++) {
+        for (size_t t = 0; t < 4; t++) {
+            size_t n = 3000;
+            unsigned char *m = memalign(aligns[a], n);
+            CHECK(m && (uintptr_t)m % aligns[a] == 0, "memalign(%zu)", aligns[a]);
+            fill(m, n, 11);
+            unsigned char *q2 = realloc(m, targets[t]);
+            size_t keep = n < targets[t] ? n : targets[t];
+            CHECK(q2 && same(q2, keep, 11), "realloc(memalign(%zu), %zu)", aligns[a], targets[t]);
+            CHECK(malloc_usable_size(q2) >= targets[t], "usable after realloc(memalign)");
+            free(q2);
+        }
+    }
+
     /* Within one class: kept in place. */
     p = malloc(100);
     fill(p, 100, 9);
