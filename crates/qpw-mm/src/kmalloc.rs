@@ -6,10 +6,11 @@ use crate::binding::next_id;
 use crate::classes::{Classes, Resize};
 use crate::decay::Decay;
 use crate::error::{DestroyError, FreeError, SlabError};
+use crate::fork::KForkHook;
 use crate::sheaf::Pcs;
 use crate::size_class::{SizeClasses, MAX_CLASSES};
 use crate::stats::{KmallocStats, SharedPathStats, ShrinkReport};
-use qpw::{Config, Domain, FlushError, Mode, Owner, PerCpu, Standard, WorkSet};
+use qpw::{Config, Domain, FlushError, ForkHookHandle, Mode, Owner, PerCpu, Standard, WorkSet};
 use std::alloc::Layout;
 use std::fmt;
 use std::ptr::NonNull;
@@ -152,6 +153,8 @@ impl<C: Config> Drop for KShared<C> {
 pub struct Kmalloc<C: Config = Standard> {
     pub(crate) shared: Arc<KShared<C>>,
     pub(crate) drain: WorkSet<C>,
+    /// Keeps the fork hook ([`crate::fork`]) registered while the instance lives.
+    fork: ForkHookHandle,
 }
 
 impl<C: Config> fmt::Debug for Kmalloc<C> {
@@ -304,7 +307,12 @@ impl<C: Config> Kmalloc<C> {
                 core.drain_pcs(p);
             }
         });
-        Kmalloc { shared, drain }
+        let fork = qpw::register_fork_hook(Arc::new(KForkHook::new(Arc::downgrade(&shared))));
+        Kmalloc {
+            shared,
+            drain,
+            fork,
+        }
     }
 
     /// The domain whose slots hold the sheaves.
@@ -779,7 +787,12 @@ impl<C: Config> Kmalloc<C> {
             .stats
             .live_bytes
             .load(Ordering::Relaxed);
-        let Kmalloc { shared, drain } = self;
+        let Kmalloc {
+            shared,
+            drain,
+            fork,
+        } = self;
+        drop(fork);
         drop(drain);
         let mut shared = Arc::try_unwrap(shared).map_err(|a| DestroyError::InUse {
             references: Arc::strong_count(&a) - 1,

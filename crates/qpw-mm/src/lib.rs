@@ -87,6 +87,7 @@ mod classes;
 pub mod decay;
 mod depot;
 mod error;
+mod fork;
 mod global;
 mod kmalloc;
 mod large;

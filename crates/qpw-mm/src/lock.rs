@@ -10,6 +10,12 @@
 //! vanished thread may hold in the child. Here the whole state is the one
 //! word: in the child, unlocking stores 0 and wakes nobody that exists.
 //!
+//! Between `prepare` and `parent`/`child` the forking thread itself may
+//! still allocate (qpw's own fork handling does, in the child before the
+//! consumer hooks run): it holds every lock then, and no critical section of
+//! any other thread is under way, so [`Lock::lock`] from the fork holder
+//! enters without taking the lock (and its guard releases nothing).
+//!
 //! Locks are short (list manipulation, never a system call that blocks for
 //! long), so `lock` spins briefly before sleeping. Poisoning does not exist:
 //! every critical section keeps its structure consistent at each step.
@@ -17,11 +23,33 @@
 use crate::sys;
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 const UNLOCKED: u32 = 0;
 const LOCKED: u32 = 1;
 const CONTENDED: u32 = 2;
+
+/// The thread (`pthread_self`) that holds every lock for a fork, or 0.
+static FORK_HOLDER: AtomicUsize = AtomicUsize::new(0);
+/// How many instances' fork hooks hold their locks (all in that thread).
+static FORK_DEPTH: AtomicUsize = AtomicUsize::new(0);
+
+/// An instance's fork hook took its locks (`on`) or released them. Only the
+/// forking thread calls this, between `prepare` and `parent`/`child`.
+pub(crate) fn set_fork_holder(on: bool) {
+    if on {
+        if FORK_DEPTH.fetch_add(1, Ordering::Relaxed) == 0 {
+            FORK_HOLDER.store(sys::thread_self(), Ordering::Release);
+        }
+    } else if FORK_DEPTH.fetch_sub(1, Ordering::Relaxed) == 1 {
+        FORK_HOLDER.store(0, Ordering::Release);
+    }
+}
+
+fn is_fork_holder() -> bool {
+    let h = FORK_HOLDER.load(Ordering::Acquire);
+    h != 0 && h == sys::thread_self()
+}
 
 /// A mutex over `T` that a fork hook can hold across `fork`.
 pub(crate) struct Lock<T> {
@@ -30,8 +58,10 @@ pub(crate) struct Lock<T> {
 }
 
 // SAFETY: the value is only reached through a guard (or the raw
-// lock/unlock pair), which the state word makes exclusive; T: Send suffices
-// as with std's Mutex.
+// lock/unlock pair), which the state word makes exclusive (the fork
+// holder's lock-free entry is exclusive too: it holds the lock and only its
+// own thread runs code between prepare and parent/child that reaches it, one
+// guard at a time); T: Send suffices as with std's Mutex.
 unsafe impl<T: Send> Sync for Lock<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Send for Lock<T> {}
@@ -44,11 +74,31 @@ impl<T> Lock<T> {
         }
     }
 
-    /// Takes the lock.
+    /// Takes the lock (or, in the thread that holds every lock for a fork,
+    /// enters without it).
     #[inline]
     pub(crate) fn lock(&self) -> LockGuard<'_, T> {
-        self.lock_raw();
-        LockGuard { lock: self }
+        if self
+            .state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return LockGuard {
+                lock: self,
+                release: true,
+            };
+        }
+        if is_fork_holder() {
+            return LockGuard {
+                lock: self,
+                release: false,
+            };
+        }
+        self.lock_contended();
+        LockGuard {
+            lock: self,
+            release: true,
+        }
     }
 
     /// Takes the lock without a guard (the fork hook's `prepare`); the
@@ -101,6 +151,8 @@ impl<T> Lock<T> {
 /// Holds a [`Lock`] until dropped.
 pub(crate) struct LockGuard<'a, T> {
     lock: &'a Lock<T>,
+    /// False when the fork holder entered a lock it already holds.
+    release: bool,
 }
 
 impl<T> Deref for LockGuard<'_, T> {
@@ -120,8 +172,10 @@ impl<T> DerefMut for LockGuard<'_, T> {
 
 impl<T> Drop for LockGuard<'_, T> {
     fn drop(&mut self) {
-        // SAFETY: the guard took the lock and is going away.
-        unsafe { self.lock.unlock_raw() }
+        if self.release {
+            // SAFETY: the guard took the lock and is going away.
+            unsafe { self.lock.unlock_raw() }
+        }
     }
 }
 

@@ -307,3 +307,10 @@ pub(crate) fn spawn_detached(
     }
     Ok(())
 }
+
+/// This thread's `pthread_self()` (never 0; the same in a fork child for
+/// the forking thread).
+pub(crate) fn thread_self() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
