@@ -55,10 +55,9 @@ fn fork_children_allocate_and_exit() {
 }
 
 /// The hard case of issue 10 (item 3): fork while other threads allocate.
-/// A child can inherit a depot lock held by a thread that does not exist in
-/// it. Needs qpw-mm's fork hook (branch `alloc`).
+/// A child could inherit a depot lock held by a thread that does not exist
+/// in it (before qpw-mm's fork hook, 1 to 7 of 200 children hung here).
 #[test]
-#[ignore = "needs qpw-mm's fork hook (issue 10 item 3): 1 to 7 of 200 children hang today"]
 fn fork_while_other_threads_allocate() {
     let r = threads(&["forkbusy", "200"]);
     r.assert_ok("threads forkbusy");
