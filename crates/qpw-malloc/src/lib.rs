@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo build --release -p qpw-malloc
 //! LD_PRELOAD=target/release/libqpw_malloc.so python3 -c 'print(len([str(i) for i in range(10**6)]))'
-//! cc prog.c target/release/libqpw_malloc.a -lpthread -ldl -lm -o prog   # or statically
+//! cc prog.c target/release/libqpw_malloc.a -lpthread -ldl -lm -o prog   # or link it in
 //! ```
 //!
 //! # Entry points
