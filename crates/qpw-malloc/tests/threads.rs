@@ -69,6 +69,34 @@ fn fork_while_other_threads_allocate() {
     );
 }
 
+/// The same programs in qpw's other modes (`QPW` from the environment):
+/// `remote` and `defer` never signal an owner thread (rule 3), whatever the
+/// decay and thread exits drain.
+#[test]
+fn remote_and_defer_modes_never_signal() {
+    let exe = compile_c("threads", "threads", &[]);
+    for (mode, name) in [("1", "remote"), ("defer", "defer")] {
+        for args in [&["cross"][..], &["churn"], &["forkbusy", "100"]] {
+            let mut cmd = preloaded(&exe);
+            cmd.args(args)
+                .env("QPW", mode)
+                .env("QPW_MALLOC_DECAY_MS", "50")
+                .env("QPW_MALLOC_STATS", "1");
+            let r = run(cmd, None, LIMIT);
+            r.assert_ok(&format!("threads {args:?} with QPW={mode}"));
+            let err = r.stderr();
+            // The parent's statistics come last (children exit first).
+            let last = &err[err.rfind("qpw-malloc: statistics of pid").unwrap()..];
+            assert!(last.contains(&format!("mode: {name}")), "{last}");
+            assert_eq!(
+                counter(last, "work: signals "),
+                0,
+                "QPW={mode} {args:?}: {last}"
+            );
+        }
+    }
+}
+
 /// The number after `key` in the statistics.
 fn counter(stats: &str, key: &str) -> u64 {
     let i = stats
