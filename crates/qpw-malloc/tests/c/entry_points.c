@@ -117,7 +117,9 @@ static void check_malloc(void) {
         CHECK(u >= n, "usable %zu < %zu", u, n);
         fill(p, u, 7); /* every usable byte is writable */
         CHECK(same(p, u, 7), "contents of malloc(%zu)", n);
+        errno = 1234;
         free(p);
+        CHECK(errno == 1234, "free changed errno to %d (POSIX.1-2024: it must not)", errno);
     }
     CHECK(malloc_usable_size(NULL) == 0, "malloc_usable_size(NULL)");
     free(NULL);
