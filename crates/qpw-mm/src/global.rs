@@ -378,7 +378,7 @@ impl<C: Config> QpwAlloc<C> {
 // SAFETY: the GlobalAlloc contract holds:
 // - memory handed out is never handed out again while allocated: every
 //   object is in exactly one place (slab bitmap, one sheaf, or a user), moves
-//   between them only under the slot's QPW exclusion, the depot mutex or the
+//   between them only under the slot's QPW exclusion, the depot lock or the
 //   hand-off stack's atomics, and debug builds check it on every alloc/free;
 // - returned blocks have the layout's size and alignment: class objects are
 //   at multiples of the class size inside slab-aligned slabs, and a class is

@@ -43,7 +43,7 @@
 //!
 //! [`KmemCache::flush_all`] drains every slot's sheaves into the depot. In
 //! `queue` mode the drain work runs inside a signal handler on the owner's
-//! thread, which may have been interrupted while holding the depot mutex (in
+//! thread, which may have been interrupted while holding the depot lock (in
 //! a slow path outside its section, or in `shrink`). So the work never takes
 //! it: it pushes the slot's sheaves onto a lock-free hand-off stack (a
 //! compare-and-swap loop; the depot takes the whole stack at once, so there
@@ -58,9 +58,14 @@
 //!
 //! # kmalloc and the global allocator
 //!
-//! [`Kmalloc`] puts size classes from 8 bytes to 8 KiB ([`KMALLOC_SIZES`])
-//! over slab caches in one address-space reservation (so `kfree` finds the
-//! class from the address), and maps larger requests directly. It takes an
+//! [`Kmalloc`] puts size classes over slab caches in one address-space
+//! reservation (so `kfree` finds the class from the address): by default
+//! the kernel's, 8 bytes to 8 KiB ([`KMALLOC_SIZES`]); with
+//! [`SizeClasses::Fine`] 56 classes up to 256 KiB at most 25% apart
+//! ([`FINE_SIZES`], what [`QpwAlloc`] uses). Larger requests are mapped,
+//! through a cache of freed mappings. Free slabs, cached mappings and idle
+//! threads' cached objects go back to the OS after a delay ([`decay`]), and
+//! a fork hook keeps every lock consistent across `fork`. It takes an
 //! explicit `&mut Owner`, or binds the calling thread to a free slot on first
 //! use (the `*_local` calls); a thread that finds no slot free uses the
 //! shared path, and exited threads' slots are drained and reused.

@@ -278,10 +278,9 @@ mod tests {
     #[test]
     fn big_classes_cache_little_per_slot() {
         let t = SizeClasses::Fine;
-        for c in 0..FINE_NCLASSES {
-            let size = FINE_SIZES[c];
+        for (c, &size) in FINE_SIZES.iter().enumerate() {
             let cap = t.capacity(c);
-            assert!(cap >= 1 && cap <= crate::MAX_SHEAF_CAPACITY);
+            assert!((1..=crate::MAX_SHEAF_CAPACITY).contains(&cap));
             if size > 8192 {
                 assert!(cap * size <= (64 << 10).max(size), "class {size}: {cap}");
             }

@@ -473,3 +473,42 @@ mod debug_checks {
         unsafe { km.kfree_local(Box::into_raw(b).cast()) };
     }
 }
+
+/// The decay, run by hand on an instance without a thread: freed objects'
+/// slabs and cached large mappings go back after the delay's passes, and
+/// not before.
+#[test]
+fn decay_passes_release_what_stayed_free_for_the_delay() {
+    let km: Kmalloc = Kmalloc::builder()
+        .mode(qpw::Mode::Queue)
+        .nr_cpus(2)
+        .size_classes(qpw_mm::SizeClasses::Fine)
+        .class_bytes(64 << 20)
+        .build()
+        .unwrap();
+    km.set_decay(Some(std::time::Duration::from_millis(100)));
+    let ps: Vec<_> = (0..20_000)
+        .map(|_| km.kmalloc_local(1000).unwrap().as_ptr())
+        .collect();
+    let big = km.kmalloc_local(600 << 10).unwrap().as_ptr();
+    for p in ps {
+        // SAFETY: allocated above, freed once.
+        unsafe { km.kfree_local(p) };
+    }
+    // SAFETY: as above.
+    unsafe { km.kfree_local(big) };
+    km.unbind_local();
+    let s = km.stats();
+    assert!(s.large_cached_bytes >= 600 << 10, "{s}");
+    // One pass: nothing has been free for the delay yet.
+    assert_eq!(km.decay().bytes_released, 0);
+    let mut released = 0;
+    for _ in 0..2 * qpw_mm::decay::PASSES_PER_DELAY {
+        released += km.decay().bytes_released;
+    }
+    let s = km.stats();
+    assert!(released >= 15 << 20, "released {released}\n{s}");
+    assert_eq!(s.large_cached_bytes, 0, "{s}");
+    assert_eq!(s.total().slabs_empty, 0, "{s}");
+    km.destroy().unwrap();
+}
