@@ -127,7 +127,7 @@ impl Plan {
         let (a_seconds, a_scale, a_reps) = if a.quick {
             (0.05, 0.1, 1)
         } else if a.full {
-            (1.0, 3.5, 5)
+            (1.0, 4.0, 5)
         } else {
             (0.2, 1.0, 3)
         };

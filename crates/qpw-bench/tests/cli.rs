@@ -249,6 +249,9 @@ alloc.workloads[].rows[].cost.noisy bool
 alloc.workloads[].rows[].rel_cost number|null
 alloc.workloads[].rows[].ops_per_s number|null
 alloc.workloads[].rows[].elapsed_s number|null
+alloc.workloads[].rows[].cpu_s number|null
+alloc.workloads[].rows[].cpu_cost number|null
+alloc.workloads[].rows[].rel_cpu number|null
 alloc.workloads[].rows[].max_rss_kib integer|null
 alloc.workloads[].rows[].rel_rss number|null
 alloc.workloads[].rows[].minflt integer|null
@@ -265,6 +268,7 @@ alloc.summary[] object
 alloc.summary[].allocator string
 alloc.summary[].geomean_rel_cost number|null
 alloc.summary[].workloads integer
+alloc.summary[].geomean_rel_cpu number|null
 alloc.summary[].worst_rel_rss number|null
 files array
 files[] string

@@ -150,6 +150,13 @@ pub struct AllocRow {
     pub ops_per_s: Option<f64>,
     /// Median seconds of the measured part.
     pub elapsed_s: Option<f64>,
+    /// Median CPU seconds (user + system) of the workload's threads.
+    pub cpu_s: Option<f64>,
+    /// Median CPU cost: CPU ns per operation (throughput) or CPU seconds
+    /// (program); steadier than `cost` on a loaded machine.
+    pub cpu_cost: Option<f64>,
+    /// `cpu_cost` over the reference's.
+    pub rel_cpu: Option<f64>,
     /// Median peak RSS of the process, KiB.
     pub max_rss_kib: Option<u64>,
     /// `max_rss_kib` over the lowest of the peers' (mimalloc, jemalloc, glibc).
@@ -186,6 +193,8 @@ pub struct AllocSummary {
     pub geomean_rel_cost: Option<f64>,
     /// Workloads in that mean (both it and the reference finished).
     pub workloads: usize,
+    /// Geometric mean over the workloads of `rel_cpu`.
+    pub geomean_rel_cpu: Option<f64>,
     /// The largest `rel_rss` over the workloads.
     pub worst_rel_rss: Option<f64>,
 }
@@ -353,6 +362,15 @@ fn row(
             .map(|x| x.r.ops as f64 / x.r.elapsed_s.max(1e-9))
             .collect()),
         elapsed_s: med(runs.iter().map(|x| x.r.elapsed_s).collect()),
+        cpu_s: med(runs.iter().map(|x| x.r.cpu_s).collect()),
+        cpu_cost: med(runs
+            .iter()
+            .map(|x| match w.kind() {
+                Kind::Throughput => x.r.cpu_s * 1e9 / x.r.ops.max(1) as f64,
+                Kind::Program => x.r.cpu_s,
+            })
+            .collect()),
+        rel_cpu: None,
         max_rss_kib: median_u64(runs.iter().map(|x| x.max_rss_kib).collect()),
         rel_rss: None,
         minflt: median_u64(runs.iter().map(|x| x.r.minflt).collect()),
@@ -367,6 +385,10 @@ fn row(
             median_irqs(&runs.iter().map(|x| x.r.second_cpu_irqs).collect::<Vec<_>>())
         },
     }
+}
+
+fn geomean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
 }
 
 /// Fills the relative figures and the summary.
@@ -387,6 +409,11 @@ fn relate(
                 .map(|c| c.median)
         };
         let base = cost_of(&w.rows, reference.name());
+        let base_cpu = w
+            .rows
+            .iter()
+            .find(|r| r.allocator == reference.name())
+            .and_then(|r| r.cpu_cost);
         let best_peer_rss = w
             .rows
             .iter()
@@ -400,6 +427,10 @@ fn relate(
         for r in w.rows.iter_mut() {
             r.rel_cost = match (r.cost.as_ref(), base) {
                 (Some(c), Some(b)) if b > 0.0 => Some(c.median / b),
+                _ => None,
+            };
+            r.rel_cpu = match (r.cpu_cost, base_cpu) {
+                (Some(c), Some(b)) if b > 0.0 => Some(c / b),
                 _ => None,
             };
             r.rel_rss = match (r.max_rss_kib, best_peer_rss) {
@@ -416,11 +447,12 @@ fn relate(
                 .filter_map(|w| w.rows.iter().find(|r| r.allocator == a.name()))
                 .collect();
             let rel: Vec<f64> = rows.iter().filter_map(|r| r.rel_cost).collect();
+            let cpu: Vec<f64> = rows.iter().filter_map(|r| r.rel_cpu).collect();
             AllocSummary {
                 allocator: a.name(),
-                geomean_rel_cost: (!rel.is_empty())
-                    .then(|| (rel.iter().map(|x| x.ln()).sum::<f64>() / rel.len() as f64).exp()),
+                geomean_rel_cost: geomean(&rel),
                 workloads: rel.len(),
+                geomean_rel_cpu: geomean(&cpu),
                 worst_rel_rss: rows.iter().filter_map(|r| r.rel_rss).max_by(f64::total_cmp),
             }
         })
@@ -436,7 +468,8 @@ pub fn method(a: &AllocArgs) -> String {
          workload under every allocator, the allocators' order rotated each time), median reported; throughput \
          workloads run {} s and cost ns per operation, programs do fixed work (scale {}) and cost their time; \
          `cpu0` workloads run on the first CPU while a raw pthread that never allocates spins on the second, \
-         `spread` workloads run on both; peak RSS is the worker's ru_maxrss (wait4); interrupts are the \
+         `spread` workloads run on both; CPU time is the worker's user + system time over the run less the idle thread's; peak RSS is the worker's \
+         ru_maxrss (wait4); interrupts are the \
          RES/CAL/TLB rows of /proc/interrupts for each CPU, read by the worker before and after the workload; \
          the baseline is the same idle thread with the main thread asleep for {} s",
         a.reps, a.seconds, a.scale, a.seconds
@@ -593,6 +626,17 @@ pub fn markdown(r: &AllocReport) -> String {
         s.push_str(&format!(
             " **{}** |",
             x.geomean_rel_cost
+                .map_or("-".to_string(), |g| format!("{g:.2}×"))
+        ));
+    }
+    s.push_str(&format!(
+        "\n| geometric mean of CPU time (user + system of the workload's threads), relative to {} |",
+        r.reference
+    ));
+    for x in &r.summary {
+        s.push_str(&format!(
+            " {} |",
+            x.geomean_rel_cpu
                 .map_or("-".to_string(), |g| format!("{g:.2}×"))
         ));
     }

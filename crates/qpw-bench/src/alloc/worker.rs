@@ -52,6 +52,9 @@ pub struct WorkerResult {
     pub check: u64,
     /// Seconds of the measured part.
     pub elapsed_s: f64,
+    /// CPU seconds (user + system) of the workload's threads during the
+    /// run: the process's, less the idle thread's.
+    pub cpu_s: f64,
     /// Minor page faults of the process during the run.
     pub minflt: u64,
     /// Interrupts on the first CPU during the run.
@@ -114,6 +117,22 @@ impl Spinner {
         ))
     }
 
+    /// CPU seconds the spinner has used.
+    fn cpu_s(&self) -> f64 {
+        let mut clk: libc::clockid_t = 0;
+        // SAFETY: a live thread of this process; `clk` is writable.
+        if unsafe { libc::pthread_getcpuclockid(self.0, &mut clk) } != 0 {
+            return 0.0;
+        }
+        // SAFETY: plain data, filled by clock_gettime.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: `ts` is live and writable.
+        if unsafe { libc::clock_gettime(clk, &mut ts) } != 0 {
+            return 0.0;
+        }
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
     fn stop(self) {
         SPIN_STOP.store(true, Ordering::Relaxed);
         // SAFETY: a thread this process created and has not joined; it
@@ -144,14 +163,16 @@ fn set_affinity(cpus: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
-fn minor_faults() -> u64 {
+/// The process's (minor faults, CPU seconds) so far.
+fn usage() -> (u64, f64) {
     // SAFETY: rusage is plain data; getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is live and writable.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0;
+        return (0, 0.0);
     }
-    ru.ru_minflt as u64
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    (ru.ru_minflt as u64, secs(ru.ru_utime) + secs(ru.ru_stime))
 }
 
 /// Runs `qpw-bench alloc-worker`.
@@ -188,9 +209,11 @@ pub fn main(a: &WorkerArgs) -> Result<(), String> {
         seed: a.seed,
     };
     let irq0 = (irq::read(first), second.and_then(irq::read));
-    let flt0 = minor_faults();
+    let spin0 = spinner.as_ref().map_or(0.0, Spinner::cpu_s);
+    let (flt0, cpu0) = usage();
     let out = a.workload.run(&params);
-    let flt1 = minor_faults();
+    let (flt1, cpu1) = usage();
+    let spin1 = spinner.as_ref().map_or(0.0, Spinner::cpu_s);
     let irq1 = (irq::read(first), second.and_then(irq::read));
     if let Some(s) = spinner {
         s.stop();
@@ -217,6 +240,7 @@ pub fn main(a: &WorkerArgs) -> Result<(), String> {
         ops: out.ops,
         check: out.check,
         elapsed_s: out.elapsed.as_secs_f64(),
+        cpu_s: ((cpu1 - cpu0) - (spin1 - spin0)).max(0.0),
         minflt: flt1.saturating_sub(flt0),
         first_cpu_irqs: diff(irq0.0, irq1.0),
         second_cpu_irqs: diff(irq0.1, irq1.1),

@@ -469,7 +469,7 @@ fn count(n: &Node) -> u64 {
 fn tree(p: &Params) -> Outcome {
     const DEPTH: u32 = 11;
     const SLOTS: usize = 8;
-    let rounds = ((300.0 * p.scale).round() as u64).max(1);
+    let rounds = ((120.0 * p.scale).round() as u64).max(1);
     let slots: Mutex<Vec<Option<Box<Node>>>> = Mutex::new((0..SLOTS).map(|_| None).collect());
     let start = Instant::now();
     let nodes: u64 = std::thread::scope(|s| {
@@ -588,7 +588,7 @@ fn record(i: u64, r: &mut fastrand::Rng) -> Value {
 
 fn json_program(p: &Params) -> Outcome {
     const PER_CHUNK: u64 = 500;
-    let chunks = ((100.0 * p.scale).round() as u64).max(1);
+    let chunks = ((40.0 * p.scale).round() as u64).max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
@@ -637,7 +637,7 @@ fn json_program(p: &Params) -> Outcome {
 fn small(p: &Params) -> Outcome {
     use std::collections::BTreeMap;
     const ENTRIES: usize = 40_000;
-    let rounds = ((8.0 * p.scale).round() as u64).max(1);
+    let rounds = ((3.0 * p.scale).round() as u64).max(1);
     let mut r = rng(p, 40);
     let start = Instant::now();
     let mut check = 0u64;
