@@ -304,7 +304,9 @@ fn alloc_color(name: &str) -> RGBColor {
 /// geometric mean), one bar per allocator, its median cost relative to the
 /// reference's (log scale; 1 is the reference). Returns the SVG text.
 pub fn alloc_relative_cost(r: &AllocReport) -> Result<String, String> {
-    let mut groups: Vec<(String, Vec<(&str, Option<f64>)>)> = r
+    // (label, [(allocator, relative cost)]) per group of bars.
+    type Group<'a> = (String, Vec<(&'a str, Option<f64>)>);
+    let mut groups: Vec<Group> = r
         .workloads
         .iter()
         .map(|w| {
