@@ -842,11 +842,21 @@ fn the_worker_protocol_is_checked() {
         "{}",
         text(&o.stderr)
     );
+    // The worker's peak RSS is its own, not its parent's: this process
+    // holds 256 MiB while it starts the worker.
+    let big = vec![1u8; 256 << 20];
     let o = worker(Some("jemalloc"));
+    assert_eq!(
+        big.iter().step_by(4096).map(|&b| b as usize).sum::<usize>(),
+        65536
+    );
+    drop(big);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let line: Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
     assert_eq!(line["allocator"], "jemalloc");
     assert_eq!(line["on_first_cpu_only"], true);
+    let peak = line["peak_rss_kib"].as_u64().unwrap();
+    assert!(peak > 0 && peak < 128 << 10, "worker peak RSS {peak} KiB");
 
     let o = Command::new(env!("CARGO_BIN_EXE_qpw-bench"))
         .args(["locks", "--iterations", "10"])

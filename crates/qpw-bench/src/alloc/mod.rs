@@ -6,7 +6,7 @@
 //! repetition runs every workload under every allocator, the allocators'
 //! order rotated by one each time) and the median reported. Per
 //! (workload, allocator): the cost (time per operation of a throughput
-//! workload, time of a program), peak RSS (`ru_maxrss` from `wait4`), minor
+//! workload, time of a program), peak RSS (`VmHWM`), minor
 //! faults, and `RES`/`CAL`/`TLB` interrupts on the first two CPUs. The
 //! summary: each allocator's geometric mean over the workloads of its cost
 //! relative to mimalloc's, and each workload's peak RSS relative to the
@@ -157,7 +157,7 @@ pub struct AllocRow {
     pub cpu_cost: Option<f64>,
     /// `cpu_cost` over the reference's.
     pub rel_cpu: Option<f64>,
-    /// Median peak RSS of the process, KiB.
+    /// Median peak RSS of the worker process (`VmHWM`), KiB.
     pub max_rss_kib: Option<u64>,
     /// `max_rss_kib` over the lowest of the peers' (mimalloc, jemalloc, glibc).
     pub rel_rss: Option<f64>,
@@ -266,12 +266,10 @@ fn run_worker(
     let limit = Duration::from_secs_f64(args.timeout);
     let start = Instant::now();
     let mut status = 0;
-    // SAFETY: plain data, filled by wait4.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let mut timed_out = false;
     loop {
-        // SAFETY: `pid` is our unreaped child; `status` and `ru` are live.
-        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        // SAFETY: `pid` is our unreaped child; `status` is live.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if rc == pid {
             break;
         }
@@ -287,7 +285,7 @@ fn run_worker(
             // SAFETY: the child is not reaped yet, so `pid` is still ours.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
-                libc::wait4(pid, &mut status, 0, &mut ru);
+                libc::waitpid(pid, &mut status, 0);
             }
             break;
         }
@@ -316,8 +314,8 @@ fn run_worker(
     let r: WorkerResult = serde_json::from_str(stdout.trim())
         .map_err(|e| format!("bad worker output ({e}): {}", stdout.trim()))?;
     Ok(Run {
+        max_rss_kib: r.peak_rss_kib,
         r,
-        max_rss_kib: ru.ru_maxrss.max(0) as u64,
     })
 }
 
@@ -469,7 +467,7 @@ pub fn method(a: &AllocArgs) -> String {
          workloads run {} s and cost ns per operation, programs do fixed work (scale {}) and cost their time; \
          `cpu0` workloads run on the first CPU while a raw pthread that never allocates spins on the second, \
          `spread` workloads run on both; CPU time is the worker's user + system time over the run less the idle thread's; peak RSS is the worker's \
-         ru_maxrss (wait4); interrupts are the \
+         VmHWM at its end; interrupts are the \
          RES/CAL/TLB rows of /proc/interrupts for each CPU, read by the worker before and after the workload; \
          the baseline is the same idle thread with the main thread asleep for {} s",
         a.reps, a.seconds, a.scale, a.seconds

@@ -4,8 +4,8 @@
 //! The worker places its threads (see [`Placement`]), starts the idle
 //! thread on the second CPU when the workload runs on the first only, reads
 //! both CPUs' interrupt counts and its minor faults, runs the workload,
-//! reads them again and prints one JSON line ([`WorkerResult`]). Its peak
-//! RSS is read by the parent from `wait4`.
+//! reads them again and its peak RSS, and prints one JSON line
+//! ([`WorkerResult`]).
 
 use super::dispatch::{self, AllocName};
 use super::irq::{self, Irqs};
@@ -57,6 +57,8 @@ pub struct WorkerResult {
     pub cpu_s: f64,
     /// Minor page faults of the process during the run.
     pub minflt: u64,
+    /// Peak RSS of the process (`VmHWM`), KiB.
+    pub peak_rss_kib: u64,
     /// Interrupts on the first CPU during the run.
     pub first_cpu_irqs: Option<Irqs>,
     /// Interrupts on the second CPU during the run.
@@ -163,6 +165,20 @@ fn set_affinity(cpus: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
+/// The process's peak RSS in KiB (`VmHWM` of `/proc/self/status`: the high
+/// water mark of this process's own address space, which `exec` resets;
+/// `ru_maxrss` would not do: it keeps the parent's peak across a
+/// `vfork`+`exec`).
+fn peak_rss_kib() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmHWM in /proc/self/status".to_string())
+}
+
 /// The process's (minor faults, CPU seconds) so far.
 fn usage() -> (u64, f64) {
     // SAFETY: rusage is plain data; getrusage fills it.
@@ -231,6 +247,7 @@ pub fn main(a: &WorkerArgs) -> Result<(), String> {
             a.seconds
         ));
     }
+    let peak_rss_kib = peak_rss_kib()?;
     let diff = |x: Option<Irqs>, y: Option<Irqs>| Some(y?.since(x?));
     let r = WorkerResult {
         workload: a.workload.name().to_string(),
@@ -242,6 +259,7 @@ pub fn main(a: &WorkerArgs) -> Result<(), String> {
         elapsed_s: out.elapsed.as_secs_f64(),
         cpu_s: ((cpu1 - cpu0) - (spin1 - spin0)).max(0.0),
         minflt: flt1.saturating_sub(flt0),
+        peak_rss_kib,
         first_cpu_irqs: diff(irq0.0, irq1.0),
         second_cpu_irqs: diff(irq0.1, irq1.1),
     };
