@@ -724,14 +724,20 @@ pub fn markdown(r: &AllocReport) -> String {
 
 /// Runs `qpw-bench alloc`.
 pub fn main(a: &AllocArgs) -> Result<(), String> {
+    use std::io::IsTerminal;
     let total = a.processes();
+    let tty = std::io::stderr().is_terminal();
     let mut done = 0u64;
     let mut step = |msg: &str| {
         done += 1;
-        eprint!("\r\x1b[2K[{done}/{total}] {msg}");
+        if tty {
+            eprint!("\r\x1b[2K[{done}/{total}] {msg}");
+        }
     };
     let r = run(a, &mut step)?;
-    eprintln!();
+    if tty {
+        eprintln!();
+    }
     if a.json {
         println!(
             "{}",
@@ -761,6 +767,69 @@ mod tests {
         };
         assert_eq!(median_irqs(&[i(1), i(5), i(3)]), i(3));
         assert_eq!(median_irqs(&[i(1), None]), None);
+    }
+
+    fn fake_row(allocator: &'static str, cost: f64, rss: u64) -> AllocRow {
+        AllocRow {
+            allocator,
+            runs: 1,
+            failures: 0,
+            error: None,
+            cost: Some(Summary::of(&[cost])),
+            rel_cost: None,
+            ops_per_s: None,
+            elapsed_s: None,
+            cpu_s: None,
+            cpu_cost: Some(cost),
+            rel_cpu: None,
+            max_rss_kib: Some(rss),
+            rel_rss: None,
+            minflt: None,
+            first_cpu_irqs: None,
+            second_cpu_irqs: None,
+        }
+    }
+
+    #[test]
+    fn costs_are_relative_to_mimalloc_and_rss_to_the_best_peer() {
+        let w = |rows| WorkloadResult {
+            workload: "x",
+            kind: Kind::Program,
+            placement: Placement::Spread,
+            description: "",
+            rows,
+        };
+        let mut ws = vec![
+            w(vec![
+                fake_row("qpw-queue", 4.0, 120),
+                fake_row("mimalloc", 2.0, 200),
+                fake_row("glibc", 1.0, 100),
+            ]),
+            w(vec![
+                fake_row("qpw-queue", 1.0, 50),
+                fake_row("mimalloc", 4.0, 80),
+                fake_row("glibc", 8.0, 90),
+            ]),
+        ];
+        let allocators = [AllocName::QpwQueue, AllocName::Mimalloc, AllocName::Glibc];
+        let (reference, summary) = relate(&mut ws, &allocators);
+        assert_eq!(reference, "mimalloc");
+        assert_eq!(ws[0].rows[0].rel_cost, Some(2.0));
+        assert_eq!(ws[1].rows[0].rel_cost, Some(0.25));
+        assert_eq!(ws[0].rows[2].rel_cpu, Some(0.5));
+        // The best peer's RSS (glibc's 100, then mimalloc's 80), ours not counted.
+        assert_eq!(ws[0].rows[0].rel_rss, Some(1.2));
+        assert_eq!(ws[1].rows[0].rel_rss, Some(50.0 / 80.0));
+        let q = &summary[0];
+        // sqrt(2 * 0.25)
+        assert!((q.geomean_rel_cost.unwrap() - 0.5f64.sqrt()).abs() < 1e-12);
+        assert_eq!(q.workloads, 2);
+        assert_eq!(q.worst_rel_rss, Some(1.2));
+        assert_eq!(summary[1].geomean_rel_cost, Some(1.0));
+        // Without mimalloc, the first allocator is the reference.
+        let (reference, _) = relate(&mut ws, &[AllocName::Glibc, AllocName::QpwQueue]);
+        assert_eq!(reference, "glibc");
+        assert_eq!(ws[1].rows[0].rel_cost, Some(1.0 / 8.0));
     }
 
     #[test]
