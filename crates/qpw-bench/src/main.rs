@@ -10,7 +10,8 @@
 //! | `isolation` | after oslat: gaps in an owner's loop while another CPU drains it, against a baseline |
 //! | `drain` | the latency of one drain-all against the number of CPUs |
 //! | `locks` | cycles per lock+unlock pair of the owner's local lock, against std and parking_lot |
-//! | `report` | short versions of all four, tables, JSON and plots |
+//! | `alloc` | allocator workloads under `QpwAlloc` (`queue`, `remote`), mimalloc, jemalloc and glibc, one process each |
+//! | `report` | short versions of all five, tables, JSON and plots |
 //! | `soak` | every consumer in every mode under churn, with conservation checks |
 //!
 //! Cycles everywhere are TSC ticks (see [`tsc`]).
@@ -18,6 +19,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod alloc;
 mod drain;
 mod isolation;
 mod isolation_stress;
@@ -31,6 +33,11 @@ mod tsc;
 mod util;
 
 use clap::{Parser, Subcommand};
+
+/// Glibc's malloc unless this process is an `alloc-worker`, whose parent
+/// names its allocator in the environment (see [`alloc::dispatch`]).
+#[global_allocator]
+static GLOBAL: alloc::dispatch::Dispatch = alloc::dispatch::Dispatch;
 
 /// Benchmarks for qpw: per-CPU data whose remote maintenance never interrupts its owners.
 ///
@@ -52,6 +59,11 @@ enum Command {
     Drain(drain::DrainArgs),
     /// Cycles per lock+unlock pair of the owner's local lock, every configuration and mode.
     Locks(locks::LocksArgs),
+    /// Allocator workloads under QpwAlloc (queue, remote), mimalloc, jemalloc and glibc, one process each.
+    Alloc(alloc::AllocArgs),
+    /// One allocator workload in this process (started by `alloc`).
+    #[command(hide = true)]
+    AllocWorker(alloc::worker::WorkerArgs),
     /// Short versions of every benchmark: Markdown tables, report.md, results.json, SVG plots.
     Report(report::ReportArgs),
     /// Every consumer in every configuration and mode under churn, with conservation checks.
@@ -60,11 +72,21 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    let worker = matches!(cli.command, Some(Command::AllocWorker(_)));
+    if !worker && std::env::var_os(alloc::dispatch::ENV).is_some() {
+        eprintln!(
+            "qpw-bench: error: {} is set: it is only for the alloc-worker processes that `qpw-bench alloc` starts; unset it",
+            alloc::dispatch::ENV
+        );
+        std::process::exit(2);
+    }
     let result = match cli.command {
         Some(Command::Kmalloc(a)) => kmalloc::main(&a),
         Some(Command::Isolation(a)) => isolation::main(&a),
         Some(Command::Drain(a)) => drain::main(&a),
         Some(Command::Locks(a)) => locks::main(&a),
+        Some(Command::Alloc(a)) => alloc::main(&a),
+        Some(Command::AllocWorker(a)) => alloc::worker::main(&a),
         Some(Command::Report(a)) => report::main(&a),
         Some(Command::Soak(a)) => soak::main(&a),
         None => report::main(&report::ReportArgs::default()),

@@ -1,6 +1,8 @@
 //! The report's SVG plots (plotters): drain latency against CPUs per mode,
-//! and the owner's loop-gap distribution per mode against its baseline.
+//! the owner's loop-gap distribution per mode against its baseline, and the
+//! allocator workloads' cost relative to mimalloc.
 
+use crate::alloc::AllocReport;
 use crate::drain::{self, DrainPoint};
 use crate::isolation::IsolationRun;
 use plotters::prelude::*;
@@ -283,6 +285,122 @@ pub fn isolation_gaps(runs: &[IsolationRun]) -> Result<String, String> {
                 .draw()
                 .map_err(err)?;
         }
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+fn alloc_color(name: &str) -> RGBColor {
+    match name {
+        "qpw-queue" => RGBColor(214, 39, 40),
+        "qpw-remote" => RGBColor(31, 119, 180),
+        "mimalloc" => RGBColor(44, 160, 44),
+        "jemalloc" => RGBColor(148, 103, 189),
+        _ => RGBColor(255, 127, 14),
+    }
+}
+
+/// The allocator workloads: one group of bars per workload (and the
+/// geometric mean), one bar per allocator, its median cost relative to the
+/// reference's (log scale; 1 is the reference). Returns the SVG text.
+pub fn alloc_relative_cost(r: &AllocReport) -> Result<String, String> {
+    // (label, [(allocator, relative cost)]) per group of bars.
+    type Group<'a> = (String, Vec<(&'a str, Option<f64>)>);
+    let mut groups: Vec<Group> = r
+        .workloads
+        .iter()
+        .map(|w| {
+            (
+                w.workload.to_string(),
+                w.rows.iter().map(|x| (x.allocator, x.rel_cost)).collect(),
+            )
+        })
+        .collect();
+    groups.push((
+        "geomean".to_string(),
+        r.summary
+            .iter()
+            .map(|x| (x.allocator, x.geomean_rel_cost))
+            .collect(),
+    ));
+    let ys = log_range(
+        groups
+            .iter()
+            .flat_map(|g| g.1.iter().filter_map(|b| b.1))
+            .chain([1.0]),
+    );
+    let n = groups.len();
+    let per = r.allocators.len().max(1);
+    let mut svg = String::new();
+    {
+        let root =
+            SVGBackend::with_string(&mut svg, (90 * n as u32 + 160, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "allocator workloads: median cost relative to {} (lower is better, log scale)",
+                    r.reference
+                ),
+                ("sans-serif", 17),
+            )
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..n as f64, ys.clone().log_scale())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_x_axis()
+            .y_desc("cost / reference's")
+            .y_label_formatter(&|v| format!("{v:.2}"))
+            .draw()
+            .map_err(err)?;
+        let width = 0.8 / per as f64;
+        for (ai, name) in r.allocators.iter().enumerate() {
+            let c = alloc_color(name);
+            let bars: Vec<Rectangle<(f64, f64)>> = groups
+                .iter()
+                .enumerate()
+                .filter_map(|(gi, g)| {
+                    let v = g.1.iter().find(|b| b.0 == *name)?.1?;
+                    let x0 = gi as f64 + 0.1 + ai as f64 * width;
+                    Some(Rectangle::new(
+                        [(x0, ys.start), (x0 + width * 0.9, v)],
+                        c.filled(),
+                    ))
+                })
+                .collect();
+            chart
+                .draw_series(bars)
+                .map_err(err)?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        }
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, 1.0), (n as f64, 1.0)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(groups.iter().enumerate().map(|(gi, g)| {
+                EmptyElement::at((gi as f64 + 0.5, ys.start))
+                    + Text::new(
+                        g.0.clone(),
+                        (-24, 8),
+                        ("sans-serif", 13).into_font().color(&BLACK),
+                    )
+            }))
+            .map_err(err)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(svg)

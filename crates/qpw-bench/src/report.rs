@@ -8,6 +8,7 @@
 //! beside it and renamed into place at the end, so a failed run leaves
 //! nothing partial behind.
 
+use crate::alloc::{self, AllocArgs, AllocReport};
 use crate::drain::{self, DrainArgs, DrainPoint};
 use crate::isolation::{IsolationArgs, IsolationRun};
 use crate::isolation_stress::{self, StressResult};
@@ -34,7 +35,7 @@ fn parse_kmalloc_count(s: &str) -> Result<usize, String> {
 }
 
 /// The version of `results.json`'s layout.
-pub const SCHEMA: &str = "qpw-bench-results/1";
+pub const SCHEMA: &str = "qpw-bench-results/2";
 
 /// The default output directory, relative to the working directory.
 pub const DEFAULT_OUT: &str = "target/qpw-report";
@@ -80,6 +81,15 @@ pub struct ReportArgs {
     /// kmalloc: allocations per repetition (16 to 50,000,000).
     #[arg(long, value_parser = parse_kmalloc_count, allow_negative_numbers = true)]
     pub kmalloc_count: Option<usize>,
+    /// Allocator workloads: seconds of each throughput run.
+    #[arg(long, value_parser = util::parse_seconds, allow_negative_numbers = true)]
+    pub alloc_seconds: Option<f64>,
+    /// Allocator workloads: multiplier of the programs' work.
+    #[arg(long, value_parser = alloc::parse_scale, allow_negative_numbers = true)]
+    pub alloc_scale: Option<f64>,
+    /// Allocator workloads: repetitions (1 to 100).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub alloc_reps: Option<u64>,
 }
 
 /// Every size of one report run.
@@ -106,6 +116,9 @@ pub struct Plan {
     /// kmalloc options.
     #[serde(skip)]
     pub kmalloc: KmallocArgs,
+    /// Allocator workload options.
+    #[serde(skip)]
+    pub alloc: AllocArgs,
 }
 
 impl Plan {
@@ -128,6 +141,14 @@ impl Plan {
             2.0
         } else {
             0.5
+        };
+        // Allocator workloads: (seconds, scale, reps).
+        let (a_seconds, a_scale, a_reps) = if a.quick {
+            (0.05, 0.1, 1)
+        } else if a.full {
+            (1.0, 4.0, 5)
+        } else {
+            (0.2, 1.0, 3)
         };
         let (preset, seconds, cpus, drains, budget, iters, reps, k_iters, k_reps): Sizes =
             if a.quick {
@@ -198,13 +219,19 @@ impl Plan {
                 reps: k_reps,
                 ..KmallocArgs::default()
             },
+            alloc: AllocArgs {
+                seconds: a.alloc_seconds.unwrap_or(a_seconds),
+                scale: a.alloc_scale.unwrap_or(a_scale),
+                reps: a.alloc_reps.map_or(a_reps, |r| r as usize),
+                ..AllocArgs::default()
+            },
         }
     }
 
     fn steps(&self) -> u64 {
         let modes = BenchMode::ALL.len() as u64;
         let loops = drain::owner_loops(&self.drain.owners).len() as u64;
-        1 + 3 * modes + loops * modes * self.drain.cpus.len() as u64 + 11
+        1 + 3 * modes + loops * modes * self.drain.cpus.len() as u64 + 11 + self.alloc.processes()
     }
 }
 
@@ -223,6 +250,8 @@ pub struct Method {
     pub drain: String,
     /// The lock figures.
     pub locks: String,
+    /// The allocator workloads.
+    pub alloc: String,
     /// When a figure is flagged noisy.
     pub noisy: String,
 }
@@ -281,6 +310,7 @@ impl Method {
                  last CPU, loop overhead included",
                 l.reps, l.iterations
             ),
+            alloc: alloc::method(&p.alloc),
             noisy: format!(
                 "repeated figures are flagged `*` when (median - fastest) / fastest > {}% (drain: over five consecutive \
                  batches of drains); an isolation run is flagged when its baseline alone lost 1% or more of its time",
@@ -437,16 +467,19 @@ pub struct Results {
     pub drain: DrainSection,
     /// Lock costs.
     pub locks: LocksSection,
+    /// Allocator workloads.
+    pub alloc: AllocReport,
     /// The files written beside it.
     pub files: Vec<String>,
 }
 
 /// The files a report writes.
-pub const FILES: [&str; 4] = [
+pub const FILES: [&str; 5] = [
     "report.md",
     "results.json",
     "drain_latency.svg",
     "isolation_gaps.svg",
+    "alloc_relative_cost.svg",
 ];
 
 /// Checks `--out` and makes the temporary directory the files go into
@@ -576,13 +609,14 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
         };
         let drains = drain::run(&plan.drain, &mut step)?;
         let lock_rows = locks::run(&plan.locks, &mut step)?;
-        Ok::<_, String>((k, iso, (fifo, stress), drains, lock_rows))
+        let al = alloc::run(&plan.alloc, &mut step)?;
+        Ok::<_, String>((k, iso, (fifo, stress), drains, lock_rows, al))
     })();
     pb.finish_and_clear();
-    let (k, iso, (fifo, stress), drains, lock_rows) = result?;
+    let (k, iso, (fifo, stress), drains, lock_rows, al) = result?;
 
     let method = Method::new(plan, &machine);
-    let mut tables = tables(plan, &method, &k, &iso, &drains, &lock_rows);
+    let mut tables = tables(plan, &method, &k, &iso, &drains, &lock_rows, &al);
     tables.push_str(&stress_table(&stress, &fifo, &method));
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let md = format!(
@@ -596,6 +630,7 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
     );
     let drain_svg = plots::drain_latency(&drains)?;
     let gaps_svg = plots::isolation_gaps(&iso)?;
+    let alloc_svg = plots::alloc_relative_cost(&al)?;
     let results = Results {
         schema: SCHEMA,
         command,
@@ -633,6 +668,7 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
             reps: plan.locks.reps,
             rows: lock_rows,
         },
+        alloc: al,
         files: FILES.iter().map(|s| s.to_string()).collect(),
     };
     let json = serde_json::to_string_pretty(&results).map_err(|e| format!("results.json: {e}"))?;
@@ -644,6 +680,7 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
     write("results.json", &json)?;
     write("drain_latency.svg", &drain_svg)?;
     write("isolation_gaps.svg", &gaps_svg)?;
+    write("alloc_relative_cost.svg", &alloc_svg)?;
     Ok(tables)
 }
 
@@ -726,7 +763,7 @@ fn kmalloc_table(r: &KmallocReport, method: &Method) -> String {
     s
 }
 
-/// All four tables with their captions.
+/// All five sections with their captions.
 fn tables(
     plan: &Plan,
     method: &Method,
@@ -734,6 +771,7 @@ fn tables(
     iso: &[IsolationRun],
     drains: &[DrainPoint],
     lock_rows: &[LockRow],
+    al: &AllocReport,
 ) -> String {
     let mut s = String::new();
     s.push_str("## kmalloc: cycles per allocation, against the kernel's figures\n\n");
@@ -744,6 +782,8 @@ fn tables(
     s.push_str("## Lock cost: the owner's local lock\n\n");
     s.push_str(&locks::markdown(lock_rows, &plan.locks));
     s.push('\n');
+    s.push_str("## Allocator workloads: QpwAlloc against mimalloc, jemalloc and glibc\n\n");
+    s.push_str(&alloc::markdown(al));
     s
 }
 

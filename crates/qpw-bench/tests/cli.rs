@@ -58,6 +58,7 @@ method.isolation string
 method.isolation_stress string
 method.drain string
 method.locks string
+method.alloc string
 method.noisy string
 kernel_reference object
 kernel_reference.kmalloc_cycles array
@@ -251,6 +252,67 @@ locks.rows[].trivial.median number
 locks.rows[].trivial.max number
 locks.rows[].trivial.spread_pct number
 locks.rows[].trivial.noisy bool
+alloc object
+alloc.method string
+alloc.reps integer
+alloc.seconds number
+alloc.scale number
+alloc.timeout_s number
+alloc.reference string
+alloc.allocators array
+alloc.allocators[] string
+alloc.cpus array
+alloc.cpus[] integer
+alloc.baseline object
+alloc.baseline.seconds number
+alloc.baseline.runs integer
+alloc.baseline.second_cpu_irqs_per_s object|null
+alloc.baseline.second_cpu_irqs_per_s.res number
+alloc.baseline.second_cpu_irqs_per_s.cal number
+alloc.baseline.second_cpu_irqs_per_s.tlb number
+alloc.workloads array
+alloc.workloads[] object
+alloc.workloads[].workload string
+alloc.workloads[].kind string
+alloc.workloads[].placement string
+alloc.workloads[].description string
+alloc.workloads[].rows array
+alloc.workloads[].rows[] object
+alloc.workloads[].rows[].allocator string
+alloc.workloads[].rows[].runs integer
+alloc.workloads[].rows[].failures integer
+alloc.workloads[].rows[].error string|null
+alloc.workloads[].rows[].cost object|null
+alloc.workloads[].rows[].cost.reps integer
+alloc.workloads[].rows[].cost.min number
+alloc.workloads[].rows[].cost.median number
+alloc.workloads[].rows[].cost.max number
+alloc.workloads[].rows[].cost.spread_pct number
+alloc.workloads[].rows[].cost.noisy bool
+alloc.workloads[].rows[].rel_cost number|null
+alloc.workloads[].rows[].ops_per_s number|null
+alloc.workloads[].rows[].elapsed_s number|null
+alloc.workloads[].rows[].cpu_s number|null
+alloc.workloads[].rows[].cpu_cost number|null
+alloc.workloads[].rows[].rel_cpu number|null
+alloc.workloads[].rows[].max_rss_kib integer|null
+alloc.workloads[].rows[].rel_rss number|null
+alloc.workloads[].rows[].minflt integer|null
+alloc.workloads[].rows[].first_cpu_irqs object|null
+alloc.workloads[].rows[].first_cpu_irqs.res integer
+alloc.workloads[].rows[].first_cpu_irqs.cal integer
+alloc.workloads[].rows[].first_cpu_irqs.tlb integer
+alloc.workloads[].rows[].second_cpu_irqs object|null
+alloc.workloads[].rows[].second_cpu_irqs.res integer
+alloc.workloads[].rows[].second_cpu_irqs.cal integer
+alloc.workloads[].rows[].second_cpu_irqs.tlb integer
+alloc.summary array
+alloc.summary[] object
+alloc.summary[].allocator string
+alloc.summary[].geomean_rel_cost number|null
+alloc.summary[].workloads integer
+alloc.summary[].geomean_rel_cpu number|null
+alloc.summary[].worst_rel_rss number|null
 files array
 files[] string
 ";
@@ -353,6 +415,12 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "10000",
         // A test does not turn real-time throttling off.
         "--no-fifo",
+        "--alloc-seconds",
+        "0.03",
+        "--alloc-scale",
+        "0.02",
+        "--alloc-reps",
+        "1",
     ]);
     let stdout = text(&o.stdout);
     assert!(
@@ -367,6 +435,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "## Drain scaling",
         "## Lock cost",
         "## Isolation under stress",
+        "## Allocator workloads",
     ] {
         assert!(
             stdout.contains(heading),
@@ -385,6 +454,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
     assert_eq!(
         entries(&out),
         [
+            "alloc_relative_cost.svg",
             "drain_latency.svg",
             "isolation_gaps.svg",
             "report.md",
@@ -399,6 +469,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "## Isolation",
         "## Drain scaling",
         "## Lock cost",
+        "## Allocator workloads",
     ] {
         assert!(md.contains(heading), "report.md lacks {heading}");
     }
@@ -406,7 +477,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     check_schema(&json);
-    assert_eq!(json["schema"], "qpw-bench-results/1");
+    assert_eq!(json["schema"], "qpw-bench-results/2");
     assert_eq!(json["preset"], "quick");
     let runs = json["isolation"]["runs"].as_array().unwrap();
     let modes: Vec<&str> = runs.iter().map(|r| r["mode"].as_str().unwrap()).collect();
@@ -422,15 +493,39 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
     }
     assert_eq!(json["locks"]["rows"].as_array().unwrap().len(), 11);
     assert_eq!(json["kmalloc"]["iterations"], 10000);
+    // Every workload under every allocator, each run finished.
+    let workloads = json["alloc"]["workloads"].as_array().unwrap();
+    assert_eq!(workloads.len(), 10);
+    for w in workloads {
+        let rows = w["rows"].as_array().unwrap();
+        let names: Vec<&str> = rows
+            .iter()
+            .map(|r| r["allocator"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["qpw-queue", "qpw-remote", "mimalloc", "jemalloc", "glibc"]
+        );
+        for r in rows {
+            assert_eq!(r["runs"], 1, "{w}");
+            assert_eq!(r["failures"], 0, "{w}");
+        }
+    }
+    assert_eq!(json["alloc"]["summary"][2]["geomean_rel_cost"], 1.0);
 
-    for svg in ["drain_latency.svg", "isolation_gaps.svg"] {
+    for svg in [
+        "drain_latency.svg",
+        "isolation_gaps.svg",
+        "alloc_relative_cost.svg",
+    ] {
         let s = std::fs::read_to_string(out.join(svg)).unwrap();
         let doc =
             roxmltree::Document::parse(&s).unwrap_or_else(|e| panic!("{svg} is not XML: {e}"));
         assert_eq!(doc.root_element().tag_name().name(), "svg", "{svg}");
         assert!(
-            doc.descendants()
-                .any(|n| n.has_tag_name("polyline") || n.has_tag_name("path")),
+            doc.descendants().any(|n| n.has_tag_name("polyline")
+                || n.has_tag_name("path")
+                || n.has_tag_name("rect")),
             "{svg} draws no line"
         );
     }
@@ -456,6 +551,12 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "--kmalloc-count",
         "1000",
         "--no-fifo",
+        "--alloc-seconds",
+        "0.02",
+        "--alloc-scale",
+        "0.01",
+        "--alloc-reps",
+        "1",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(entries(&dir), ["out"]);
@@ -724,6 +825,28 @@ fn hostile_values_are_refused_by_name() {
             &["--iterations", "too large"],
         ),
         (&["soak", "--seconds", "nan"], &["--seconds", "nan"]),
+        (&["alloc", "--reps", "0"], &["--reps", "1 to 100"]),
+        (&["alloc", "--reps", "many"], &["--reps", "many"]),
+        (&["alloc", "--workload", "bogus"], &["--workload", "bogus"]),
+        (&["alloc", "--workload", "idle"], &["--workload", "idle"]),
+        (&["alloc", "--workload", "json,,small"], &["--workload"]),
+        (
+            &["alloc", "--allocator", "tcmalloc"],
+            &["--allocator", "tcmalloc"],
+        ),
+        (&["alloc", "--scale", "0"], &["--scale", "0.001"]),
+        (&["alloc", "--scale", "nan"], &["--scale", "nan"]),
+        (&["alloc", "--seconds", "-1"], &["--seconds", "positive"]),
+        (&["alloc", "--timeout", "0"], &["--timeout"]),
+        (&["report", "--alloc-reps", "0"], &["--alloc-reps"]),
+        (
+            &["report", "--alloc-scale", "1000"],
+            &["--alloc-scale", "0.001"],
+        ),
+        (
+            &["report", "--alloc-seconds", "nan"],
+            &["--alloc-seconds", "nan"],
+        ),
     ];
     for (args, needles) in cases {
         let o = bench(args);
@@ -737,4 +860,129 @@ fn hostile_values_are_refused_by_name() {
         }
         assert!(o.stdout.is_empty(), "{args:?} printed: {}", text(&o.stdout));
     }
+}
+
+/// `alloc` runs each workload in a worker process under each allocator:
+/// a tiny run of two workloads, checked for what every row must hold.
+#[test]
+fn alloc_json_runs_every_allocator_in_its_own_process() {
+    let o = bench(&[
+        "alloc",
+        "--json",
+        "--workload",
+        "midsize,json",
+        "--reps",
+        "2",
+        "--seconds",
+        "0.05",
+        "--scale",
+        "0.02",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let json: Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(json["reference"], "mimalloc");
+    assert_eq!(json["baseline"]["runs"], 2);
+    let workloads = json["workloads"].as_array().unwrap();
+    let names: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["midsize", "json"]);
+    assert_eq!(workloads[0]["placement"], "cpu0");
+    assert_eq!(workloads[1]["kind"], "program");
+    for w in workloads {
+        for r in w["rows"].as_array().unwrap() {
+            assert_eq!(r["runs"], 2, "{r}");
+            assert_eq!(r["failures"], 0, "{r}");
+            assert!(r["max_rss_kib"].as_u64().unwrap() > 0, "{r}");
+            assert!(r["ops_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["rel_rss"].as_f64().unwrap() > 0.0, "{r}");
+        }
+        let mi = w["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["allocator"] == "mimalloc")
+            .unwrap();
+        assert_eq!(mi["rel_cost"], 1.0);
+    }
+    let summary = json["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 5);
+    for s in summary {
+        assert_eq!(s["workloads"], 2, "{s}");
+    }
+}
+
+/// The worker refuses to run under an allocator other than the one named,
+/// and no other subcommand runs with the worker's variable set.
+#[test]
+fn the_worker_protocol_is_checked() {
+    let worker = |env: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_qpw-bench"));
+        c.args([
+            "alloc-worker",
+            "--workload",
+            "idle",
+            "--allocator",
+            "jemalloc",
+            "--seconds",
+            "0.01",
+            "--scale",
+            "1",
+        ]);
+        c.env_remove("QPW_BENCH_ALLOCATOR");
+        if let Some(v) = env {
+            c.env("QPW_BENCH_ALLOCATOR", v);
+        }
+        c.output().unwrap()
+    };
+    let o = worker(None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("QPW_BENCH_ALLOCATOR=jemalloc"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = worker(Some("glibc"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("this process has glibc"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = worker(Some("tcmalloc"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("names no allocator"),
+        "{}",
+        text(&o.stderr)
+    );
+    // The worker's peak RSS is its own, not its parent's: this process
+    // holds 256 MiB while it starts the worker.
+    let big = vec![1u8; 256 << 20];
+    let o = worker(Some("jemalloc"));
+    assert_eq!(
+        big.iter().step_by(4096).map(|&b| b as usize).sum::<usize>(),
+        65536
+    );
+    drop(big);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let line: Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    assert_eq!(line["allocator"], "jemalloc");
+    assert_eq!(line["on_first_cpu_only"], true);
+    let peak = line["peak_rss_kib"].as_u64().unwrap();
+    assert!(peak > 0 && peak < 128 << 10, "worker peak RSS {peak} KiB");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_qpw-bench"))
+        .args(["locks", "--iterations", "10"])
+        .env("QPW_BENCH_ALLOCATOR", "mimalloc")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("QPW_BENCH_ALLOCATOR is set"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(o.stdout.is_empty());
 }

@@ -234,7 +234,7 @@ impl<C: qpw::Config> crate::Kmalloc<C> {
     #[inline]
     pub(crate) fn after_slow_path(&self, owner: &mut qpw::Owner<C>) {
         let d = &self.shared.decay;
-        d.touch(owner.cpu());
+        d.touch(owner.slot());
         if d.wants_thread() {
             self.start_decay_thread();
         }
