@@ -192,13 +192,13 @@ mod loom_tests;
 pub struct ReadmeDoctests;
 
 pub use config::{
-    format_cpu_list, parse_cpu_list, Config, Mode, NoQpw, Rt, RtNoQpw, SlotMode, Standard,
-    ACCEPTED, ENV_VAR,
+    format_cpu_list, parse_cpu_list, parse_signal, Config, Mode, ModeReason, NoQpw, Rt, RtNoQpw,
+    SlotMode, Standard, ACCEPTED, ENV_VAR, SIGNAL_ACCEPTED, SIGNAL_ENV_VAR,
 };
 pub use domain::{Builder, Domain, DEFAULT_FLUSH_TIMEOUT, MAX_CPUS};
-pub use error::{Error, FlushError};
+pub use error::{Error, FlushError, SignalTrouble};
 pub use fork::{register_fork_hook, ForkHook, ForkHookHandle};
 pub use owner::{Offline, Owner};
 pub use percpu::{CtxGuard, LocalGuard, PerCpu, RemoteGuard};
-pub use stats::SlotStats;
+pub use stats::{SlotInfo, SlotStats};
 pub use work::{Work, WorkCtx, WorkSet};

@@ -1,5 +1,6 @@
 //! Per-slot counters: what the library sent and ran, so the rules are checked, not assumed.
 
+use crate::config::{ModeReason, SlotMode};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Counters of one slot, readable at any time with [`Domain::stats`](crate::Domain::stats).
@@ -59,6 +60,22 @@ impl SlotStats {
     }
 }
 
+/// How one slot runs now and why, with what drain-alls left alone on it:
+/// [`Domain::slot_info`](crate::Domain::slot_info).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotInfo {
+    /// The slot's mode as the domain was built (an `auto` domain resolved per CPU).
+    pub configured: SlotMode,
+    /// The mode the slot runs in for its current binding (the configured
+    /// one while it has no owner).
+    pub effective: SlotMode,
+    /// Why `effective` is what it is.
+    pub reason: ModeReason,
+    /// Drain-alls whose per-slot check ([`WorkSet::with_check`](crate::WorkSet::with_check))
+    /// said this slot needed nothing: it was neither signalled nor locked.
+    pub drains_skipped_clean: u64,
+}
+
 /// Where a work ran, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RanAt {
@@ -84,6 +101,7 @@ pub(crate) struct Counters {
     lock_timeouts: AtomicU64,
     panicked: AtomicU64,
     skipped_retired: AtomicU64,
+    skipped_clean: AtomicU64,
 }
 
 impl Counters {
@@ -108,6 +126,12 @@ impl Counters {
     }
     pub(crate) fn skipped_retired(&self) {
         Self::bump(&self.skipped_retired)
+    }
+    pub(crate) fn skipped_clean(&self) {
+        Self::bump(&self.skipped_clean)
+    }
+    pub(crate) fn skipped_clean_count(&self) -> u64 {
+        self.skipped_clean.load(Ordering::Relaxed)
     }
     pub(crate) fn ran(&self, at: RanAt) {
         Self::bump(match at {
