@@ -311,7 +311,7 @@ pub(crate) struct KShared<C: Config> {
     bind_gen: AtomicU64,
     threads_bound: AtomicU64,
     threads_unbound: AtomicU64,
-    shared_path: [AtomicU64; 4],
+    shared_path: [AtomicU64; 6],
 }
 
 // SAFETY: `classes` points to a `Classes`, which is Send and Sync (its caches
@@ -321,12 +321,21 @@ unsafe impl<C: Config> Send for KShared<C> {}
 // SAFETY: as above.
 unsafe impl<C: Config> Sync for KShared<C> {}
 
+/// In a remembered failed binding's generation: it failed because the
+/// thread blocks the qpw signal (see `binding_slow`).
+const FAILED_SIGNAL_BLOCKED: u64 = 1 << 63;
+
 #[derive(Clone, Copy)]
 enum SharedReason {
     NoSlot = 0,
     Reentrant = 1,
     Exiting = 2,
     TableFull = 3,
+    /// The thread blocks the qpw signal and the configuration has no
+    /// `remote` mode to bind it in (`NoQpw`, `RtNoQpw`).
+    SignalBlocked = 4,
+    /// Binding failed for another reason (named by `qpw::Error`).
+    BindFailed = 5,
 }
 
 impl<C: Config> KShared<C> {
@@ -890,8 +899,15 @@ impl<C: Config> Kmalloc<C> {
             return Err(SharedReason::Reentrant);
         }
         let generation = sh.bind_gen.load(Ordering::Acquire);
-        if local::failed_at(sh.id) == Some(generation) {
-            return Err(SharedReason::NoSlot);
+        // A failure is remembered with its generation, and its reason in the
+        // top bit (a generation never gets there): the shared path is
+        // counted under the reason that sent it there.
+        match local::failed_at(sh.id) {
+            Some(g) if g == generation => return Err(SharedReason::NoSlot),
+            Some(g) if g == generation | FAILED_SIGNAL_BLOCKED => {
+                return Err(SharedReason::SignalBlocked)
+            }
+            _ => {}
         }
         if !local::has_room() {
             return Err(SharedReason::TableFull);
@@ -917,9 +933,18 @@ impl<C: Config> Kmalloc<C> {
                     Err(SharedReason::TableFull)
                 }
             }
-            Err(_) => {
-                local::set_failed(sh.id, generation);
-                Err(SharedReason::NoSlot)
+            Err(e) => {
+                let reason = match e {
+                    qpw::Error::NoFreeSlot { .. } => SharedReason::NoSlot,
+                    qpw::Error::SignalBlocked { .. } => SharedReason::SignalBlocked,
+                    _ => SharedReason::BindFailed,
+                };
+                let mark = match reason {
+                    SharedReason::SignalBlocked => FAILED_SIGNAL_BLOCKED,
+                    _ => 0,
+                };
+                local::set_failed(sh.id, generation | mark);
+                Err(reason)
             }
         };
         local::busy_leave(sh.id);
@@ -1140,6 +1165,8 @@ impl<C: Config> Kmalloc<C> {
                 reentrant: r(&sh.shared_path[SharedReason::Reentrant as usize]),
                 exiting: r(&sh.shared_path[SharedReason::Exiting as usize]),
                 table_full: r(&sh.shared_path[SharedReason::TableFull as usize]),
+                signal_blocked: r(&sh.shared_path[SharedReason::SignalBlocked as usize]),
+                bind_failed: r(&sh.shared_path[SharedReason::BindFailed as usize]),
             },
             work: self.domain().total_stats(),
         }
