@@ -208,7 +208,7 @@ impl<T, C: Config> PerCpu<T, C> {
         let hold = (C::QPW && slot.eff_mode() == SlotMode::Remote)
             .then(|| slot.hold_remote())
             // Counted, then checked again (see `SlotState::set_effective`).
-            .filter(|_| slot.eff_mode() == SlotMode::Remote);
+            .filter(|_| slot.eff_mode_counted() == SlotMode::Remote);
         if let Some(hold) = hold {
             let timeout = self.domain.inner.flush_timeout;
             if cell

@@ -197,6 +197,16 @@ impl<C: Config> SlotState<C> {
         SlotMode::from_code(self.effective.load(Ordering::SeqCst) & 0xff)
     }
 
+    /// The mode the slot runs in now, read by a remote context that has
+    /// just counted itself in `remote_holders` (see
+    /// [`set_effective`](Self::set_effective)). A read-modify-write, so it
+    /// reads the latest mode: with the binder's read-modify-write of the
+    /// count this makes the "count, then look" / "change, then look" pair
+    /// hold in the models too (loom treats a `SeqCst` load as acquire only).
+    pub(crate) fn eff_mode_counted(&self) -> SlotMode {
+        SlotMode::from_code(self.effective.fetch_add(0, Ordering::SeqCst) & 0xff)
+    }
+
     /// The mode the slot runs in now, and why.
     pub(crate) fn eff_info(&self) -> (SlotMode, ModeReason) {
         let w = self.effective.load(Ordering::SeqCst);
@@ -215,7 +225,7 @@ impl<C: Config> SlotState<C> {
     pub(crate) fn set_effective(&self, mode: SlotMode, why: ModeReason) {
         let old = self.effective.swap(mode_word(mode, why), Ordering::SeqCst);
         if SlotMode::from_code(old & 0xff) == SlotMode::Remote && mode != SlotMode::Remote {
-            while self.remote_holders.load(Ordering::SeqCst) != 0 {
+            while self.remote_holders.fetch_add(0, Ordering::SeqCst) != 0 {
                 spin_hint();
                 yield_now();
             }
@@ -384,7 +394,7 @@ impl<C: Config> SlotState<C> {
         {
             return false;
         }
-        if self.eff_mode() == SlotMode::Remote {
+        if self.eff_mode_counted() == SlotMode::Remote {
             // Bound `remote` since the caller looked: let go, and run what
             // was queued meanwhile the `remote` way.
             self.release();
@@ -427,7 +437,7 @@ impl<C: Config> SlotState<C> {
                     return Helped::Online;
                 }
                 let _hold = self.hold_remote();
-                if self.eff_mode() != SlotMode::Remote {
+                if self.eff_mode_counted() != SlotMode::Remote {
                     // A binder or a leaving owner changed it (see `set_effective`).
                     continue;
                 }

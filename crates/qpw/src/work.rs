@@ -342,7 +342,7 @@ impl<C: Config> Work<C> {
             && slot.run_now_remote(owns))
         .then(|| slot.hold_remote())
         // Counted, then checked again (see `SlotState::set_effective`).
-        .filter(|_| slot.eff_mode() == SlotMode::Remote);
+        .filter(|_| slot.eff_mode_counted() == SlotMode::Remote);
         if let Some(_hold) = hold {
             WorkInner::run_claimed(
                 w,

@@ -9,9 +9,9 @@
 //!   blocked in `nanosleep`/`poll` on clean slots (and without the check it
 //!   does: the control proves the test can fail).
 
-use qpw::{
-    Domain, Error, FlushError, Mode, ModeReason, NoQpw, PerCpu, SignalTrouble, SlotMode, Standard,
-};
+use qpw::{Domain, Error, FlushError, Mode, NoQpw, SignalTrouble, Standard};
+#[cfg(feature = "qpw")]
+use qpw::{ModeReason, PerCpu, SlotMode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -50,10 +50,8 @@ fn set_blocked(sig: i32, block: bool) {
         libc::SIG_UNBLOCK
     };
     // SAFETY: `set` is an initialised sigset_t; a null old set is allowed.
-    assert_eq!(
-        unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) },
-        0
-    );
+    let rc = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    assert_eq!(rc, 0);
 }
 
 /// A thread that blocks the signal binds a `queue` slot; the slot reports

@@ -295,7 +295,7 @@ pub(crate) fn signal_view(tid: u32, sig: i32) -> Option<SignalView> {
     let has = |key: &str| -> Option<bool> {
         let line = text.lines().find_map(|l| l.strip_prefix(key))?;
         let mask = u64::from_str_radix(line.trim(), 16).ok()?;
-        Some(sig >= 1 && sig <= 64 && mask & (1u64 << (sig - 1)) != 0)
+        Some((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
     };
     Some(SignalView {
         blocked: has("SigBlk:")?,
