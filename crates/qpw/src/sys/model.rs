@@ -74,6 +74,7 @@ pub(crate) fn take_signal() -> bool {
 }
 
 /// Forgets every signal sent and every failure planned (a model's start).
+#[cfg_attr(not(test), allow(dead_code))] // the models' own
 pub(crate) fn reset_signals() {
     let mut s = SIGNALS.lock().unwrap();
     s.pending.clear();
@@ -87,7 +88,7 @@ pub(crate) fn fail_next_signals(n: usize, errno: i32) {
         .lock()
         .unwrap()
         .fail
-        .extend(std::iter::repeat(errno).take(n));
+        .extend(std::iter::repeat_n(errno, n));
 }
 
 pub(crate) const ESRCH: i32 = 3;
