@@ -73,7 +73,12 @@ impl<C: Config> Domain<C> {
         })?;
         let (owner, parked): (Box<dyn Any>, bool) = match taken {
             Some(o) => (o, true),
-            None => (Box::new(self.bind_any()?), false),
+            None => {
+                let o: Box<dyn Any> = Box::new(self.bind_any()?);
+                // An empty entry while `f` runs: a nested call is `Reentrant`.
+                IMPLICIT.with(|m| m.borrow_mut().push((id, None)));
+                (o, false)
+            }
         };
         // Put the owner back however `f` ends: if it unwound with the owner
         // dropped, the slot would be unbound under the caller, and inside this

@@ -128,6 +128,8 @@ pub(crate) struct SlotState<C: Config> {
     pub(crate) tid: AtomicU32,
     /// A signal was sent and its handler has not started yet.
     pub(crate) sig_inflight: AtomicBool,
+    /// The last send failed (`EAGAIN`): a flusher sends again.
+    pub(crate) sig_failed: AtomicBool,
     /// Remote contexts that hold, or are about to take, a lock of this
     /// slot's cells: a fork child retires a slot whose count is not zero
     /// (a vanished thread may hold a lock with the data half-changed).
@@ -246,6 +248,7 @@ impl<C: Config> SlotState<C> {
             head: AtomicPtr::new(ptr::null_mut()),
             tid: AtomicU32::new(0),
             sig_inflight: AtomicBool::new(false),
+            sig_failed: AtomicBool::new(false),
             remote_holders: AtomicU32::new(0),
             owner_preempted,
             mode,
@@ -535,6 +538,7 @@ impl<C: Config> SlotState<C> {
                 // thread is gone): nothing is in flight, and a flusher sends
                 // again (see `resend`).
                 self.sig_inflight.store(false, Ordering::SeqCst);
+                self.sig_failed.store(true, Ordering::SeqCst);
                 self.counters.signal_failed();
                 if e == crate::sys::ESRCH {
                     self.owner_thread_gone(s, tid);
@@ -582,8 +586,14 @@ impl<C: Config> SlotState<C> {
         {
             return;
         }
-        self.sig_inflight.store(false, Ordering::SeqCst);
-        self.signal_owner();
+        // Only a send that failed, or a signal still marked in flight (no
+        // handler started since), is sent again: an owner that took the
+        // signal and is about to run the work gets no second one.
+        if self.sig_failed.swap(false, Ordering::SeqCst)
+            || self.sig_inflight.swap(false, Ordering::SeqCst)
+        {
+            self.signal_owner();
+        }
     }
 
     /// For a flusher whose deadline passed: what kept the online `queue`

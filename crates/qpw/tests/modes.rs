@@ -801,25 +801,33 @@ fn section_inside_own_work_is_refused_and_changes_nothing() {
         .unwrap();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let owner = std::thread::spawn({
-        let (domain, data) = (domain.clone(), data.clone());
+        let (domain, data, go) = (domain.clone(), data.clone(), go.clone());
         move || {
             // Online only inside `with_local`: wait there, outside any
-            // section, so the handler runs the work here.
+            // section and outside any allocation (the work's panic
+            // allocates), so the handler runs the work here.
             domain
                 .with_local(|me| {
                     *data.lock(me) += 10;
                     bound_tx.send(()).unwrap();
-                    done_rx.recv().unwrap();
+                    while !go.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
                 })
                 .unwrap();
+            done_rx.recv().unwrap();
             domain.with_local(|me| *data.lock(me) += 100).unwrap();
             domain.stats(0).unwrap()
         }
     });
     bound_rx.recv().unwrap();
+    // Let the owner leave `send` (which may allocate) before the signal.
+    std::thread::sleep(std::time::Duration::from_millis(20));
     work.queue();
     assert_eq!(work.flush(), Err(FlushError::Panicked { cpu: 0 }));
+    go.store(true, Ordering::SeqCst);
     done_tx.send(()).unwrap();
     let s = owner.join().unwrap();
     assert_eq!((s.works_in_handler, s.works_panicked), (1, 1), "{s:?}");

@@ -74,7 +74,7 @@ pub(crate) fn take_signal() -> bool {
 }
 
 /// Forgets every signal sent and every failure planned (a model's start).
-#[cfg_attr(not(test), allow(dead_code))] // the models' own
+#[allow(dead_code)] // used by the models only
 pub(crate) fn reset_signals() {
     let mut s = SIGNALS.lock().unwrap();
     s.pending.clear();
