@@ -573,12 +573,14 @@ impl<C: Config> SlotState<C> {
     }
 
     /// For a flusher that has waited a while on an online owner in `queue`
-    /// mode with work pending: no signal in flight means the last send
-    /// failed (`EAGAIN`): send again. A signal still marked in flight means
-    /// no handler started since it was sent, so it was lost (the thread
-    /// was exiting as it arrived, or it blocks the signal): send again. An
+    /// mode with work pending: if the last send failed (`EAGAIN`), send
+    /// again. With `lost_too` (the flusher has waited long: an owner that
+    /// only waits for a core takes its signal well before), a signal still
+    /// marked in flight means no handler started since it was sent, so it
+    /// was lost (the thread was exiting as it arrived, or it blocks the
+    /// signal): send again. An
     /// owner inside a section gets nothing: its section's end runs the work.
-    pub(crate) fn resend(&self) {
+    pub(crate) fn resend(&self, lost_too: bool) {
         if self.eff_mode() != SlotMode::Queue
             || self.state() != ONLINE
             || !self.has_pending()
@@ -590,7 +592,7 @@ impl<C: Config> SlotState<C> {
         // handler started since), is sent again: an owner that took the
         // signal and is about to run the work gets no second one.
         if self.sig_failed.swap(false, Ordering::SeqCst)
-            || self.sig_inflight.swap(false, Ordering::SeqCst)
+            || (lost_too && self.sig_inflight.swap(false, Ordering::SeqCst))
         {
             self.signal_owner();
         }

@@ -420,7 +420,7 @@ impl<C: Config> Work<C> {
                 return Err(FlushError::Retired { cpu: self.cpu });
             }
             if waiter.resend_due() {
-                slot.resend();
+                slot.resend(waiter.waited_long());
             }
             if waiter.wait() {
                 let waited_ms = bound.as_millis() as u64;
@@ -484,6 +484,15 @@ impl Waiter {
             self.resend_at = self.resend_at.saturating_mul(10);
             true
         }
+    }
+
+    /// Whether the wait has lasted long enough to call a signal still in
+    /// flight lost: 100 ms (under the models: always).
+    fn waited_long(&self) -> bool {
+        #[cfg(qpw_loom)]
+        return true;
+        #[cfg(not(qpw_loom))]
+        return self.start.elapsed() >= Duration::from_millis(100);
     }
 
     /// Waits a little; `true` once the deadline has passed. Spins first
