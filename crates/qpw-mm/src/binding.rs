@@ -5,7 +5,7 @@
 //! cannot use a slot get the reason for the shared path.
 
 use crate::kmalloc::KShared;
-use crate::kmalloc::{Kmalloc, SharedReason};
+use crate::kmalloc::{Kmalloc, SharedReason, FAILED_SIGNAL_BLOCKED};
 use crate::local;
 use qpw::{Config, Owner};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,8 +87,15 @@ impl<C: Config> Kmalloc<C> {
             return Err(SharedReason::Reentrant);
         }
         let generation = sh.bind_gen.load(Ordering::Acquire);
-        if local::failed_at(sh.id) == Some(generation) {
-            return Err(SharedReason::NoSlot);
+        // A failure is remembered with its generation, and its reason in the
+        // top bit (a generation never gets there): the shared path is
+        // counted under the reason that sent it there.
+        match local::failed_at(sh.id) {
+            Some(g) if g == generation => return Err(SharedReason::NoSlot),
+            Some(g) if g == generation | FAILED_SIGNAL_BLOCKED => {
+                return Err(SharedReason::SignalBlocked)
+            }
+            _ => {}
         }
         if !local::has_room() {
             return Err(SharedReason::TableFull);
@@ -114,9 +121,18 @@ impl<C: Config> Kmalloc<C> {
                     Err(SharedReason::TableFull)
                 }
             }
-            Err(_) => {
-                local::set_failed(sh.id, generation);
-                Err(SharedReason::NoSlot)
+            Err(e) => {
+                let reason = match e {
+                    qpw::Error::NoFreeSlot { .. } => SharedReason::NoSlot,
+                    qpw::Error::SignalBlocked { .. } => SharedReason::SignalBlocked,
+                    _ => SharedReason::BindFailed,
+                };
+                let mark = match reason {
+                    SharedReason::SignalBlocked => FAILED_SIGNAL_BLOCKED,
+                    _ => 0,
+                };
+                local::set_failed(sh.id, generation | mark);
+                Err(reason)
             }
         };
         local::busy_leave(sh.id);

@@ -10,6 +10,7 @@ use crate::sys;
 use qpw::{Config, Domain, FlushError, ForkHookHandle, Owner, PerCpu, Standard, WorkSet};
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The largest object alignment a cache supports.
@@ -48,6 +49,12 @@ pub const fn default_depot_max_full(size: usize, capacity: usize) -> usize {
 /// Everything the slots, the drain work and the handle share.
 struct CacheShared<C: Config> {
     pcs: PerCpu<Pcs, C>,
+    /// Per slot: its sheaves may hold objects (`has_pcs_used`, the drain's
+    /// check, read remotely). Set by the owner, in its section, whenever
+    /// objects may have entered the slot (a free into an empty main sheaf,
+    /// any slow path); cleared by the drain work, which empties the slot.
+    /// So a slot with objects always reads `true`.
+    used: Box<[crossbeam_utils::CachePadded<std::sync::atomic::AtomicBool>]>,
     core: SlabCore,
     arena: usize,
     arena_len: usize,
@@ -220,6 +227,9 @@ impl<C: Config> KmemCacheBuilder<C> {
         };
         let shared = Arc::new(CacheShared {
             pcs: PerCpu::new(&self.domain, |_| Pcs::new()),
+            used: (0..self.domain.nr_cpus())
+                .map(|_| Default::default())
+                .collect(),
             core,
             arena,
             arena_len,
@@ -276,12 +286,27 @@ pub(crate) fn geometry(
 }
 
 fn drain_work<C: Config>(domain: &Domain<C>, shared: Arc<CacheShared<C>>) -> WorkSet<C> {
-    domain.work_all(move |ctx| {
-        // The slot's sheaves to the hand-off stack: no lock but the slot's,
-        // no allocation (this may run in the owner's signal handler).
-        let mut pcs = shared.pcs.lock_ctx(ctx);
-        shared.core.drain_pcs(&mut pcs);
-    })
+    let check = shared.clone();
+    domain.work_all_checked(
+        move |ctx| {
+            // The slot's sheaves to the hand-off stack: no lock but the slot's,
+            // no allocation (this may run in the owner's signal handler).
+            let cpu = ctx.slot();
+            let mut pcs = shared.pcs.lock_ctx(ctx);
+            shared.core.drain_pcs(&mut pcs);
+            shared.used[cpu].store(false, Ordering::SeqCst);
+        },
+        // Slots whose sheaves hold nothing are neither signalled nor locked.
+        move |cpu| check.used[cpu].load(Ordering::SeqCst),
+    )
+}
+
+impl<C: Config> CacheShared<C> {
+    /// Owner, in its section: objects may have entered slot `cpu`.
+    #[inline]
+    fn mark_used(&self, cpu: usize) {
+        self.used[cpu].store(true, Ordering::SeqCst);
+    }
 }
 
 impl<C: Config> KmemCache<C> {
@@ -333,10 +358,14 @@ impl<C: Config> KmemCache<C> {
     #[inline]
     pub fn alloc(&self, owner: &mut Owner<C>) -> Option<NonNull<u8>> {
         let sh = &*self.shared;
+        let cpu = owner.slot();
         let mut pcs = sh.pcs.lock(owner);
         let (p, slow) = match pcs.pop() {
             Some(p) => (p, false),
-            None => (sh.core.alloc_slow(&mut pcs), true),
+            None => {
+                sh.mark_used(cpu);
+                (sh.core.alloc_slow(&mut pcs), true)
+            }
         };
         drop(pcs);
         if slow {
@@ -367,10 +396,15 @@ impl<C: Config> KmemCache<C> {
         if let Err(e) = sh.core.check_free(ptr.as_ptr()) {
             panic!("qpw-mm: {e}");
         }
+        let cpu = owner.slot();
         let mut pcs = sh.pcs.lock(owner);
         let slow = !pcs.push(ptr.as_ptr());
         if slow {
+            sh.mark_used(cpu);
             sh.core.free_slow(&mut pcs, ptr.as_ptr());
+        } else if pcs.main_count == 1 {
+            // The main sheaf was empty: the one store per refill.
+            sh.mark_used(cpu);
         }
         drop(pcs);
         if slow {
@@ -384,8 +418,12 @@ impl<C: Config> KmemCache<C> {
     #[inline]
     pub fn alloc_bulk(&self, owner: &mut Owner<C>, out: &mut [*mut u8]) -> usize {
         let sh = &*self.shared;
+        let cpu = owner.slot();
         let mut pcs = sh.pcs.lock(owner);
         let (n, slow) = bulk_alloc(&sh.core, &mut pcs, out);
+        if slow {
+            sh.mark_used(cpu);
+        }
         drop(pcs);
         if slow {
             owner.quiescent();
@@ -412,7 +450,11 @@ impl<C: Config> KmemCache<C> {
                 panic!("qpw-mm: {e}");
             }
         }
+        let cpu = owner.slot();
         let mut pcs = sh.pcs.lock(owner);
+        if !ptrs.is_empty() {
+            sh.mark_used(cpu);
+        }
         // SAFETY: NonNull<u8> is a transparent *mut u8; the caller gives the
         // objects up.
         let slow = unsafe { bulk_free(&sh.core, &mut pcs, ptrs.as_ptr().cast(), ptrs.len()) };

@@ -43,7 +43,7 @@ pub(crate) struct KShared<C: Config> {
     pub(crate) bind_gen: AtomicU64,
     pub(crate) threads_bound: AtomicU64,
     pub(crate) threads_unbound: AtomicU64,
-    shared_path: [AtomicU64; 4],
+    shared_path: [AtomicU64; 6],
     pub(crate) decay: Decay,
     /// The instance is never freed (the global allocator's): a decay
     /// thread may hold it.
@@ -57,12 +57,21 @@ unsafe impl<C: Config> Send for KShared<C> {}
 // SAFETY: as above.
 unsafe impl<C: Config> Sync for KShared<C> {}
 
+/// In a remembered failed binding's generation: it failed because the
+/// thread blocks the qpw signal (see `binding_slow`).
+pub(crate) const FAILED_SIGNAL_BLOCKED: u64 = 1 << 63;
+
 #[derive(Clone, Copy)]
 pub(crate) enum SharedReason {
     NoSlot = 0,
     Reentrant = 1,
     Exiting = 2,
     TableFull = 3,
+    /// The thread blocks the qpw signal and the configuration has no
+    /// `remote` mode to bind it in (`NoQpw`, `RtNoQpw`).
+    SignalBlocked = 4,
+    /// Binding failed for another reason (named by `qpw::Error`).
+    BindFailed = 5,
 }
 
 impl<C: Config> KShared<C> {
@@ -768,6 +777,8 @@ impl<C: Config> Kmalloc<C> {
                 reentrant: r(&sh.shared_path[SharedReason::Reentrant as usize]),
                 exiting: r(&sh.shared_path[SharedReason::Exiting as usize]),
                 table_full: r(&sh.shared_path[SharedReason::TableFull as usize]),
+                signal_blocked: r(&sh.shared_path[SharedReason::SignalBlocked as usize]),
+                bind_failed: r(&sh.shared_path[SharedReason::BindFailed as usize]),
             },
             work: self.domain().total_stats(),
         }

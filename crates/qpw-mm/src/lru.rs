@@ -180,6 +180,11 @@ struct Inner<T, C: Config> {
     /// Per slot: an emptied chunk given back by a fold, or null.
     returned: Box<[CachePadded<AtomicPtr<Chunk<T>>>]>,
     shared: Mutex<Vec<T>>,
+    /// Per slot: the batch may hold items (the drain-all's check, read
+    /// remotely). Set by the owner when its batch goes from empty to one
+    /// item, cleared by whoever drains the batch; both with the slot's data
+    /// in hand, so never stale "no" for items added before a drain-all.
+    dirty: Box<[CachePadded<std::sync::atomic::AtomicBool>]>,
     spills: AtomicU64,
     drained: AtomicU64,
     allocated: AtomicU64,
@@ -232,7 +237,8 @@ impl<T: Send + 'static, C: Config> Inner<T, C> {
     /// The drain work's body: hands the slot's batch off. Runs with the
     /// slot's data exclusively in hand, possibly in a signal handler: it
     /// moves two pointers and pushes on the lock-free stack, nothing else.
-    fn drain_slot(&self, local: &mut Local<T>) {
+    fn drain_slot(&self, local: &mut Local<T>, cpu: usize) {
+        self.dirty[cpu].store(false, Ordering::SeqCst);
         if local.batch_len() == 0 {
             return;
         }
@@ -369,18 +375,30 @@ impl<T: Send + 'static, C: Config> Lru<T, C> {
             handoff: AtomicPtr::new(ptr::null_mut()),
             returned,
             shared: Mutex::new(Vec::new()),
+            dirty: (0..domain.nr_cpus())
+                .map(|_| CachePadded::new(std::sync::atomic::AtomicBool::new(false)))
+                .collect(),
             spills: AtomicU64::new(0),
             drained: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
         });
-        let drain = domain.work_all({
-            let inner = inner.clone();
-            move |ctx| {
-                let inner = &*inner;
-                let mut local = inner.local.lock_ctx(ctx);
-                inner.drain_slot(&mut local);
-            }
-        });
+        let drain = domain.work_all_checked(
+            {
+                let inner = inner.clone();
+                move |ctx| {
+                    let inner = &*inner;
+                    let cpu = ctx.slot();
+                    let mut local = inner.local.lock_ctx(ctx);
+                    inner.drain_slot(&mut local, cpu);
+                }
+            },
+            {
+                // `cpu_needs_drain`: slots whose batch stayed empty are
+                // neither signalled nor locked.
+                let inner = inner.clone();
+                move |cpu| inner.dirty[cpu].load(Ordering::SeqCst)
+            },
+        );
         Lru { inner, drain }
     }
 
@@ -435,6 +453,10 @@ impl<T: Send + 'static, C: Config> Lru<T, C> {
                 unreachable!("checked above")
             };
             batch.items.push(item);
+            if batch.items.len() == 1 {
+                // Empty -> one item: the one store per batch.
+                inner.dirty[cpu].store(true, Ordering::SeqCst);
+            }
             if batch.items.len() < inner.cap {
                 break false;
             }
@@ -460,8 +482,9 @@ impl<T: Send + 'static, C: Config> Lru<T, C> {
     /// this CPU only): no work, no waiting.
     pub fn drain_local(&self, owner: &mut Owner<C>) {
         {
+            let cpu = owner.slot();
             let mut local = self.inner.local.lock(owner);
-            self.inner.drain_slot(&mut local);
+            self.inner.drain_slot(&mut local, cpu);
         }
         self.inner.fold(|| {});
     }

@@ -116,8 +116,7 @@ impl ShrinkReport {
 /// Why an operation took the shared path instead of a slot's sheaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SharedPathStats {
-    /// The thread found every slot taken (or could not bind: it blocks the
-    /// qpw signal, already owns a slot of the domain, ...).
+    /// The thread found every slot taken.
     pub no_slot: u64,
     /// The call came while this thread was binding or unbinding (the
     /// allocations `qpw` itself makes then), or before the instance was
@@ -127,12 +126,23 @@ pub struct SharedPathStats {
     pub exiting: u64,
     /// This thread's binding table was full (too many instances in use).
     pub table_full: u64,
+    /// The thread blocks the qpw signal and the configuration cannot run
+    /// its slot `remote` instead (`NoQpw`, `RtNoQpw`; with QPW such a thread
+    /// binds, its slot in `remote` behaviour).
+    pub signal_blocked: u64,
+    /// Binding failed for another reason (a system call failed, ...).
+    pub bind_failed: u64,
 }
 
 impl SharedPathStats {
     /// All shared-path operations.
     pub fn total(&self) -> u64 {
-        self.no_slot + self.reentrant + self.exiting + self.table_full
+        self.no_slot
+            + self.reentrant
+            + self.exiting
+            + self.table_full
+            + self.signal_blocked
+            + self.bind_failed
     }
 }
 
@@ -212,12 +222,15 @@ impl fmt::Display for KmallocStats {
         )?;
         writeln!(
             f,
-            "shared path: {} ops (no slot {}, reentrant {}, exiting {}, table full {})",
+            "shared path: {} ops (no slot {}, reentrant {}, exiting {}, table full {}, signal \
+             blocked {}, bind failed {})",
             self.shared_path.total(),
             self.shared_path.no_slot,
             self.shared_path.reentrant,
             self.shared_path.exiting,
-            self.shared_path.table_full
+            self.shared_path.table_full,
+            self.shared_path.signal_blocked,
+            self.shared_path.bind_failed
         )?;
         writeln!(
             f,

@@ -136,6 +136,29 @@ struct Inner<C: Config> {
     local: PerCpu<u64, C>,
     failures: std::sync::atomic::AtomicU64,
     underflows: std::sync::atomic::AtomicU64,
+    /// Per slot: the stock may be non-zero (the drain-all's check, read
+    /// remotely; the memcg stock check). Set by the owner when its stock
+    /// goes from zero to non-zero, cleared by whoever takes the stock; both
+    /// with the slot's data in hand.
+    stocked: Box<[crossbeam_utils::CachePadded<std::sync::atomic::AtomicBool>]>,
+}
+
+impl<C: Config> Inner<C> {
+    /// Sets slot `cpu`'s stock (the owner, in its section) to `v`, marking
+    /// the slot as stocked on the zero to non-zero transition only.
+    #[inline]
+    fn set_stock(&self, cpu: usize, stock: &mut u64, v: u64) {
+        if *stock == 0 && v != 0 {
+            self.stocked[cpu].store(true, Ordering::SeqCst);
+        }
+        *stock = v;
+    }
+
+    /// Takes slot `cpu`'s whole stock (a drain, with the slot's data in hand).
+    fn take_stock(&self, cpu: usize, stock: &mut u64) -> u64 {
+        self.stocked[cpu].store(false, Ordering::SeqCst);
+        std::mem::take(stock)
+    }
 }
 
 impl<C: Config> Inner<C> {
@@ -214,14 +237,23 @@ impl<C: Config> Stock<C> {
             local: PerCpu::new(domain, |_| 0u64),
             failures: std::sync::atomic::AtomicU64::new(0),
             underflows: std::sync::atomic::AtomicU64::new(0),
+            stocked: (0..domain.nr_cpus()).map(|_| Default::default()).collect(),
         });
-        let drain = domain.work_all({
-            let inner = inner.clone();
-            move |ctx| {
-                let n = std::mem::take(&mut *inner.local.lock_ctx(ctx));
-                inner.return_stock(n);
-            }
-        });
+        let drain = domain.work_all_checked(
+            {
+                let inner = inner.clone();
+                move |ctx| {
+                    let cpu = ctx.slot();
+                    let n = inner.take_stock(cpu, &mut inner.local.lock_ctx(ctx));
+                    inner.return_stock(n);
+                }
+            },
+            {
+                // Slots with no stock are neither signalled nor locked.
+                let inner = inner.clone();
+                move |cpu| inner.stocked[cpu].load(Ordering::SeqCst)
+            },
+        );
         Stock { inner, drain }
     }
 
@@ -234,6 +266,7 @@ impl<C: Config> Stock<C> {
             return Ok(());
         }
         let inner = &*self.inner;
+        let cpu = owner.slot();
         let mut stock = inner.local.lock(owner);
         if *stock >= n {
             *stock -= n;
@@ -242,7 +275,7 @@ impl<C: Config> Stock<C> {
         let missing = n - *stock;
         let ahead = missing.max(inner.batch);
         if inner.try_charge_shared(ahead) {
-            *stock = ahead - missing;
+            inner.set_stock(cpu, &mut stock, ahead - missing);
             return Ok(());
         }
         if ahead != missing && inner.try_charge_shared(missing) {
@@ -282,11 +315,12 @@ impl<C: Config> Stock<C> {
             return Ok(());
         }
         let inner = &*self.inner;
+        let cpu = owner.slot();
         let mut stock = inner.local.lock(owner);
         let total = stock.checked_add(n);
         match total {
             Some(t) if t <= inner.batch => {
-                *stock = t;
+                inner.set_stock(cpu, &mut stock, t);
                 Ok(())
             }
             _ => {
@@ -310,7 +344,10 @@ impl<C: Config> Stock<C> {
 
     /// Returns the owner's own stock to the counter (`drain_local_stock`).
     pub fn drain_local(&self, owner: &mut Owner<C>) {
-        let n = std::mem::take(&mut *self.inner.local.lock(owner));
+        let cpu = owner.slot();
+        let n = self
+            .inner
+            .take_stock(cpu, &mut self.inner.local.lock(owner));
         self.inner.return_stock(n);
     }
 

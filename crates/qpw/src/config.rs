@@ -111,6 +111,115 @@ impl SlotMode {
     }
 }
 
+impl SlotMode {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            SlotMode::Queue => 0,
+            SlotMode::Remote => 1,
+            SlotMode::Defer => 2,
+        }
+    }
+
+    pub(crate) fn from_code(c: u32) -> SlotMode {
+        match c {
+            1 => SlotMode::Remote,
+            2 => SlotMode::Defer,
+            _ => SlotMode::Queue,
+        }
+    }
+}
+
+/// Why a slot runs in the mode it does (see [`SlotInfo`](crate::SlotInfo)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModeReason {
+    /// The domain's mode says so (`queue`, `remote`, `defer`, or an `auto`
+    /// slot on a CPU that is not isolated).
+    Configured,
+    /// An `auto` domain runs this slot `remote`: its CPU is isolated.
+    IsolatedCpu,
+    /// The slot's mode is `queue`, but its current owner bound it with the
+    /// qpw signal blocked, so no signal could reach it: for that binding the
+    /// slot runs `remote` (the owner takes its cells' locks, callers run work
+    /// under them). Back to `queue` when the owner unbinds.
+    SignalBlockedAtBind,
+}
+
+impl ModeReason {
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModeReason::Configured => "configured",
+            ModeReason::IsolatedCpu => "isolated CPU (auto)",
+            ModeReason::SignalBlockedAtBind => "signal blocked at bind",
+        }
+    }
+
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            ModeReason::Configured => 0,
+            ModeReason::IsolatedCpu => 1,
+            ModeReason::SignalBlockedAtBind => 2,
+        }
+    }
+
+    pub(crate) fn from_code(c: u32) -> ModeReason {
+        match c {
+            1 => ModeReason::IsolatedCpu,
+            2 => ModeReason::SignalBlockedAtBind,
+            _ => ModeReason::Configured,
+        }
+    }
+}
+
+/// The name of the environment variable that picks the qpw signal when
+/// [`Builder::signal`](crate::Builder::signal) is not called.
+pub const SIGNAL_ENV_VAR: &str = "QPW_SIGNAL";
+
+/// The values [`SIGNAL_ENV_VAR`] accepts, for error messages and docs.
+pub const SIGNAL_ACCEPTED: &str =
+    "a signal number, SIGRTMIN, SIGRTMIN+<n>, SIGRTMAX or SIGRTMAX-<n> (also without `SIG`)";
+
+/// Parses a `QPW_SIGNAL` value against the real-time range `lo..=hi`.
+/// Case and surrounding whitespace do not matter.
+///
+/// ```
+/// use qpw::parse_signal;
+/// assert_eq!(parse_signal("40", (34, 64)), Ok(40));
+/// assert_eq!(parse_signal("SIGRTMIN+3", (34, 64)), Ok(37));
+/// assert_eq!(parse_signal("rtmax-1", (34, 64)), Ok(63));
+/// assert!(parse_signal("SIGUSR1", (34, 64)).unwrap_err().contains("SIGRTMIN"));
+/// assert!(parse_signal("70", (34, 64)).unwrap_err().contains("34..=64"));
+/// ```
+pub fn parse_signal(s: &str, (lo, hi): (i32, i32)) -> Result<i32, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.strip_prefix("SIG").unwrap_or(&t);
+    let offset = |rest: &str, sign: char| -> Result<i32, String> {
+        if rest.is_empty() {
+            return Ok(0);
+        }
+        let n = rest
+            .strip_prefix(sign)
+            .and_then(|n| n.trim().parse::<i32>().ok())
+            .filter(|n| (0..=hi - lo).contains(n))
+            .ok_or_else(|| format!("bad offset `{rest}`; accepted: {SIGNAL_ACCEPTED}"))?;
+        Ok(n)
+    };
+    let sig = if let Some(rest) = t.strip_prefix("RTMIN") {
+        lo + offset(rest, '+')?
+    } else if let Some(rest) = t.strip_prefix("RTMAX") {
+        hi - offset(rest, '-')?
+    } else {
+        t.parse::<i32>()
+            .map_err(|_| format!("not a signal; accepted: {SIGNAL_ACCEPTED}"))?
+    };
+    if sig < lo || sig > hi {
+        return Err(format!(
+            "signal {sig} is not a real-time signal; use {lo}..={hi}"
+        ));
+    }
+    Ok(sig)
+}
+
 /// The name of the environment variable that picks the default mode.
 pub const ENV_VAR: &str = "QPW";
 

@@ -3,10 +3,10 @@
 //! (`implicit.rs`) add their `Domain` methods in their own files, above this
 //! one.
 
-use crate::config::{format_cpu_list, Config, Mode, SlotMode, Standard};
+use crate::config::{format_cpu_list, parse_signal, Config, Mode, ModeReason, SlotMode, Standard};
 use crate::error::Error;
 use crate::slot::{SlotState, BUSY, FREE, OFFLINE, RETIRED};
-use crate::stats::SlotStats;
+use crate::stats::{SlotInfo, SlotStats};
 use crate::sync::Arc;
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -109,7 +109,11 @@ impl<C: Config> Builder<C> {
         self
     }
 
-    /// The real-time signal `queue` mode sends (default `SIGRTMIN + 7`).
+    /// The real-time signal `queue` mode sends. Default: the
+    /// [`QPW_SIGNAL`](crate::SIGNAL_ENV_VAR) variable if set (a number,
+    /// `SIGRTMIN+<n>` or `SIGRTMAX-<n>`; a bad value fails [`build`](Self::build)
+    /// with [`Error::BadSignalVar`]), else `SIGRTMIN + 7`. Set here, it wins
+    /// over the variable.
     pub fn signal(mut self, signal: i32) -> Self {
         self.signal = Some(signal);
         self
@@ -172,8 +176,11 @@ impl<C: Config> Builder<C> {
                     .collect()
             }
         };
-        let signal = self.signal.unwrap_or_else(crate::sys::default_signal);
         let (lo, hi) = crate::sys::rt_signal_range();
+        let signal = match self.signal {
+            Some(sig) => sig,
+            None => signal_from_env((lo, hi))?.unwrap_or_else(crate::sys::default_signal),
+        };
         if signal < lo || signal > hi {
             return Err(Error::BadSignal {
                 signal,
@@ -189,7 +196,19 @@ impl<C: Config> Builder<C> {
             .iter()
             .enumerate()
             .map(|(cpu, &m)| {
-                CachePadded::new(SlotState::new(cpu, m, id, signal, owner_preempted.clone()))
+                let why = if matches!(mode, Mode::Auto(_)) && m == SlotMode::Remote {
+                    ModeReason::IsolatedCpu
+                } else {
+                    ModeReason::Configured
+                };
+                CachePadded::new(SlotState::new(
+                    cpu,
+                    m,
+                    why,
+                    id,
+                    signal,
+                    owner_preempted.clone(),
+                ))
             })
             .collect();
         let inner = Arc::new(DomainInner {
@@ -205,6 +224,19 @@ impl<C: Config> Builder<C> {
             Arc::downgrade(&inner) as std::sync::Weak<dyn crate::fork::ForkChild>
         );
         Ok(Domain { inner })
+    }
+}
+
+/// Reads `QPW_SIGNAL`: `Ok(None)` when unset.
+fn signal_from_env(range: (i32, i32)) -> Result<Option<i32>, Error> {
+    let bad = |value: String, reason: String| Error::BadSignalVar { value, reason };
+    match std::env::var(crate::config::SIGNAL_ENV_VAR) {
+        Ok(v) => parse_signal(&v, range).map(Some).map_err(|r| bad(v, r)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => Err(bad(
+            v.to_string_lossy().into_owned(),
+            "not valid UTF-8".to_string(),
+        )),
     }
 }
 
@@ -230,9 +262,24 @@ impl<C: Config> Domain<C> {
         &self.inner.mode
     }
 
-    /// The mode of one slot (an `auto` domain mixes them).
+    /// The configured mode of one slot (an `auto` domain mixes them); the
+    /// mode it runs in now is [`slot_info`](Self::slot_info)`.effective`.
     pub fn slot_mode(&self, cpu: usize) -> Result<SlotMode, Error> {
         Ok(self.slot(cpu)?.mode)
+    }
+
+    /// How slot `cpu` runs now and why: its configured mode, the mode of its
+    /// current binding (`remote` for a `queue` slot whose owner bound it
+    /// with the qpw signal blocked), and the drain-alls that skipped it as clean.
+    pub fn slot_info(&self, cpu: usize) -> Result<SlotInfo, Error> {
+        let slot = self.slot(cpu)?;
+        let (effective, reason) = slot.eff_info();
+        Ok(SlotInfo {
+            configured: slot.mode,
+            effective,
+            reason,
+            drains_skipped_clean: slot.counters.skipped_clean_count(),
+        })
     }
 
     /// The signal `queue` mode sends.

@@ -74,7 +74,16 @@ pub enum Error {
         /// The number given.
         signal: i32,
     },
-    /// The calling thread blocks the qpw signal, so queued work could never reach it.
+    /// The `QPW_SIGNAL` variable is not a real-time signal.
+    BadSignalVar {
+        /// The value given.
+        value: String,
+        /// What is wrong with it, with the accepted values.
+        reason: String,
+    },
+    /// The calling thread blocks the qpw signal, so queued work could never
+    /// reach it, and the configuration cannot run the slot in `remote` mode
+    /// instead (`NoQpw`, `RtNoQpw`, or the `qpw` feature off).
     SignalBlocked {
         /// The signal.
         signal: i32,
@@ -151,10 +160,16 @@ impl fmt::Display for Error {
                 "signal {signal} already has a handler installed by the application; pick another \
                  with Builder::signal"
             ),
+            Error::BadSignalVar { value, reason } => write!(
+                f,
+                "invalid value {value:?} for environment variable QPW_SIGNAL: {reason}"
+            ),
             Error::SignalBlocked { signal } => write!(
                 f,
-                "this thread blocks signal {signal}, which qpw's queue mode needs to reach it; \
-                 unblock it or use mode remote or defer"
+                "this thread blocks signal {signal}, which qpw's queue mode needs to reach it, and \
+                 this configuration has no remote mode to fall back on (compiled without the `qpw` \
+                 feature or with a no-qpw configuration); unblock it, or pick another signal with \
+                 QPW_SIGNAL or Builder::signal"
             ),
             Error::Os { what, errno } => {
                 write!(f, "{what} failed: {}", std::io::Error::from_raw_os_error(*errno))
@@ -225,6 +240,40 @@ pub enum FlushError {
         /// The slot.
         cpu: usize,
     },
+    /// `queue` mode: the bound passed and the slot's owner never ran its
+    /// signal handler, for a reason read from its thread's signal masks
+    /// (`/proc/self/task/<tid>/status`). The work stays queued.
+    SignalNotHandled {
+        /// The slot.
+        cpu: usize,
+        /// The bound, in milliseconds.
+        waited_ms: u64,
+        /// The owner's thread id.
+        tid: u32,
+        /// The qpw signal.
+        signal: i32,
+        /// What keeps the handler from running.
+        reason: SignalTrouble,
+    },
+}
+
+/// Why an owner's handler did not run ([`FlushError::SignalNotHandled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignalTrouble {
+    /// The owner's thread blocks the signal (it blocked it after binding:
+    /// a thread that binds with it blocked runs its slot `remote`).
+    BlockedByOwner {
+        /// The signal is pending for the thread (or the process).
+        pending: bool,
+    },
+    /// The signal was sent and is neither blocked nor pending, yet the
+    /// handler never ran: something took it first, such as a `sigwait` or
+    /// `signalfd` on a set that includes it.
+    NeverHandled {
+        /// Signals sent since the handler last ran.
+        sent: u32,
+    },
 }
 
 impl fmt::Display for FlushError {
@@ -250,6 +299,32 @@ impl fmt::Display for FlushError {
                 f,
                 "slot {cpu} is retired (its owner vanished in a fork()): its work never runs"
             ),
+            FlushError::SignalNotHandled {
+                cpu,
+                waited_ms,
+                tid,
+                signal,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "work for slot {cpu} did not run within {waited_ms} ms: signal {signal} "
+                )?;
+                match reason {
+                    SignalTrouble::BlockedByOwner { pending } => write!(
+                        f,
+                        "is blocked by the owner (thread {tid}; {}): it must unblock it (a thread \
+                         that binds with it blocked gets a remote slot instead)",
+                        if *pending { "pending" } else { "not pending" }
+                    ),
+                    SignalTrouble::NeverHandled { sent } => write!(
+                        f,
+                        "sent {sent} times to the owner (thread {tid}), never handled: consumed by \
+                         sigwait/signalfd? exclude it from their set, or pick another qpw signal \
+                         with QPW_SIGNAL or Builder::signal"
+                    ),
+                }
+            }
         }
     }
 }

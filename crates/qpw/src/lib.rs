@@ -105,6 +105,50 @@
 //! handler that is only safe if the thread was not interrupted inside the
 //! allocator. Treat a panicking work function as a bug, not as control flow.
 //!
+//! # The qpw signal, and applications that wait on signals
+//!
+//! `queue` mode sends one real-time signal (default `SIGRTMIN + 7`). Pick
+//! another with [`Builder::signal`] or, for code you do not build yourself
+//! (a global allocator), the `QPW_SIGNAL` variable ([`SIGNAL_ENV_VAR`]: a
+//! number, `SIGRTMIN+<n>` or `SIGRTMAX-<n>`; a bad value fails the build
+//! with [`Error::BadSignalVar`]). A handler the application installed for
+//! that signal is never replaced ([`Error::SignalInUse`]).
+//!
+//! - **A thread that blocks the signal** (the classic "block everything in
+//!   `main`, then `sigwait` in one thread", inherited by every thread) binds
+//!   a `queue` slot in `remote` behaviour: its sections take the cell's lock
+//!   and drains run under it, so no signal is needed. [`Domain::slot_info`]
+//!   shows the slot's configured and effective modes and why
+//!   ([`ModeReason::SignalBlockedAtBind`]); it is `queue` again once the
+//!   owner unbinds. `NoQpw`/`RtNoQpw` (or the `qpw` feature off) have no
+//!   `remote` mode and refuse with [`Error::SignalBlocked`].
+//! - **An owner that blocks the signal after binding, or waits on it**
+//!   (`sigwait`, `sigtimedwait`, `signalfd` on a set that includes it) never
+//!   runs its handler. A flush on its slot ends at its bound with
+//!   [`FlushError::SignalNotHandled`], naming the slot and the reason read
+//!   from the thread's masks (`/proc/self/task/<tid>/status`): blocked by
+//!   the owner, or sent N times and never handled. It waits for the whole
+//!   bound rather than failing once the signal is seen blocked: a thread may
+//!   block signals for a while (around `fork`, in a library's critical
+//!   region) and then run the work.
+//! - **To coexist**: a thread that waits on signals with `sigwait` or
+//!   `signalfd` leaves qpw's signal out of its set (`sigdelset(&set,
+//!   domain.signal())`), or the application moves qpw to a signal it does
+//!   not wait on (`QPW_SIGNAL`). Blocking the signal in threads that do not
+//!   own slots is harmless: `tgkill` targets the owner's thread.
+//!
+//! # Drains that leave clean slots alone
+//!
+//! A drain-all signals (or locks) every slot it runs on; an owner blocked in
+//! `poll`, `epoll_wait` or `nanosleep` then returns `EINTR` (`SA_RESTART`
+//! does not restart those). A [`WorkSet`] may carry a per-slot check,
+//! evaluated remotely before queueing ([`WorkSet::with_check`],
+//! [`Domain::work_all_checked`]; the kernel's `has_pcs_used`,
+//! `cpu_needs_drain`): a slot it calls clean is neither signalled nor
+//! locked, and is counted in [`SlotInfo::drains_skipped_clean`]. The check
+//! reads only a hint the owner publishes (an atomic it sets when the slot
+//! gets something to drain, and the drain clears), never the slot's data.
+//!
 //! # Waits and their bounds
 //!
 //! Every wait ends by the domain's flush timeout, with an error naming the
@@ -202,13 +246,13 @@ mod loom_tests;
 pub struct ReadmeDoctests;
 
 pub use config::{
-    format_cpu_list, parse_cpu_list, Config, Mode, NoQpw, Rt, RtNoQpw, SlotMode, Standard,
-    ACCEPTED, ENV_VAR,
+    format_cpu_list, parse_cpu_list, parse_signal, Config, Mode, ModeReason, NoQpw, Rt, RtNoQpw,
+    SlotMode, Standard, ACCEPTED, ENV_VAR, SIGNAL_ACCEPTED, SIGNAL_ENV_VAR,
 };
 pub use domain::{Builder, Domain, DEFAULT_FLUSH_TIMEOUT, MAX_CPUS};
-pub use error::{Error, FlushError};
+pub use error::{Error, FlushError, SignalTrouble};
 pub use fork::{register_fork_hook, ForkHook, ForkHookHandle};
 pub use owner::{Offline, Owner};
 pub use percpu::{CtxGuard, LocalGuard, PerCpu, RemoteGuard};
-pub use stats::SlotStats;
+pub use stats::{SlotInfo, SlotStats};
 pub use work::{Work, WorkCtx, WorkSet};

@@ -414,3 +414,47 @@ fn loom_signal_lands_during_bind() {
         );
     });
 }
+
+/// Issue 9: an owner that binds a `queue` slot with the signal blocked gets
+/// it `remote` (its sections take the cell's lock, the queuer runs the work
+/// under it); it unbinds and binds again unblocked (`queue`: its sections
+/// take no lock) while the queuer may still be under the cell lock from the
+/// first binding. The effective mode is set under `BUSY` and waits out
+/// remote contexts, which re-check it once counted: the cell is never
+/// touched by two contexts at once, and the work runs exactly once.
+#[test]
+fn loom_signal_blocked_binding_then_queue_binding() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let work = Arc::new(f.work());
+        let remote = thread::spawn({
+            let work = work.clone();
+            move || {
+                work.queue();
+            }
+        });
+        crate::sys::set_blocks(true);
+        {
+            let mut me = f.domain.bind_unpinned(1).unwrap();
+            let info = f.domain.slot_info(1).unwrap();
+            assert_eq!(info.effective, crate::SlotMode::Remote);
+            assert_eq!(info.reason, crate::ModeReason::SignalBlockedAtBind);
+            *f.data.lock(&mut me) += 10;
+        }
+        crate::sys::set_blocks(false);
+        {
+            let mut me = f.domain.bind_unpinned(1).unwrap();
+            assert_eq!(
+                f.domain.slot_info(1).unwrap().effective,
+                crate::SlotMode::Queue
+            );
+            *f.data.lock(&mut me) += 100;
+            f.signal();
+        }
+        remote.join().unwrap();
+        work.flush().unwrap();
+        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        assert_eq!(*f.data.lock(&mut me), 111);
+    });
+}

@@ -1,6 +1,6 @@
 //! Owners: the token that proves "this thread owns slot c", and binding.
 
-use crate::config::{Config, SlotMode};
+use crate::config::{Config, ModeReason, SlotMode};
 use crate::domain::Domain;
 use crate::error::Error;
 use crate::handler::{link, signal_point, unlink, OwnerRec};
@@ -52,13 +52,22 @@ impl<C: Config> Owner<C> {
                 allowed: domain.allowed_cpus(),
             });
         }
-        if slot.mode == SlotMode::Queue && crate::sys::thread_blocks(domain.signal()) {
+        // A `queue` slot whose owner blocks the signal could never be told
+        // of work: for this binding it runs `remote`, where no signal is
+        // needed, if the configuration has that mode.
+        let blocked = slot.mode == SlotMode::Queue && crate::sys::thread_blocks(domain.signal());
+        if blocked && !C::QPW {
             return Err(Error::SignalBlocked {
                 signal: domain.signal(),
             });
         }
+        let eff = if blocked {
+            (SlotMode::Remote, ModeReason::SignalBlockedAtBind)
+        } else {
+            (slot.mode, slot.mode_reason)
+        };
         let tid = crate::sys::current_tid() as u32;
-        let gen = slot.acquire_owner(tid).map_err(|e| match e {
+        let gen = slot.acquire_owner(tid, eff).map_err(|e| match e {
             AcquireError::Owned => Error::SlotOwned { cpu },
             AcquireError::Retired => Error::SlotRetired { cpu },
         })?;
@@ -73,7 +82,7 @@ impl<C: Config> Owner<C> {
         } else {
             None
         };
-        let remote = C::QPW && slot.mode == SlotMode::Remote;
+        let remote = C::QPW && eff.0 == SlotMode::Remote;
         let owner = Owner {
             rec: Box::new(OwnerRec::new(slot, gen)),
             slot: std::ptr::NonNull::from(slot),
@@ -204,7 +213,9 @@ impl<C: Config> Domain<C> {
     /// Binds the calling thread to slot `cpu` and pins it to CPU `cpu`.
     /// Errors: the CPU is not one this process may run on, the slot is
     /// owned or retired, this thread owns another slot of this domain, or
-    /// (queue mode) it blocks the qpw signal. On error nothing changed.
+    /// (queue mode, in a configuration without QPW) it blocks the qpw
+    /// signal. With QPW, a thread that blocks the signal binds a `queue`
+    /// slot in `remote` behaviour ([`Domain::slot_info`]). On error nothing changed.
     pub fn bind(&self, cpu: usize) -> Result<Owner<C>, Error> {
         Owner::bind(self.clone(), cpu, true)
     }

@@ -215,7 +215,7 @@ impl<T, C: Config> PerCpu<T, C> {
                 Held::Remote
             }
             // Remote callers lock the cells of a `remote` slot: so must its owner.
-            CtxKind::Owner if C::RT || (C::QPW && ctx.slot.mode == SlotMode::Remote) => {
+            CtxKind::Owner if C::RT || (C::QPW && ctx.slot.eff_mode() == SlotMode::Remote) => {
                 cell.lock
                     .lock_owner(crate::sys::current_tid() as u32, &ctx.slot.counters);
                 Held::Owner
@@ -241,8 +241,11 @@ impl<T, C: Config> PerCpu<T, C> {
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
         }
-        if C::QPW && slot.mode == SlotMode::Remote {
-            let hold = slot.hold_remote();
+        let hold = (C::QPW && slot.eff_mode() == SlotMode::Remote)
+            .then(|| slot.hold_remote())
+            // Counted, then checked again (see `SlotState::set_effective`).
+            .filter(|_| slot.eff_mode_counted() == SlotMode::Remote);
+        if let Some(hold) = hold {
             let timeout = self.domain.inner.flush_timeout;
             if cell
                 .lock

@@ -32,7 +32,7 @@
 //! two sees the other, so the work is run by the owner, or by whichever thread
 //! [`SlotState::help`]s it.
 
-use crate::config::{Config, SlotMode};
+use crate::config::{Config, ModeReason, SlotMode};
 use crate::stats::{Counters, RanAt};
 use crate::sync::{
     signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering,
@@ -128,6 +128,8 @@ pub(crate) struct SlotState<C: Config> {
     pub(crate) tid: AtomicU32,
     /// A signal was sent and its handler has not started yet.
     pub(crate) sig_inflight: AtomicBool,
+    /// The last send failed (`EAGAIN`): a flusher sends again.
+    pub(crate) sig_failed: AtomicBool,
     /// Remote contexts that hold, or are about to take, a lock of this
     /// slot's cells: a fork child retires a slot whose count is not zero
     /// (a vanished thread may hold a lock with the data half-changed).
@@ -137,7 +139,18 @@ pub(crate) struct SlotState<C: Config> {
     /// machine is overcommitted), and `remote` callers check an owner's
     /// section counter before waiting on it. Sticky for the domain's life.
     pub(crate) owner_preempted: Arc<AtomicBool>,
+    /// The slot's mode as the domain was built (`auto` resolved).
     pub(crate) mode: SlotMode,
+    /// Why `mode` is what it is (configured, or an isolated CPU under `auto`).
+    pub(crate) mode_reason: ModeReason,
+    /// The mode the slot runs in, and why (`mode_word`): `mode` except
+    /// while a `queue` slot's owner bound it with the signal blocked (then
+    /// `remote`). Written only by a thread holding `BUSY` (binding, or the
+    /// owner releasing), before the binding is published `ONLINE` or after
+    /// it left it; see [`set_effective`](Self::set_effective).
+    pub(crate) effective: AtomicU32,
+    /// Signals sent since the owner's handler last ran for this slot.
+    pub(crate) unhandled_sends: AtomicU32,
     pub(crate) cpu: usize,
     pub(crate) domain_id: usize,
     pub(crate) signal: i32,
@@ -174,10 +187,57 @@ impl Drop for RemoteHold<'_> {
     }
 }
 
+/// `effective`'s encoding.
+fn mode_word(mode: SlotMode, why: ModeReason) -> u32 {
+    mode.code() | why.code() << 8
+}
+
 impl<C: Config> SlotState<C> {
+    /// The mode the slot runs in now (see `effective`).
+    #[inline]
+    pub(crate) fn eff_mode(&self) -> SlotMode {
+        SlotMode::from_code(self.effective.load(Ordering::SeqCst) & 0xff)
+    }
+
+    /// The mode the slot runs in now, read by a remote context that has
+    /// just counted itself in `remote_holders` (see
+    /// [`set_effective`](Self::set_effective)). A read-modify-write, so it
+    /// reads the latest mode: with the binder's read-modify-write of the
+    /// count this makes the "count, then look" / "change, then look" pair
+    /// hold in the models too (loom treats a `SeqCst` load as acquire only).
+    pub(crate) fn eff_mode_counted(&self) -> SlotMode {
+        SlotMode::from_code(self.effective.fetch_add(0, Ordering::SeqCst) & 0xff)
+    }
+
+    /// The mode the slot runs in now, and why.
+    pub(crate) fn eff_info(&self) -> (SlotMode, ModeReason) {
+        let w = self.effective.load(Ordering::SeqCst);
+        (SlotMode::from_code(w & 0xff), ModeReason::from_code(w >> 8))
+    }
+
+    /// Sets the effective mode. The caller holds `BUSY` (it is binding the
+    /// slot, or its owner is leaving it), so no owner runs and no thread
+    /// runs work as the absent owner. Leaving `remote`, it waits until the
+    /// remote contexts still counted on the slot (running work under the
+    /// cells' locks) are done: each counts itself, then reads the mode again
+    /// (`SeqCst` both sides: either it sees the new mode and backs off, or
+    /// this sees its count and waits), so none is left under a cell lock
+    /// when an owner that takes no lock comes online. The wait is bounded
+    /// by those contexts' own deadlines (or a `RemoteGuard`'s life).
+    pub(crate) fn set_effective(&self, mode: SlotMode, why: ModeReason) {
+        let old = self.effective.swap(mode_word(mode, why), Ordering::SeqCst);
+        if SlotMode::from_code(old & 0xff) == SlotMode::Remote && mode != SlotMode::Remote {
+            while self.remote_holders.fetch_add(0, Ordering::SeqCst) != 0 {
+                spin_hint();
+                yield_now();
+            }
+        }
+    }
+
     pub(crate) fn new(
         cpu: usize,
         mode: SlotMode,
+        mode_reason: ModeReason,
         domain_id: usize,
         signal: i32,
         owner_preempted: Arc<AtomicBool>,
@@ -188,9 +248,13 @@ impl<C: Config> SlotState<C> {
             head: AtomicPtr::new(ptr::null_mut()),
             tid: AtomicU32::new(0),
             sig_inflight: AtomicBool::new(false),
+            sig_failed: AtomicBool::new(false),
             remote_holders: AtomicU32::new(0),
             owner_preempted,
             mode,
+            mode_reason,
+            effective: AtomicU32::new(mode_word(mode, mode_reason)),
+            unhandled_sends: AtomicU32::new(0),
             cpu,
             domain_id,
             signal,
@@ -318,15 +382,28 @@ impl<C: Config> SlotState<C> {
     }
 
     /// Tries to take a slot whose owner is absent or offline (sets `BUSY`).
+    /// Fails on a slot running `remote` (its data is the cells' locks'),
+    /// checked once `BUSY` is held, when the mode cannot change.
     pub(crate) fn try_take(&self) -> bool {
         let s = self.ctl.load(Ordering::SeqCst);
         let st = state(s);
         if st == ONLINE || st & (BUSY | RETIRED) != 0 {
             return false;
         }
-        self.ctl
+        if self
+            .ctl
             .compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
+            .is_err()
+        {
+            return false;
+        }
+        if self.eff_mode_counted() == SlotMode::Remote {
+            // Bound `remote` since the caller looked: let go, and run what
+            // was queued meanwhile the `remote` way.
+            self.release();
+            return false;
+        }
+        true
     }
 
     /// Lets go of a slot taken with [`try_take`](Self::try_take), then runs
@@ -356,13 +433,17 @@ impl<C: Config> SlotState<C> {
                 self.run_pending_as_owner(RanAt::Quiescent);
                 continue;
             }
-            if self.mode == SlotMode::Remote {
+            if self.eff_mode() == SlotMode::Remote {
                 // The cells' locks protect the data; only an owner inside
                 // a section (which runs the stack when it leaves) is waited for.
                 if st == ONLINE && self.section_open(Ordering::SeqCst) {
                     return Helped::Online;
                 }
                 let _hold = self.hold_remote();
+                if self.eff_mode_counted() != SlotMode::Remote {
+                    // A binder or a leaving owner changed it (see `set_effective`).
+                    continue;
+                }
                 self.run_pending(RunCtx {
                     kind: CtxKind::RemoteLocked,
                     at: RanAt::RemoteLocked,
@@ -429,7 +510,7 @@ impl<C: Config> SlotState<C> {
     /// After a push: gets the work to whoever may run it.
     pub(crate) fn kick(&self, caller_owns: bool, deadline: Option<Instant>) -> Helped {
         let h = self.help(caller_owns, deadline);
-        if h == Helped::Online && self.mode == SlotMode::Queue && !caller_owns {
+        if h == Helped::Online && self.eff_mode() == SlotMode::Queue && !caller_owns {
             self.signal_owner();
         }
         h
@@ -448,12 +529,16 @@ impl<C: Config> SlotState<C> {
         }
         let tid = self.tid.load(Ordering::SeqCst);
         match crate::sys::signal_thread(tid as i32, self.signal) {
-            Ok(()) => self.counters.signal_sent(),
+            Ok(()) => {
+                self.unhandled_sends.fetch_add(1, Ordering::Relaxed);
+                self.counters.signal_sent()
+            }
             Err(e) => {
                 // Not sent (EAGAIN: the signal queue is full; ESRCH: the
                 // thread is gone): nothing is in flight, and a flusher sends
                 // again (see `resend`).
                 self.sig_inflight.store(false, Ordering::SeqCst);
+                self.sig_failed.store(true, Ordering::SeqCst);
                 self.counters.signal_failed();
                 if e == crate::sys::ESRCH {
                     self.owner_thread_gone(s, tid);
@@ -488,21 +573,65 @@ impl<C: Config> SlotState<C> {
     }
 
     /// For a flusher that has waited a while on an online owner in `queue`
-    /// mode with work pending: no signal in flight means the last send
-    /// failed (`EAGAIN`): send again. A signal still marked in flight means
-    /// no handler started since it was sent, so it was lost (the thread
-    /// was exiting as it arrived, or it blocks the signal): send again. An
+    /// mode with work pending: if the last send failed (`EAGAIN`), send
+    /// again. With `lost_too` (the flusher has waited long: an owner that
+    /// only waits for a core takes its signal well before), a signal still
+    /// marked in flight means no handler started since it was sent, so it
+    /// was lost (the thread was exiting as it arrived, or it blocks the
+    /// signal): send again. An
     /// owner inside a section gets nothing: its section's end runs the work.
-    pub(crate) fn resend(&self) {
-        if self.mode != SlotMode::Queue
+    pub(crate) fn resend(&self, lost_too: bool) {
+        if self.eff_mode() != SlotMode::Queue
             || self.state() != ONLINE
             || !self.has_pending()
             || self.section_open(Ordering::SeqCst)
         {
             return;
         }
-        self.sig_inflight.store(false, Ordering::SeqCst);
-        self.signal_owner();
+        // Only a send that failed, or a signal still marked in flight (no
+        // handler started since), is sent again: an owner that took the
+        // signal and is about to run the work gets no second one.
+        if self.sig_failed.swap(false, Ordering::SeqCst)
+            || (lost_too && self.sig_inflight.swap(false, Ordering::SeqCst))
+        {
+            self.signal_owner();
+        }
+    }
+
+    /// For a flusher whose deadline passed: what kept the online `queue`
+    /// owner's handler from running, read from its thread's signal masks.
+    /// `None` when nothing points at the signal (the owner is inside a
+    /// section, offline, or simply slow). Read at the deadline, not before:
+    /// a thread may block signals for a while (around a `fork`, in a
+    /// library's critical region) and then take the signal and run the work;
+    /// an early error would turn that delay into a failure.
+    pub(crate) fn signal_trouble(&self) -> Option<(u32, crate::error::SignalTrouble)> {
+        use crate::error::SignalTrouble;
+        if self.eff_mode() != SlotMode::Queue || self.state() != ONLINE || !self.has_pending() {
+            return None;
+        }
+        let tid = self.tid.load(Ordering::SeqCst);
+        let view = crate::sys::signal_view(tid, self.signal)?;
+        if view.blocked {
+            return Some((
+                tid,
+                SignalTrouble::BlockedByOwner {
+                    pending: view.pending,
+                },
+            ));
+        }
+        let sent = self.unhandled_sends.load(Ordering::Relaxed);
+        // Outside a section, not blocked, not pending, and sent with no
+        // handler run since (the in-flight mark is still set): taken by
+        // someone else.
+        if !self.section_open(Ordering::SeqCst)
+            && !view.pending
+            && sent > 0
+            && self.sig_inflight.load(Ordering::SeqCst)
+        {
+            return Some((tid, SignalTrouble::NeverHandled { sent }));
+        }
+        None
     }
 
     /// The signal handler's work for this slot, for the binding of
@@ -512,12 +641,13 @@ impl<C: Config> SlotState<C> {
         // Whatever binding the signal was sent for, it has landed: clearing
         // the mark can at worst cause one more signal later.
         self.sig_inflight.store(false, Ordering::SeqCst);
+        self.unhandled_sends.store(0, Ordering::Relaxed);
         let s = self.ctl.load(Ordering::SeqCst);
         if generation(s) != gen {
             // The record is of a binding that is ending or not yet published.
             return;
         }
-        if self.mode != SlotMode::Queue
+        if self.eff_mode() != SlotMode::Queue
             || state(s) != ONLINE
             || self.section_open(Ordering::Relaxed)
         {
@@ -533,7 +663,12 @@ impl<C: Config> SlotState<C> {
     /// remote thread's `BUSY`. Returns the new binding's generation; the
     /// caller links its record, then [`publish_owner`](Self::publish_owner)s
     /// (or [`abort_acquire`](Self::abort_acquire)s).
-    pub(crate) fn acquire_owner(&self, tid: u32) -> Result<u64, AcquireError> {
+    /// `eff`: the binding's effective mode and why, set while `BUSY` is held.
+    pub(crate) fn acquire_owner(
+        &self,
+        tid: u32,
+        eff: (SlotMode, ModeReason),
+    ) -> Result<u64, AcquireError> {
         let gen = loop {
             let s = self.ctl.load(Ordering::SeqCst);
             let st = state(s);
@@ -557,9 +692,11 @@ impl<C: Config> SlotState<C> {
             }
             return Err(AcquireError::Owned);
         };
+        self.set_effective(eff.0, eff.1);
         self.tid.store(tid, Ordering::SeqCst);
         self.section_seq.store(0, Ordering::Relaxed);
         self.sig_inflight.store(false, Ordering::SeqCst);
+        self.unhandled_sends.store(0, Ordering::Relaxed);
         Ok(gen)
     }
 
@@ -570,6 +707,7 @@ impl<C: Config> SlotState<C> {
 
     /// Gives up a slot taken by `acquire_owner` without binding it.
     pub(crate) fn abort_acquire(&self) {
+        self.set_effective(self.mode, self.mode_reason);
         self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
         self.help(false, None);
     }
@@ -587,12 +725,30 @@ impl<C: Config> SlotState<C> {
             self.go_online(gen);
         }
         self.run_pending_as_owner(RanAt::Quiescent);
-        let _ = self.ctl.compare_exchange(
-            ctl_of(gen, ONLINE),
-            ctl_of(gen, FREE),
-            Ordering::SeqCst,
-            Ordering::Relaxed,
-        );
+        if self.eff_mode() == self.mode {
+            let _ = self.ctl.compare_exchange(
+                ctl_of(gen, ONLINE),
+                ctl_of(gen, FREE),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+            return;
+        }
+        // Back to the slot's own mode, under `BUSY` (see `set_effective`);
+        // the caller helps with what was queued meanwhile.
+        if self
+            .ctl
+            .compare_exchange(
+                ctl_of(gen, ONLINE),
+                ctl_of(gen, FREE | BUSY),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            self.set_effective(self.mode, self.mode_reason);
+            self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
+        }
     }
 
     /// The owner goes idle: remote threads may work on the slot directly.
@@ -663,6 +819,9 @@ impl<C: Config> SlotState<C> {
             };
         let next = if consistent {
             self.section_seq.store(0, Ordering::Relaxed);
+            // Nobody else runs here: the slot's own mode again at once.
+            self.effective
+                .store(mode_word(self.mode, self.mode_reason), Ordering::Relaxed);
             ctl_of(generation(s), FREE)
         } else {
             ctl_of(generation(s), RETIRED)

@@ -1,5 +1,6 @@
 //! Per-slot counters: what the library sent and ran, so the rules are checked, not assumed.
 
+use crate::config::{ModeReason, SlotMode};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Counters of one slot, readable at any time with [`Domain::stats`](crate::Domain::stats).
@@ -68,6 +69,22 @@ impl SlotStats {
     }
 }
 
+/// How one slot runs now and why, with what drain-alls left alone on it:
+/// [`Domain::slot_info`](crate::Domain::slot_info).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotInfo {
+    /// The slot's mode as the domain was built (an `auto` domain resolved per CPU).
+    pub configured: SlotMode,
+    /// The mode the slot runs in for its current binding (the configured
+    /// one while it has no owner).
+    pub effective: SlotMode,
+    /// Why `effective` is what it is.
+    pub reason: ModeReason,
+    /// Drain-alls whose per-slot check ([`WorkSet::with_check`](crate::WorkSet::with_check))
+    /// said this slot needed nothing: it was neither signalled nor locked.
+    pub drains_skipped_clean: u64,
+}
+
 /// Where a work ran, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RanAt {
@@ -95,6 +112,7 @@ pub(crate) struct Counters {
     skipped_retired: AtomicU64,
     owner_waits_pi: AtomicU64,
     owner_pi_unavailable: AtomicU64,
+    skipped_clean: AtomicU64,
 }
 
 impl Counters {
@@ -125,6 +143,12 @@ impl Counters {
     }
     pub(crate) fn owner_pi_unavailable(&self) {
         Self::bump(&self.owner_pi_unavailable)
+    }
+    pub(crate) fn skipped_clean(&self) {
+        Self::bump(&self.skipped_clean)
+    }
+    pub(crate) fn skipped_clean_count(&self) -> u64 {
+        self.skipped_clean.load(Ordering::Relaxed)
     }
     pub(crate) fn ran(&self, at: RanAt) {
         Self::bump(match at {

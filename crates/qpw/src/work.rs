@@ -76,9 +76,10 @@ impl<'a, C: Config> WorkCtx<'a, C> {
         self.kind != CtxKind::Owner
     }
 
-    /// The mode of the slot.
+    /// The mode the slot runs in (its current binding's, see
+    /// [`Domain::slot_info`](crate::Domain::slot_info)).
     pub fn mode(&self) -> SlotMode {
-        self.slot.mode
+        self.slot.eff_mode()
     }
 }
 
@@ -336,8 +337,13 @@ impl<C: Config> Work<C> {
         }
         let slot = self.slot_state();
         let owns = crate::handler::current_thread_owns(slot);
-        if slot.mode == SlotMode::Remote && !slot.is_retired() && slot.run_now_remote(owns) {
-            let _hold = slot.hold_remote();
+        let hold = (slot.eff_mode() == SlotMode::Remote
+            && !slot.is_retired()
+            && slot.run_now_remote(owns))
+        .then(|| slot.hold_remote())
+        // Counted, then checked again (see `SlotState::set_effective`).
+        .filter(|_| slot.eff_mode_counted() == SlotMode::Remote);
+        if let Some(_hold) = hold {
             WorkInner::run_claimed(
                 w,
                 slot,
@@ -414,7 +420,7 @@ impl<C: Config> Work<C> {
                 return Err(FlushError::Retired { cpu: self.cpu });
             }
             if waiter.resend_due() {
-                slot.resend();
+                slot.resend(waiter.waited_long());
             }
             if waiter.wait() {
                 let waited_ms = bound.as_millis() as u64;
@@ -422,6 +428,15 @@ impl<C: Config> Work<C> {
                     return Err(FlushError::LockTimeout {
                         cpu: self.cpu,
                         waited_ms,
+                    });
+                }
+                if let Some((tid, reason)) = slot.signal_trouble() {
+                    return Err(FlushError::SignalNotHandled {
+                        cpu: self.cpu,
+                        waited_ms,
+                        tid,
+                        signal: self.domain.signal,
+                        reason,
                     });
                 }
                 return Err(FlushError::Timeout {
@@ -471,6 +486,15 @@ impl Waiter {
         }
     }
 
+    /// Whether the wait has lasted long enough to call a signal still in
+    /// flight lost: 100 ms (under the models: always).
+    fn waited_long(&self) -> bool {
+        #[cfg(qpw_loom)]
+        return true;
+        #[cfg(not(qpw_loom))]
+        return self.start.elapsed() >= Duration::from_millis(100);
+    }
+
     /// Waits a little; `true` once the deadline has passed. Spins first
     /// (a drain usually completes in microseconds), then yields, then, after
     /// about a thousand yields, sleeps 50 µs at a time: a long wait must not
@@ -503,37 +527,81 @@ impl Waiter {
 /// quiescent point. Slots without an owner, or whose owner is offline, are
 /// run by the caller. Retired slots (see [`Domain::is_retired`]) are
 /// skipped and counted in their [`SlotStats`](crate::SlotStats).
+///
+/// A set may carry a per-slot check ([`with_check`](Self::with_check)): a
+/// slot it says needs nothing is neither signalled nor locked.
 pub struct WorkSet<C: Config = crate::Standard> {
     works: Vec<Work<C>>,
+    needs: Option<Box<NeedsFn>>,
 }
+
+/// A work set's per-slot "needs this work" check.
+type NeedsFn = dyn Fn(usize) -> bool + Send + Sync + 'static;
 
 impl<C: Config> fmt::Debug for WorkSet<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkSet")
             .field("slots", &self.works.len())
+            .field("checked", &self.needs.is_some())
             .finish()
     }
 }
 
 impl<C: Config> WorkSet<C> {
+    /// Adds a per-slot "needs this work" check (the kernel's
+    /// `has_pcs_used`, `cpu_needs_drain`, memcg stock check): every drain-all
+    /// calls `needs(slot)` once per slot before queueing there, and a slot
+    /// for which it returns `false` is skipped: not signalled, not locked,
+    /// not waited for (counted in
+    /// [`SlotInfo::drains_skipped_clean`](crate::SlotInfo::drains_skipped_clean)).
+    ///
+    /// `needs` runs on the caller's thread, against a slot it does not own:
+    /// it may only read what the owner publishes for it (an atomic hint the
+    /// owner sets when the slot gets something to drain), never the slot's
+    /// data itself. As in the kernel it is a snapshot: what a slot caches
+    /// after the check is left for the next drain-all. A hint may say "yes"
+    /// for a clean slot (a wasted drain), never "no" for a slot whose
+    /// contents were there before the drain-all started.
+    pub fn with_check(mut self, needs: impl Fn(usize) -> bool + Send + Sync + 'static) -> Self {
+        self.needs = Some(Box::new(needs));
+        self
+    }
+
     /// The work of one slot.
     pub fn get(&self, cpu: usize) -> Option<&Work<C>> {
         self.works.get(cpu)
     }
 
     /// Queues on every slot and waits for every one (drain-all), all within
-    /// one deadline: the domain's flush timeout. Allocates nothing. From
+    /// one deadline: the domain's flush timeout. Allocates nothing (but one
+    /// flag per slot with a [check](Self::with_check)). From
     /// inside the caller's own local section of this domain it returns
     /// [`FlushError::InLocalSection`] at once, having queued nothing.
     pub fn run(&self) -> Result<(), FlushError> {
-        self.queue_then_flush(|_| true)
+        match &self.needs {
+            None => self.queue_then_flush(|_| true),
+            Some(_) => self.run_filtered(|_| true),
+        }
     }
 
     /// As [`run`](Self::run), but only on the slots `filter` selects (the
     /// kernel's drainers skip CPUs with nothing cached). `filter` is called
-    /// once per slot.
+    /// once per slot, before the set's [check](Self::with_check), if any.
     pub fn run_filtered(&self, mut filter: impl FnMut(usize) -> bool) -> Result<(), FlushError> {
-        let chosen: Vec<bool> = self.works.iter().map(|w| filter(w.cpu)).collect();
+        let chosen: Vec<bool> = self
+            .works
+            .iter()
+            .map(|w| {
+                if !filter(w.cpu) {
+                    return false;
+                }
+                let needed = self.needs.as_ref().is_none_or(|needs| needs(w.cpu));
+                if !needed {
+                    w.slot_state().counters.skipped_clean();
+                }
+                needed
+            })
+            .collect();
         self.queue_then_flush(|c| chosen[c])
     }
 
@@ -590,6 +658,16 @@ impl<C: Config> Domain<C> {
         let works = (0..self.nr_cpus())
             .map(|c| Work::new(self.inner.clone(), c, Box::new(f.clone())))
             .collect();
-        WorkSet { works }
+        WorkSet { works, needs: None }
+    }
+
+    /// [`work_all`](Self::work_all) with a per-slot "needs this work" check
+    /// (see [`WorkSet::with_check`]).
+    pub fn work_all_checked(
+        &self,
+        f: impl Fn(&mut WorkCtx<'_, C>) + Send + Sync + Clone + 'static,
+        needs: impl Fn(usize) -> bool + Send + Sync + 'static,
+    ) -> WorkSet<C> {
+        self.work_all(f).with_check(needs)
     }
 }

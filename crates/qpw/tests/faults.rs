@@ -686,27 +686,40 @@ fn set_blocked(sig: i32, block: bool) {
     }
 }
 
-/// A thread that blocks the qpw signal cannot bind a `queue` slot: the error
-/// says why, and nothing changed. Slots that need no signal bind fine.
+/// A thread that blocks the qpw signal binds a `queue` slot in `remote`
+/// behaviour where the configuration has that mode (`NoQpw` refuses, with
+/// the reason), and every way of binding agrees.
 #[test]
-fn blocked_signal_refuses_queue_binding() {
-    let domain = domain::<Standard>(Mode::Queue, 2);
-    let sig = domain.signal();
-    let d = domain.clone();
+fn blocked_signal_binds_queue_slot_as_remote() {
+    let d = domain::<Standard>(Mode::Queue, 2);
+    let sig = d.signal();
     thread::spawn(move || {
         set_blocked(sig, true);
-        let e = d.bind_unpinned(0).unwrap_err();
-        assert_eq!(e, Error::SignalBlocked { signal: sig });
-        assert!(e.to_string().contains("blocks signal"), "{e}");
-        assert!(!d.is_owned(0).unwrap(), "a refused bind changed nothing");
-        assert_eq!(
-            d.with_local(|_| ()).unwrap_err(),
-            Error::SignalBlocked { signal: sig }
-        );
-        assert_eq!(
-            d.bind_any().unwrap_err(),
-            Error::SignalBlocked { signal: sig }
-        );
+        if cfg!(feature = "qpw") {
+            let me = d.bind_unpinned(0).expect("a remote slot needs no signal");
+            assert_eq!(d.slot_info(0).unwrap().effective, SlotMode::Remote);
+            drop(me);
+            let me = d.bind_any().expect("bind_any binds too");
+            assert_eq!(d.slot_info(me.slot()).unwrap().effective, SlotMode::Remote);
+            drop(me);
+            let eff = d
+                .with_local(|o| d.slot_info(o.slot()).unwrap().effective)
+                .expect("implicit owner binds too");
+            assert_eq!(eff, SlotMode::Remote);
+        } else {
+            let e = d.bind_unpinned(0).unwrap_err();
+            assert_eq!(e, Error::SignalBlocked { signal: sig });
+            assert!(e.to_string().contains("blocks signal"), "{e}");
+            assert!(!d.is_owned(0).unwrap(), "a refused bind changed nothing");
+            assert_eq!(
+                d.with_local(|_| ()).unwrap_err(),
+                Error::SignalBlocked { signal: sig }
+            );
+            assert_eq!(
+                d.bind_any().unwrap_err(),
+                Error::SignalBlocked { signal: sig }
+            );
+        }
     })
     .join()
     .unwrap();
@@ -720,17 +733,16 @@ fn blocked_signal_refuses_queue_binding() {
             .join()
             .unwrap();
         }
-        // Auto: the isolated (remote) slot binds, the queue slot does not.
-        let d = domain_of(Mode::Auto(Some(vec![1])));
-        thread::spawn(move || {
-            set_blocked(d.signal(), true);
-            let e = d.bind_unpinned(0).unwrap_err();
-            assert_eq!(e, Error::SignalBlocked { signal: d.signal() });
-            d.bind_unpinned(1).expect("the remote slot needs no signal");
-        })
-        .join()
-        .unwrap();
     }
+    // No remote mode without QPW: the refusal stays.
+    let d = domain::<NoQpw>(Mode::Queue, 1);
+    thread::spawn(move || {
+        set_blocked(d.signal(), true);
+        let e = d.bind_unpinned(0).unwrap_err();
+        assert_eq!(e, Error::SignalBlocked { signal: d.signal() });
+    })
+    .join()
+    .unwrap();
 }
 
 fn domain_of(mode: Mode) -> Domain<Standard> {
@@ -738,7 +750,7 @@ fn domain_of(mode: Mode) -> Domain<Standard> {
 }
 
 /// A thread that blocks the signal after binding: a bounded flush returns
-/// `Timeout` naming the slot instead of hanging; once the thread unblocks
+/// `SignalNotHandled` naming the slot and the reason instead of hanging; once the thread unblocks
 /// (or exits) the work runs, once.
 #[test]
 fn signal_blocked_after_binding_times_out() {
@@ -766,12 +778,17 @@ fn signal_blocked_after_binding_times_out() {
         ack_rx.recv_timeout(HANG).unwrap();
         assert!(w.queue());
         let e = w.flush_timeout(Duration::from_millis(50)).unwrap_err();
-        assert_eq!(
-            e,
-            FlushError::Timeout {
-                cpu: 0,
-                waited_ms: 50
-            }
+        assert!(
+            matches!(
+                e,
+                FlushError::SignalNotHandled {
+                    cpu: 0,
+                    waited_ms: 50,
+                    reason: qpw::SignalTrouble::BlockedByOwner { .. },
+                    ..
+                }
+            ),
+            "{e:?}"
         );
         assert!(e.to_string().contains("slot 0"), "{e}");
         assert!(w.is_pending());

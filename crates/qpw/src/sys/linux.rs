@@ -329,3 +329,27 @@ pub(crate) fn futex_unlock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> 
         Err(errno())
     }
 }
+
+/// Signal `sig` as one thread sees it, read from `/proc/self/task/<tid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SignalView {
+    /// In the thread's blocked mask (`SigBlk`).
+    pub(crate) blocked: bool,
+    /// Pending for the thread (`SigPnd`) or the process (`ShdPnd`).
+    pub(crate) pending: bool,
+}
+
+/// How thread `tid` of this process sees `sig`; `None` if its status cannot
+/// be read (the thread is gone) or parsed.
+pub(crate) fn signal_view(tid: u32, sig: i32) -> Option<SignalView> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    let has = |key: &str| -> Option<bool> {
+        let line = text.lines().find_map(|l| l.strip_prefix(key))?;
+        let mask = u64::from_str_radix(line.trim(), 16).ok()?;
+        Some((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
+    };
+    Some(SignalView {
+        blocked: has("SigBlk:")?,
+        pending: has("SigPnd:")? || has("ShdPnd:")?,
+    })
+}

@@ -106,8 +106,19 @@ pub(crate) fn install_handler(
 ) -> Result<bool, Error> {
     Ok(false)
 }
+loom::thread_local! {
+    static BLOCKS: std::cell::Cell<bool> = std::cell::Cell::new(false);
+}
+
+/// Whether this modelled thread blocks the qpw signal (set by [`set_blocks`]).
 pub(crate) fn thread_blocks(_sig: i32) -> bool {
-    false
+    BLOCKS.with(|b| b.get())
+}
+
+/// Makes this modelled thread block (or not) the qpw signal, for binds.
+#[allow(dead_code)] // used by some models only
+pub(crate) fn set_blocks(blocked: bool) {
+    BLOCKS.with(|b| b.set(blocked));
 }
 #[allow(dead_code)] // the handler is not modelled
 pub(crate) struct ErrnoGuard;
@@ -170,4 +181,15 @@ pub(crate) fn futex_unlock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> 
     };
     word.store(next, SeqCst);
     Ok(())
+}
+
+/// The models have no signal masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SignalView {
+    pub(crate) blocked: bool,
+    pub(crate) pending: bool,
+}
+
+pub(crate) fn signal_view(_tid: u32, _sig: i32) -> Option<SignalView> {
+    None
 }
