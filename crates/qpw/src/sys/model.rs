@@ -51,13 +51,23 @@ struct Signals {
 
 loom::lazy_static! {
     static ref SIGNALS: std::sync::Mutex<Signals> = std::sync::Mutex::new(Signals::default());
+    /// What makes a delivery happen after its send, as the kernel's signal
+    /// queue lock does for `tgkill` and the handler's start: the sender
+    /// bumps it before queueing, the receiver after taking one (an RMW reads
+    /// the latest value, so it synchronizes with every send before it).
+    /// `SIGNALS` is a std mutex (loom cannot switch threads inside it), which
+    /// orders nothing in loom's eyes: without this, loom let a handler's
+    /// clearing of `sig_inflight` be overtaken by the sender's earlier set.
+    static ref DELIVERY: loom::sync::atomic::AtomicUsize = loom::sync::atomic::AtomicUsize::new(0);
 }
 
 pub(crate) fn signal_thread(tid: i32, _sig: i32) -> Result<(), i32> {
-    let mut s = SIGNALS.lock().unwrap();
-    if let Some(e) = s.fail.pop() {
+    if let Some(e) = SIGNALS.lock().unwrap().fail.pop() {
         return Err(e);
     }
+    // Before the signal is queued: whoever takes it synchronizes with this.
+    DELIVERY.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut s = SIGNALS.lock().unwrap();
     if !s.pending.contains(&tid) {
         s.pending.push(tid);
     }
@@ -70,7 +80,13 @@ pub(crate) fn take_signal() -> bool {
     let mut s = SIGNALS.lock().unwrap();
     let before = s.pending.len();
     s.pending.retain(|&t| t != me);
-    s.pending.len() != before
+    let taken = s.pending.len() != before;
+    drop(s);
+    if taken {
+        // The handler starts after the send (see `DELIVERY`).
+        DELIVERY.fetch_add(0, std::sync::atomic::Ordering::SeqCst);
+    }
+    taken
 }
 
 /// Forgets every signal sent and every failure planned (a model's start).
