@@ -22,9 +22,11 @@
 //! inside a hook, and must not panic (a panic cannot unwind out of a
 //! `pthread_atfork` handler: the process aborts).
 
+use crate::handler::GateOp;
 use crate::sync::process::{AtomicBool, Ordering};
 use std::cell::UnsafeCell;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 /// A consumer's own fork handling: its locks, taken before `fork()` so that
 /// the child gets them in a known state.
@@ -190,7 +192,16 @@ fn ensure_handlers() {
     let _ = crate::sys::at_fork(prepare, parent, child);
 }
 
+/// How long the forking thread waits, per slot it owns, for remote
+/// contexts to leave the slot before `fork()` (past it, the wait is counted
+/// in the slot's `fork_waits_expired` and the fork goes on).
+const FORK_GATE_WAIT: Duration = Duration::from_secs(2);
+
 unsafe extern "C" fn prepare() {
+    // First, before the consumer hooks take their locks (a remote context
+    // on our slot may be waiting for one of them): close the fork gates of
+    // our own slots and wait for the remote contexts on them to leave.
+    crate::handler::fork_gates(GateOp::Close(Instant::now() + FORK_GATE_WAIT));
     let hooks: Vec<Arc<dyn ForkHook>> =
         with_registry(|r| r.hooks.iter().map(|(_, h)| h.clone()).collect());
     for h in &hooks {
@@ -208,6 +219,7 @@ unsafe extern "C" fn parent() {
     for h in hooks.iter().rev() {
         h.parent();
     }
+    crate::handler::fork_gates(GateOp::OpenAndHelp(Instant::now() + FORK_GATE_WAIT));
 }
 
 unsafe extern "C" fn child() {
@@ -225,4 +237,5 @@ unsafe extern "C" fn child() {
     for h in hooks.iter().rev() {
         h.child();
     }
+    crate::handler::fork_gates(GateOp::Open);
 }

@@ -21,6 +21,7 @@ pub(crate) struct OwnerRec {
     slot: *const (),
     on_signal: unsafe fn(*const (), u64),
     fork_child: unsafe fn(*const (), u64, u32),
+    fork_gate: unsafe fn(*const (), GateOp) -> bool,
     domain_id: usize,
     cpu: usize,
     /// The binding's generation.
@@ -34,6 +35,7 @@ impl OwnerRec {
             slot: slot as *const SlotState<C> as *const (),
             on_signal: on_signal_for::<C>,
             fork_child: fork_child_for::<C>,
+            fork_gate: fork_gate_for::<C>,
             domain_id: slot.domain_id,
             cpu: slot.cpu,
             gen,
@@ -58,6 +60,50 @@ unsafe fn fork_child_for<C: Config>(slot: *const (), gen: u64, tid: u32) {
     if generation(slot.ctl.load(Ordering::Relaxed)) == gen {
         slot.fork_child(true, tid);
     }
+}
+
+/// What the fork handlers do to the fork gate of each slot the forking
+/// thread owns (see [`SlotState::fork_close`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum GateOp {
+    /// Before `fork()`: close, and wait for remote contexts until then.
+    Close(std::time::Instant),
+    /// Parent: open, and run what was left on the stack (lock waits until then).
+    OpenAndHelp(std::time::Instant),
+    /// Child: open.
+    Open,
+}
+
+/// # Safety
+/// As [`on_signal_for`].
+unsafe fn fork_gate_for<C: Config>(slot: *const (), op: GateOp) -> bool {
+    // SAFETY: as in `on_signal_for`.
+    let slot = unsafe { &*(slot as *const SlotState<C>) };
+    match op {
+        GateOp::Close(deadline) => slot.fork_close(deadline),
+        GateOp::OpenAndHelp(deadline) => {
+            slot.fork_open(Some(deadline));
+            true
+        }
+        GateOp::Open => {
+            slot.fork_open(None);
+            true
+        }
+    }
+}
+
+/// Applies `op` to every slot this thread owns; returns how many waits
+/// passed their deadline (`Close`).
+pub(crate) fn fork_gates(op: GateOp) -> usize {
+    let mut expired = 0;
+    find(|r| {
+        // SAFETY: a linked record's slot is live.
+        if !unsafe { (r.fork_gate)(r.slot, op) } {
+            expired += 1;
+        }
+        None::<()>
+    });
+    expired
 }
 
 #[cfg(not(qpw_loom))]

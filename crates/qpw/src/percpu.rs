@@ -242,21 +242,24 @@ impl<T, C: Config> PerCpu<T, C> {
             return Err(Error::SlotRetired { cpu });
         }
         if C::QPW && slot.mode == SlotMode::Remote {
-            let hold = slot.hold_remote();
             let timeout = self.domain.inner.flush_timeout;
+            let deadline = Instant::now() + timeout;
+            // The slot's owner may be forking (its fork gate is closed):
+            // wait for it like for a held lock.
+            let timed_out = || Error::LockTimeout {
+                cpu,
+                waited_ms: timeout.as_millis() as u64,
+            };
+            let Some(hold) = slot.enter_remote_until(deadline) else {
+                slot.counters.lock_timeout();
+                return Err(timed_out());
+            };
             if cell
                 .lock
-                .lock_remote(
-                    &slot.counters,
-                    Some(&*slot.owner_preempted),
-                    Instant::now() + timeout,
-                )
+                .lock_remote(&slot.counters, Some(&*slot.owner_preempted), deadline)
                 .is_err()
             {
-                return Err(Error::LockTimeout {
-                    cpu,
-                    waited_ms: timeout.as_millis() as u64,
-                });
+                return Err(timed_out());
             }
             return Ok(RemoteGuard {
                 ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
@@ -287,7 +290,10 @@ impl<T, C: Config> PerCpu<T, C> {
             return Err(Error::SlotRetired { cpu });
         }
         if C::QPW && slot.mode == SlotMode::Remote {
-            let hold = slot.hold_remote();
+            // A closed fork gate (the owner is forking) is waited for by `remote`.
+            let Some(hold) = slot.enter_remote() else {
+                return Err(Error::WouldBlock { cpu });
+            };
             if !cell.lock.try_lock_remote() {
                 return Err(Error::WouldBlock { cpu });
             }

@@ -132,6 +132,10 @@ pub(crate) struct SlotState<C: Config> {
     /// slot's cells: a fork child retires a slot whose count is not zero
     /// (a vanished thread may hold a lock with the data half-changed).
     pub(crate) remote_holders: AtomicU32,
+    /// Closed (`true`) by the owner's thread while it forks (see
+    /// [`fork_close`](Self::fork_close)): no new remote context enters the
+    /// slot, so none can be copied into the child holding its cells.
+    pub(crate) fork_gate: AtomicBool,
     /// Shared by every slot of the domain: a remote caller once spun long on
     /// a cell lock, so owners here get preempted inside their sections (the
     /// machine is overcommitted), and `remote` callers check an owner's
@@ -189,6 +193,7 @@ impl<C: Config> SlotState<C> {
             tid: AtomicU32::new(0),
             sig_inflight: AtomicBool::new(false),
             remote_holders: AtomicU32::new(0),
+            fork_gate: AtomicBool::new(false),
             owner_preempted,
             mode,
             cpu,
@@ -231,10 +236,67 @@ impl<C: Config> SlotState<C> {
         self.state() & RETIRED != 0
     }
 
-    /// Counts a remote context until the returned guard drops.
-    pub(crate) fn hold_remote(&self) -> RemoteHold<'_> {
+    /// Counts a remote context until the returned guard drops, unless the
+    /// slot's fork gate is closed (`None`: its owner is forking).
+    ///
+    /// Count, then look at the gate, both `SeqCst`; the forking owner
+    /// closes the gate, then reads the count. One of the two sees the
+    /// other: either this context backs out, or the owner waits for it.
+    pub(crate) fn enter_remote(&self) -> Option<RemoteHold<'_>> {
         self.remote_holders.fetch_add(1, Ordering::SeqCst);
-        RemoteHold(&self.remote_holders)
+        let hold = RemoteHold(&self.remote_holders);
+        if self.fork_gate.load(Ordering::SeqCst) {
+            return None; // `hold` drops: the count goes back
+        }
+        Some(hold)
+    }
+
+    /// [`enter_remote`](Self::enter_remote), waiting (yielding) while the
+    /// gate is closed, at most until `deadline` (`None` past it).
+    pub(crate) fn enter_remote_until(&self, deadline: Instant) -> Option<RemoteHold<'_>> {
+        loop {
+            if let Some(h) = self.enter_remote() {
+                return Some(h);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            spin_hint();
+            yield_now();
+        }
+    }
+
+    /// Parent, the owner's thread, before `fork()`: closes the fork gate,
+    /// then waits until no remote context is on the slot (no cell lock of
+    /// it held by another thread) and no remote thread holds its `BUSY`,
+    /// so the child's copy of the slot has nothing held by a vanished
+    /// thread. `false` if `deadline` passed first (counted in
+    /// `fork_waits_expired`; the child may then find a cell held).
+    pub(crate) fn fork_close(&self, deadline: Instant) -> bool {
+        self.fork_gate.store(true, Ordering::SeqCst);
+        loop {
+            if self.remote_holders.load(Ordering::SeqCst) == 0
+                && self.ctl.load(Ordering::SeqCst) & BUSY == 0
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                self.counters.fork_wait_expired();
+                return false;
+            }
+            spin_hint();
+            yield_now();
+        }
+    }
+
+    /// After `fork()`, parent and child, the owner's thread: opens the gate
+    /// again. `help`: run what remote callers left on the stack meanwhile
+    /// (the parent; `deadline` bounds its lock waits).
+    pub(crate) fn fork_open(&self, help: Option<Instant>) {
+        self.fork_gate.store(false, Ordering::SeqCst);
+        if let Some(deadline) = help {
+            self.help(true, Some(deadline));
+        }
     }
 
     /// Runs every pending item in context `run`. The caller has exclusive
@@ -324,9 +386,20 @@ impl<C: Config> SlotState<C> {
         if st == ONLINE || st & (BUSY | RETIRED) != 0 {
             return false;
         }
-        self.ctl
+        if self
+            .ctl
             .compare_exchange(s, s | BUSY, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
+            .is_err()
+        {
+            return false;
+        }
+        // Set `BUSY`, then look at the fork gate (the forking owner closes
+        // it, then reads `ctl`): a closed gate means back out.
+        if self.fork_gate.load(Ordering::SeqCst) {
+            self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Lets go of a slot taken with [`try_take`](Self::try_take), then runs
@@ -362,7 +435,11 @@ impl<C: Config> SlotState<C> {
                 if st == ONLINE && self.section_open(Ordering::SeqCst) {
                     return Helped::Online;
                 }
-                let _hold = self.hold_remote();
+                let Some(_hold) = self.enter_remote() else {
+                    // The owner is forking: it runs the stack when it
+                    // opens the gate again.
+                    return Helped::Online;
+                };
                 self.run_pending(RunCtx {
                     kind: CtxKind::RemoteLocked,
                     at: RanAt::RemoteLocked,
@@ -383,6 +460,10 @@ impl<C: Config> SlotState<C> {
                     deadline,
                 });
                 self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
+            } else if self.fork_gate.load(Ordering::SeqCst) {
+                // The owner is forking: it runs the stack when it opens
+                // the gate again.
+                return Helped::Online;
             }
         }
     }
@@ -647,6 +728,11 @@ impl<C: Config> SlotState<C> {
         let st = state(s);
         // No signal sent in the parent reaches the child.
         self.sig_inflight.store(false, Ordering::Relaxed);
+        // Closed by another thread forking at the same time (the forking
+        // thread's own gates are opened after the consumer hooks).
+        if !mine {
+            self.fork_gate.store(false, Ordering::Relaxed);
+        }
         if mine {
             self.tid.store(tid, Ordering::Relaxed);
             return;

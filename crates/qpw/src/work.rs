@@ -336,8 +336,12 @@ impl<C: Config> Work<C> {
         }
         let slot = self.slot_state();
         let owns = crate::handler::current_thread_owns(slot);
-        if slot.mode == SlotMode::Remote && !slot.is_retired() && slot.run_now_remote(owns) {
-            let _hold = slot.hold_remote();
+        // `enter_remote` is `None` while the owner forks (its fork gate).
+        let hold =
+            (slot.mode == SlotMode::Remote && !slot.is_retired() && slot.run_now_remote(owns))
+                .then(|| slot.enter_remote())
+                .flatten();
+        if let Some(_hold) = hold {
             WorkInner::run_claimed(
                 w,
                 slot,
