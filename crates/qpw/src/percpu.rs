@@ -501,3 +501,18 @@ impl<T: fmt::Debug, C: Config> fmt::Debug for RemoteGuard<'_, T, C> {
         f.debug_tuple("RemoteGuard").field(&**self).finish()
     }
 }
+
+#[cfg(all(test, qpw_loom))]
+impl<T, C: Config> PerCpu<T, C> {
+    /// The models: runs `f` on slot `cpu`'s value taking no lock, as a fork
+    /// child's only thread finds it; fails if the cell's lock is held (loom
+    /// fails it too if another context touches the value meanwhile).
+    pub(crate) fn model_unlocked<R>(&self, cpu: usize, f: impl FnOnce(&mut T) -> R) -> R {
+        let cell = &self.cells[cpu];
+        assert_eq!(cell.lock.word(), 0, "cell {cpu} held at the fork");
+        let p = cell.data.get_mut_ptr();
+        // SAFETY: what the model checks: no other context may reach the
+        // value while the fork gate is closed and the wait has returned.
+        f(unsafe { p.deref() })
+    }
+}

@@ -35,7 +35,8 @@
 use crate::config::{Config, SlotMode};
 use crate::stats::{Counters, RanAt};
 use crate::sync::{
-    signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering,
+    fence, signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
+    Ordering,
 };
 use crossbeam_utils::CachePadded;
 use std::marker::PhantomData;
@@ -239,12 +240,14 @@ impl<C: Config> SlotState<C> {
     /// Counts a remote context until the returned guard drops, unless the
     /// slot's fork gate is closed (`None`: its owner is forking).
     ///
-    /// Count, then look at the gate, both `SeqCst`; the forking owner
-    /// closes the gate, then reads the count. One of the two sees the
-    /// other: either this context backs out, or the owner waits for it.
+    /// Count, `SeqCst` fence, then look at the gate; the forking owner
+    /// closes the gate, fence, then reads the count. One of the two sees
+    /// the other: either this context backs out, or the owner waits for it.
+    /// (Fences rather than `SeqCst` accesses alone: loom checks fences.)
     pub(crate) fn enter_remote(&self) -> Option<RemoteHold<'_>> {
         self.remote_holders.fetch_add(1, Ordering::SeqCst);
         let hold = RemoteHold(&self.remote_holders);
+        fence(Ordering::SeqCst);
         if self.fork_gate.load(Ordering::SeqCst) {
             return None; // `hold` drops: the count goes back
         }
@@ -274,6 +277,7 @@ impl<C: Config> SlotState<C> {
     /// `fork_waits_expired`; the child may then find a cell held).
     pub(crate) fn fork_close(&self, deadline: Instant) -> bool {
         self.fork_gate.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         loop {
             if self.remote_holders.load(Ordering::SeqCst) == 0
                 && self.ctl.load(Ordering::SeqCst) & BUSY == 0
@@ -395,6 +399,7 @@ impl<C: Config> SlotState<C> {
         }
         // Set `BUSY`, then look at the fork gate (the forking owner closes
         // it, then reads `ctl`): a closed gate means back out.
+        fence(Ordering::SeqCst);
         if self.fork_gate.load(Ordering::SeqCst) {
             self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
             return false;
