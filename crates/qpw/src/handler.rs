@@ -11,6 +11,7 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::fork::GateOp;
 use crate::slot::{generation, SlotState};
 use std::cell::Cell;
 use std::sync::atomic::{compiler_fence, AtomicPtr, Ordering};
@@ -60,18 +61,6 @@ unsafe fn fork_child_for<C: Config>(slot: *const (), gen: u64, tid: u32) {
     if generation(slot.ctl.load(Ordering::Relaxed)) == gen {
         slot.fork_child(true, tid);
     }
-}
-
-/// What the fork handlers do to the fork gate of each slot the forking
-/// thread owns (see [`SlotState::fork_close`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum GateOp {
-    /// Before `fork()`: close, and wait for remote contexts until then.
-    Close(std::time::Instant),
-    /// Parent: open, and run what was left on the stack (lock waits until then).
-    OpenAndHelp(std::time::Instant),
-    /// Child: open.
-    Open,
 }
 
 /// # Safety
@@ -144,6 +133,7 @@ fn find<R>(mut f: impl FnMut(&OwnerRec) -> Option<R>) -> Option<R> {
 /// # Safety
 /// `rec` must stay at its address, live, until [`unlink`]ed by this thread.
 pub(crate) unsafe fn link(rec: &OwnerRec) {
+    crate::fork::set_own_gates(fork_gates);
     OWNED.with(|h| {
         rec.next.store(h.get() as *mut OwnerRec, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);

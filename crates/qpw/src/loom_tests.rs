@@ -424,7 +424,8 @@ fn loom_signal_lands_during_bind() {
 /// value until the gate opens again (the "fork instant", where a child
 /// would find it); after that the remote thread gets through.
 fn fork_gate_keeps_remote_contexts_out(direct: bool) {
-    use crate::handler::{fork_gates, GateOp};
+    use crate::fork::GateOp;
+    use crate::handler::fork_gates;
     use std::time::Instant;
     loom::model(move || {
         let f = Fixture::<Standard>::new(Mode::Remote);
