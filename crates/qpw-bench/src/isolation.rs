@@ -508,6 +508,7 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,
         owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
         owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
+        fork_waits_expired: a.fork_waits_expired - b.fork_waits_expired,
     };
     let mine = delta(&d.after, &d.before);
     let all = delta(&d.after_all, &d.before_all);

@@ -24,7 +24,8 @@
 
 use crate::sync::process::{AtomicBool, Ordering};
 use std::cell::UnsafeCell;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// A consumer's own fork handling: its locks, taken before `fork()` so that
 /// the child gets them in a known state.
@@ -190,7 +191,46 @@ fn ensure_handlers() {
     let _ = crate::sys::at_fork(prepare, parent, child);
 }
 
+/// What the fork handlers do to the fork gate of each slot the forking
+/// thread owns (see `SlotState::fork_close`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum GateOp {
+    /// Before `fork()`: close, and wait for remote contexts until then.
+    Close(Instant),
+    /// Parent: open, and run what was left on the stack (lock waits until then).
+    OpenAndHelp(Instant),
+    /// Child: open.
+    Open,
+}
+
+/// Applies a [`GateOp`] to the calling thread's own slots, returning how
+/// many waits expired: installed by the layer that keeps each thread's
+/// owned-slot list (`handler`, above this one) when a thread first binds.
+static OWN_GATES: OnceLock<fn(GateOp) -> usize> = OnceLock::new();
+
+/// Installs [`OWN_GATES`] (once; later calls change nothing).
+pub(crate) fn set_own_gates(f: fn(GateOp) -> usize) {
+    if OWN_GATES.get().is_none() {
+        let _ = OWN_GATES.set(f);
+    }
+}
+
+fn own_gates(op: GateOp) {
+    if let Some(f) = OWN_GATES.get() {
+        f(op);
+    }
+}
+
+/// How long the forking thread waits, per slot it owns, for remote
+/// contexts to leave the slot before `fork()` (past it, the wait is counted
+/// in the slot's `fork_waits_expired` and the fork goes on).
+const FORK_GATE_WAIT: Duration = Duration::from_secs(2);
+
 unsafe extern "C" fn prepare() {
+    // First, before the consumer hooks take their locks (a remote context
+    // on our slot may be waiting for one of them): close the fork gates of
+    // our own slots and wait for the remote contexts on them to leave.
+    own_gates(GateOp::Close(Instant::now() + FORK_GATE_WAIT));
     let hooks: Vec<Arc<dyn ForkHook>> =
         with_registry(|r| r.hooks.iter().map(|(_, h)| h.clone()).collect());
     for h in &hooks {
@@ -208,6 +248,7 @@ unsafe extern "C" fn parent() {
     for h in hooks.iter().rev() {
         h.parent();
     }
+    own_gates(GateOp::OpenAndHelp(Instant::now() + FORK_GATE_WAIT));
 }
 
 unsafe extern "C" fn child() {
@@ -225,4 +266,5 @@ unsafe extern "C" fn child() {
     for h in hooks.iter().rev() {
         h.child();
     }
+    own_gates(GateOp::Open);
 }

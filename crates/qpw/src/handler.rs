@@ -11,6 +11,7 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::fork::GateOp;
 use crate::slot::{generation, SlotState};
 use std::cell::Cell;
 use std::sync::atomic::{compiler_fence, AtomicPtr, Ordering};
@@ -21,6 +22,7 @@ pub(crate) struct OwnerRec {
     slot: *const (),
     on_signal: unsafe fn(*const (), u64),
     fork_child: unsafe fn(*const (), u64, u32),
+    fork_gate: unsafe fn(*const (), GateOp) -> bool,
     domain_id: usize,
     cpu: usize,
     /// The binding's generation.
@@ -34,6 +36,7 @@ impl OwnerRec {
             slot: slot as *const SlotState<C> as *const (),
             on_signal: on_signal_for::<C>,
             fork_child: fork_child_for::<C>,
+            fork_gate: fork_gate_for::<C>,
             domain_id: slot.domain_id,
             cpu: slot.cpu,
             gen,
@@ -58,6 +61,38 @@ unsafe fn fork_child_for<C: Config>(slot: *const (), gen: u64, tid: u32) {
     if generation(slot.ctl.load(Ordering::Relaxed)) == gen {
         slot.fork_child(true, tid);
     }
+}
+
+/// # Safety
+/// As [`on_signal_for`].
+unsafe fn fork_gate_for<C: Config>(slot: *const (), op: GateOp) -> bool {
+    // SAFETY: as in `on_signal_for`.
+    let slot = unsafe { &*(slot as *const SlotState<C>) };
+    match op {
+        GateOp::Close(deadline) => slot.fork_close(deadline),
+        GateOp::OpenAndHelp(deadline) => {
+            slot.fork_open(Some(deadline));
+            true
+        }
+        GateOp::Open => {
+            slot.fork_open(None);
+            true
+        }
+    }
+}
+
+/// Applies `op` to every slot this thread owns; returns how many waits
+/// passed their deadline (`Close`).
+pub(crate) fn fork_gates(op: GateOp) -> usize {
+    let mut expired = 0;
+    find(|r| {
+        // SAFETY: a linked record's slot is live.
+        if !unsafe { (r.fork_gate)(r.slot, op) } {
+            expired += 1;
+        }
+        None::<()>
+    });
+    expired
 }
 
 #[cfg(not(qpw_loom))]
@@ -98,6 +133,7 @@ fn find<R>(mut f: impl FnMut(&OwnerRec) -> Option<R>) -> Option<R> {
 /// # Safety
 /// `rec` must stay at its address, live, until [`unlink`]ed by this thread.
 pub(crate) unsafe fn link(rec: &OwnerRec) {
+    crate::fork::set_own_gates(fork_gates);
     OWNED.with(|h| {
         rec.next.store(h.get() as *mut OwnerRec, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);

@@ -179,13 +179,25 @@
 //!   mode, and spawn threads that do. Work queued in the parent on slots
 //!   that were handed over runs in the child like any other pending work.
 //!
+//! Nothing another thread held on the forking thread's *own* slots is copied
+//! held: before the consumer hooks' `prepare`, the forking thread closes
+//! each of its slots' *fork gate* and waits until no remote context is on
+//! them (no cell lock held by another thread in `remote` mode, no `BUSY`).
+//! While a gate is closed, a remote run of the slot's work leaves it on the
+//! slot's stack (the forking thread runs it when it opens the gate after
+//! the parent hooks), a drain-all does the same, [`PerCpu::remote`] waits
+//! for the gate (within the flush timeout, then [`Error::LockTimeout`]), and
+//! [`PerCpu::try_remote`] gives [`Error::WouldBlock`]. The wait is bounded
+//! (2 s per slot); past it the fork goes on and the slot's
+//! [`SlotStats::fork_waits_expired`] counts it (the child may then find a
+//! cell held). So a remote context on the forking thread's slot must not
+//! wait for anything the forking thread holds when it calls `fork()`.
+//!
 //! Consumers with locks of their own register a [`ForkHook`] (see
 //! [`register_fork_hook`] for the order of calls). Not covered: a fork from
 //! inside a work function, a local section or a [`RemoteGuard`] (the
-//! forking thread's own state is then half-changed), and, in `remote` mode,
-//! a vanished thread that held a lock of the forking thread's own slot at
-//! the instant of the fork (the child's next section on that slot would wait
-//! for it; qpw cannot see cell locks from the slot).
+//! forking thread's own state is then half-changed; a fork inside a remote
+//! context on its own slot waits out the gate's bound).
 //!
 //! # Limits
 //!

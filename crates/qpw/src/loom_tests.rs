@@ -508,3 +508,50 @@ fn loom_signal_blocked_binding_then_queue_binding() {
         assert_eq!(*f.data.lock(&mut me), 111);
     });
 }
+/// The fork gate (liveness fix: a fork child hung on its own cell, copied
+/// held by a vanished remote thread). The owner of slot 1 (`remote` mode)
+/// closes its gate as the fork `prepare` handler does, while another thread
+/// locks the cell through `PerCpu::remote` (`direct`) or queues and flushes
+/// the slot's work (run under the cell lock, or left on the owner's stack).
+/// Once the wait returns, the cell's lock is free and nobody touches the
+/// value until the gate opens again (the "fork instant", where a child
+/// would find it); after that the remote thread gets through.
+fn fork_gate_keeps_remote_contexts_out(direct: bool) {
+    use crate::fork::GateOp;
+    use crate::handler::fork_gates;
+    use std::time::Instant;
+    loom::model(move || {
+        let f = Fixture::<Standard>::new(Mode::Remote);
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        let remote = if direct {
+            let data = f.data.clone();
+            thread::spawn(move || {
+                *data.remote(1).unwrap() += 1;
+            })
+        } else {
+            let work = f.work();
+            thread::spawn(move || {
+                assert!(work.queue());
+                work.flush().unwrap();
+            })
+        };
+        assert_eq!(fork_gates(GateOp::Close(Instant::now() + FOREVER)), 0);
+        f.data.model_unlocked(1, |v| *v += 100);
+        fork_gates(GateOp::OpenAndHelp(Instant::now() + FOREVER));
+        remote.join().unwrap();
+        if !direct {
+            assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        }
+        assert_eq!(*f.data.lock(&mut me), 101);
+    });
+}
+
+#[test]
+fn loom_fork_gate_vs_remote_lock() {
+    fork_gate_keeps_remote_contexts_out(true);
+}
+
+#[test]
+fn loom_fork_gate_vs_remote_work() {
+    fork_gate_keeps_remote_contexts_out(false);
+}

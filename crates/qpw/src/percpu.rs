@@ -241,32 +241,36 @@ impl<T, C: Config> PerCpu<T, C> {
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
         }
-        let hold = (C::QPW && slot.eff_mode() == SlotMode::Remote)
-            .then(|| slot.hold_remote())
-            // Counted, then checked again (see `SlotState::set_effective`).
-            .filter(|_| slot.eff_mode_counted() == SlotMode::Remote);
-        if let Some(hold) = hold {
+        if C::QPW && slot.eff_mode() == SlotMode::Remote {
             let timeout = self.domain.inner.flush_timeout;
-            if cell
-                .lock
-                .lock_remote(
-                    &slot.counters,
-                    Some(&*slot.owner_preempted),
-                    Instant::now() + timeout,
-                )
-                .is_err()
-            {
-                return Err(Error::LockTimeout {
-                    cpu,
-                    waited_ms: timeout.as_millis() as u64,
+            let deadline = Instant::now() + timeout;
+            // The slot's owner may be forking (its fork gate is closed):
+            // wait for it like for a held lock.
+            let timed_out = || Error::LockTimeout {
+                cpu,
+                waited_ms: timeout.as_millis() as u64,
+            };
+            let Some(hold) = slot.enter_remote_until(deadline) else {
+                slot.counters.lock_timeout();
+                return Err(timed_out());
+            };
+            // Counted, then checked again (see `SlotState::set_effective`):
+            // a binding that left `remote` meanwhile sends us the other way.
+            if slot.eff_mode_counted() == SlotMode::Remote {
+                if cell
+                    .lock
+                    .lock_remote(&slot.counters, Some(&*slot.owner_preempted), deadline)
+                    .is_err()
+                {
+                    return Err(timed_out());
+                }
+                return Ok(RemoteGuard {
+                    ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+                    cell,
+                    slot,
+                    hold: Some(hold),
                 });
             }
-            return Ok(RemoteGuard {
-                ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-                cell,
-                slot,
-                hold: Some(hold),
-            });
         }
         if slot.try_take() {
             return Ok(RemoteGuard {
@@ -289,17 +293,23 @@ impl<T, C: Config> PerCpu<T, C> {
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
         }
-        if C::QPW && slot.mode == SlotMode::Remote {
-            let hold = slot.hold_remote();
-            if !cell.lock.try_lock_remote() {
+        if C::QPW && slot.eff_mode() == SlotMode::Remote {
+            // A closed fork gate (the owner is forking) is waited for by `remote`.
+            let Some(hold) = slot.enter_remote() else {
                 return Err(Error::WouldBlock { cpu });
+            };
+            // Counted, then checked again (see `SlotState::set_effective`).
+            if slot.eff_mode_counted() == SlotMode::Remote {
+                if !cell.lock.try_lock_remote() {
+                    return Err(Error::WouldBlock { cpu });
+                }
+                return Ok(RemoteGuard {
+                    ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+                    cell,
+                    slot,
+                    hold: Some(hold),
+                });
             }
-            return Ok(RemoteGuard {
-                ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-                cell,
-                slot,
-                hold: Some(hold),
-            });
         }
         // A few looks: the state may change between one and the next (that
         // is not waiting), but a slot that stays taken gives WouldBlock.
@@ -496,5 +506,20 @@ impl<T: fmt::Debug> fmt::Debug for CtxGuard<'_, T> {
 impl<T: fmt::Debug, C: Config> fmt::Debug for RemoteGuard<'_, T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("RemoteGuard").field(&**self).finish()
+    }
+}
+
+#[cfg(all(test, qpw_loom))]
+impl<T, C: Config> PerCpu<T, C> {
+    /// The models: runs `f` on slot `cpu`'s value taking no lock, as a fork
+    /// child's only thread finds it; fails if the cell's lock is held (loom
+    /// fails it too if another context touches the value meanwhile).
+    pub(crate) fn model_unlocked<R>(&self, cpu: usize, f: impl FnOnce(&mut T) -> R) -> R {
+        let cell = &self.cells[cpu];
+        assert_eq!(cell.lock.word(), 0, "cell {cpu} held at the fork");
+        let p = cell.data.get_mut_ptr();
+        // SAFETY: what the model checks: no other context may reach the
+        // value while the fork gate is closed and the wait has returned.
+        f(unsafe { p.deref() })
     }
 }

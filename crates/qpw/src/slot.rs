@@ -35,7 +35,8 @@
 use crate::config::{Config, ModeReason, SlotMode};
 use crate::stats::{Counters, RanAt};
 use crate::sync::{
-    signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering,
+    fence, signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
+    Ordering,
 };
 use crossbeam_utils::CachePadded;
 use std::marker::PhantomData;
@@ -134,6 +135,10 @@ pub(crate) struct SlotState<C: Config> {
     /// slot's cells: a fork child retires a slot whose count is not zero
     /// (a vanished thread may hold a lock with the data half-changed).
     pub(crate) remote_holders: AtomicU32,
+    /// Closed (`true`) by the owner's thread while it forks (see
+    /// [`fork_close`](Self::fork_close)): no new remote context enters the
+    /// slot, so none can be copied into the child holding its cells.
+    pub(crate) fork_gate: AtomicBool,
     /// Shared by every slot of the domain: a remote caller once spun long on
     /// a cell lock, so owners here get preempted inside their sections (the
     /// machine is overcommitted), and `remote` callers check an owner's
@@ -250,6 +255,7 @@ impl<C: Config> SlotState<C> {
             sig_inflight: AtomicBool::new(false),
             sig_failed: AtomicBool::new(false),
             remote_holders: AtomicU32::new(0),
+            fork_gate: AtomicBool::new(false),
             owner_preempted,
             mode,
             mode_reason,
@@ -295,10 +301,70 @@ impl<C: Config> SlotState<C> {
         self.state() & RETIRED != 0
     }
 
-    /// Counts a remote context until the returned guard drops.
-    pub(crate) fn hold_remote(&self) -> RemoteHold<'_> {
+    /// Counts a remote context until the returned guard drops, unless the
+    /// slot's fork gate is closed (`None`: its owner is forking).
+    ///
+    /// Count, `SeqCst` fence, then look at the gate; the forking owner
+    /// closes the gate, fence, then reads the count. One of the two sees
+    /// the other: either this context backs out, or the owner waits for it.
+    /// (Fences rather than `SeqCst` accesses alone: loom checks fences.)
+    pub(crate) fn enter_remote(&self) -> Option<RemoteHold<'_>> {
         self.remote_holders.fetch_add(1, Ordering::SeqCst);
-        RemoteHold(&self.remote_holders)
+        let hold = RemoteHold(&self.remote_holders);
+        fence(Ordering::SeqCst);
+        if self.fork_gate.load(Ordering::SeqCst) {
+            return None; // `hold` drops: the count goes back
+        }
+        Some(hold)
+    }
+
+    /// [`enter_remote`](Self::enter_remote), waiting (yielding) while the
+    /// gate is closed, at most until `deadline` (`None` past it).
+    pub(crate) fn enter_remote_until(&self, deadline: Instant) -> Option<RemoteHold<'_>> {
+        loop {
+            if let Some(h) = self.enter_remote() {
+                return Some(h);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            spin_hint();
+            yield_now();
+        }
+    }
+
+    /// Parent, the owner's thread, before `fork()`: closes the fork gate,
+    /// then waits until no remote context is on the slot (no cell lock of
+    /// it held by another thread) and no remote thread holds its `BUSY`,
+    /// so the child's copy of the slot has nothing held by a vanished
+    /// thread. `false` if `deadline` passed first (counted in
+    /// `fork_waits_expired`; the child may then find a cell held).
+    pub(crate) fn fork_close(&self, deadline: Instant) -> bool {
+        self.fork_gate.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        loop {
+            if self.remote_holders.load(Ordering::SeqCst) == 0
+                && self.ctl.load(Ordering::SeqCst) & BUSY == 0
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                self.counters.fork_wait_expired();
+                return false;
+            }
+            spin_hint();
+            yield_now();
+        }
+    }
+
+    /// After `fork()`, parent and child, the owner's thread: opens the gate
+    /// again. `help`: run what remote callers left on the stack meanwhile
+    /// (the parent; `deadline` bounds its lock waits).
+    pub(crate) fn fork_open(&self, help: Option<Instant>) {
+        self.fork_gate.store(false, Ordering::SeqCst);
+        if let Some(deadline) = help {
+            self.help(true, Some(deadline));
+        }
     }
 
     /// Runs every pending item in context `run`. The caller has exclusive
@@ -397,6 +463,13 @@ impl<C: Config> SlotState<C> {
         {
             return false;
         }
+        // Set `BUSY`, then look at the fork gate (the forking owner closes
+        // it, then reads `ctl`): a closed gate means back out.
+        fence(Ordering::SeqCst);
+        if self.fork_gate.load(Ordering::SeqCst) {
+            self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
+            return false;
+        }
         if self.eff_mode_counted() == SlotMode::Remote {
             // Bound `remote` since the caller looked: let go, and run what
             // was queued meanwhile the `remote` way.
@@ -439,7 +512,11 @@ impl<C: Config> SlotState<C> {
                 if st == ONLINE && self.section_open(Ordering::SeqCst) {
                     return Helped::Online;
                 }
-                let _hold = self.hold_remote();
+                let Some(_hold) = self.enter_remote() else {
+                    // The owner is forking: it runs the stack when it
+                    // opens the gate again.
+                    return Helped::Online;
+                };
                 if self.eff_mode_counted() != SlotMode::Remote {
                     // A binder or a leaving owner changed it (see `set_effective`).
                     continue;
@@ -464,6 +541,10 @@ impl<C: Config> SlotState<C> {
                     deadline,
                 });
                 self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
+            } else if self.fork_gate.load(Ordering::SeqCst) {
+                // The owner is forking: it runs the stack when it opens
+                // the gate again.
+                return Helped::Online;
             }
         }
     }
@@ -803,6 +884,11 @@ impl<C: Config> SlotState<C> {
         let st = state(s);
         // No signal sent in the parent reaches the child.
         self.sig_inflight.store(false, Ordering::Relaxed);
+        // Closed by another thread forking at the same time (the forking
+        // thread's own gates are opened after the consumer hooks).
+        if !mine {
+            self.fork_gate.store(false, Ordering::Relaxed);
+        }
         if mine {
             self.tid.store(tid, Ordering::Relaxed);
             return;

@@ -38,6 +38,10 @@ pub struct SlotStats {
     /// Of those, waits the kernel refused (no PI futex support, or the
     /// holder's thread was gone): the owner spun and yielded instead.
     pub owner_pi_unavailable: u64,
+    /// `fork()`s whose forking thread, the slot's owner, waited past its
+    /// bound for remote contexts to leave the slot (a child may then find
+    /// one of its cells held by a thread it does not have).
+    pub fork_waits_expired: u64,
 }
 
 impl SlotStats {
@@ -66,6 +70,7 @@ impl SlotStats {
         self.drains_skipped_retired += o.drains_skipped_retired;
         self.owner_waits_pi += o.owner_waits_pi;
         self.owner_pi_unavailable += o.owner_pi_unavailable;
+        self.fork_waits_expired += o.fork_waits_expired;
     }
 }
 
@@ -113,6 +118,7 @@ pub(crate) struct Counters {
     owner_waits_pi: AtomicU64,
     owner_pi_unavailable: AtomicU64,
     skipped_clean: AtomicU64,
+    fork_waits_expired: AtomicU64,
 }
 
 impl Counters {
@@ -140,6 +146,9 @@ impl Counters {
     }
     pub(crate) fn owner_waited_pi(&self) {
         Self::bump(&self.owner_waits_pi)
+    }
+    pub(crate) fn fork_wait_expired(&self) {
+        Self::bump(&self.fork_waits_expired)
     }
     pub(crate) fn owner_pi_unavailable(&self) {
         Self::bump(&self.owner_pi_unavailable)
@@ -175,6 +184,7 @@ impl Counters {
             drains_skipped_retired: l(&self.skipped_retired),
             owner_waits_pi: l(&self.owner_waits_pi),
             owner_pi_unavailable: l(&self.owner_pi_unavailable),
+            fork_waits_expired: l(&self.fork_waits_expired),
         }
     }
 }

@@ -5,10 +5,14 @@
 //! checker sees every access.
 
 #[cfg(qpw_loom)]
+pub(crate) use loom::sync::atomic::fence;
+#[cfg(qpw_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 #[cfg(qpw_loom)]
 pub(crate) use loom::sync::Arc;
 
+#[cfg(not(qpw_loom))]
+pub(crate) use std::sync::atomic::fence;
 #[cfg(not(qpw_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 #[cfg(not(qpw_loom))]

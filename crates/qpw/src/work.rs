@@ -337,10 +337,12 @@ impl<C: Config> Work<C> {
         }
         let slot = self.slot_state();
         let owns = crate::handler::current_thread_owns(slot);
+        // `enter_remote` is `None` while the owner forks (its fork gate).
         let hold = (slot.eff_mode() == SlotMode::Remote
             && !slot.is_retired()
             && slot.run_now_remote(owns))
-        .then(|| slot.hold_remote())
+        .then(|| slot.enter_remote())
+        .flatten()
         // Counted, then checked again (see `SlotState::set_effective`).
         .filter(|_| slot.eff_mode_counted() == SlotMode::Remote);
         if let Some(_hold) = hold {

@@ -337,3 +337,117 @@ fn fork_child_keeps_the_forking_threads_slot() {
          owner's handler, 23: data wrong)"
     );
 }
+
+/// `remote` mode: other threads hold the forking thread's own cell (through
+/// `PerCpu::remote`, and by running its work under the cell lock) in a loop
+/// while the main thread forks. A lock copied held into the child has no
+/// thread left to release it: the child's first local section on its own
+/// slot would wait forever. Each child must take a local section and exit 0.
+#[test]
+fn fork_while_remote_threads_hold_the_forking_threads_cell() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let domain: Domain = Domain::builder()
+        .mode(Mode::Remote)
+        .nr_cpus(2)
+        .flush_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicU64::new(0));
+    let mut me = domain.bind_unpinned(0).unwrap();
+    let mut threads = Vec::new();
+    // One thread locks cell 0 directly, another runs cell 0's work remotely.
+    for direct in [true, false] {
+        let (domain, data, stop, held) = (domain.clone(), data.clone(), stop.clone(), held.clone());
+        threads.push(std::thread::spawn(move || {
+            let work = domain
+                .work(0, {
+                    let data = data.clone();
+                    move |ctx| {
+                        let mut g = data.lock_ctx(ctx);
+                        // Hold the lock a while: a wide window for fork.
+                        for _ in 0..20_000 {
+                            *g = std::hint::black_box(*g + 1);
+                        }
+                    }
+                })
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if direct {
+                    if let Ok(mut g) = data.remote(0) {
+                        for _ in 0..20_000 {
+                            *g = std::hint::black_box(*g + 1);
+                        }
+                        held.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    work.queue();
+                    let _ = work.flush();
+                    held.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let mut out = Outcome::default();
+    for _ in 0..forks() {
+        *data.lock(&mut me) += 1;
+        // SAFETY: the child only takes a local section and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            *data.lock(&mut me) += 1;
+            let code = if domain.is_retired(0).unwrap_or(true) {
+                COUNT
+            } else {
+                OK
+            };
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let start = Instant::now();
+        let mut status = 0;
+        loop {
+            // SAFETY: polling our own child.
+            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if rc == pid {
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    out.ok += 1;
+                } else if libc::WIFEXITED(status) {
+                    out.failed.push(libc::WEXITSTATUS(status));
+                } else {
+                    out.crashed += 1;
+                }
+                break;
+            }
+            assert_eq!(rc, 0, "waitpid failed");
+            if start.elapsed() > CHILD_LIMIT {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                out.hung += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if out.hung > 0 {
+            break; // one hang is the failure; do not wait out the others
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    eprintln!("fork while remote threads hold the forking thread's cell: {out:?}");
+    assert!(
+        held.load(Ordering::Relaxed) > 0,
+        "the remote threads never ran"
+    );
+    assert_eq!(out.hung, 0, "a child hung on its own cell: {out:?}");
+    assert_eq!(out.crashed, 0, "{out:?}");
+    assert!(out.failed.is_empty(), "{out:?}");
+    // The gate was waited out, not given up on at its bound.
+    assert_eq!(domain.stats(0).unwrap().fork_waits_expired, 0);
+}
