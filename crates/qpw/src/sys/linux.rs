@@ -288,35 +288,25 @@ pub(crate) const EAGAIN: i32 = libc::EAGAIN;
 /// lock held (the word holds this thread's id, `FUTEX_WAITERS` perhaps set),
 /// or the errno.
 pub(crate) fn futex_lock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> {
-    // SAFETY: `word` is a live, aligned u32 for the call's duration; a null
-    // timeout waits without bound; the other arguments are unused.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_LOCK_PI | libc::FUTEX_PRIVATE_FLAG,
-            0,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
+    futex_pi(word, libc::FUTEX_LOCK_PI)
 }
 
 /// `FUTEX_UNLOCK_PI` on `word`, which holds this thread's id: the kernel
 /// hands the lock to its top waiter, or frees it.
 pub(crate) fn futex_unlock_pi(word: &crate::sync::AtomicU32) -> Result<(), i32> {
-    // SAFETY: as in `futex_lock_pi`; FUTEX_UNLOCK_PI takes no other argument.
+    futex_pi(word, libc::FUTEX_UNLOCK_PI)
+}
+
+/// One PI futex operation (`op`: `FUTEX_LOCK_PI` or `FUTEX_UNLOCK_PI`) on
+/// `word`, process-private, without timeout.
+fn futex_pi(word: &crate::sync::AtomicU32, op: i32) -> Result<(), i32> {
+    // SAFETY: `word` is a live, aligned u32 for the call's duration; a null
+    // timeout waits without bound; the other arguments are unused by both ops.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
-            libc::FUTEX_UNLOCK_PI | libc::FUTEX_PRIVATE_FLAG,
+            op | libc::FUTEX_PRIVATE_FLAG,
             0,
             std::ptr::null::<libc::timespec>(),
             std::ptr::null::<u32>(),
