@@ -47,11 +47,11 @@ pub struct IsolationArgs {
     #[arg(long)]
     pub stress: bool,
     /// Stress: nanoseconds the drain work holds the owner's cell [default: 20000].
-    #[arg(long, requires = "stress", value_parser = crate::isolation_stress::parse_hold_ns, allow_negative_numbers = true)]
+    #[arg(long, requires = "stress", value_parser = crate::util::parse_hold_ns, allow_negative_numbers = true)]
     pub hold_ns: Option<u64>,
     /// Stress: run the owner SCHED_FIFO at this priority (1 to 99); real-time
     /// throttling is turned off for the run where the process may.
-    #[arg(long, value_name = "PRIO", requires = "stress", value_parser = crate::isolation_stress::parse_fifo_prio, allow_negative_numbers = true)]
+    #[arg(long, value_name = "PRIO", requires = "stress", value_parser = crate::util::parse_fifo_prio, allow_negative_numbers = true)]
     pub owner_fifo: Option<i32>,
 }
 
@@ -144,10 +144,8 @@ pub struct IsolationRun {
 }
 
 /// Runs `qpw-bench isolation`.
+/// (`--stress` runs the stress preset's `main` instead; `main.rs` chooses.)
 pub fn main(a: &IsolationArgs) -> Result<(), String> {
-    if a.stress {
-        return crate::isolation_stress::main(a);
-    }
     let mut failure = None;
     for mode in util::modes_or_all(&a.mode) {
         let run = run_mode(mode, a)?;

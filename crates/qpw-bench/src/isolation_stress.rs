@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 
 /// The drain work's default hold, in nanoseconds.
 pub const DEFAULT_HOLD_NS: u64 = 20_000;
-/// The longest hold accepted (10 ms).
-pub const MAX_HOLD_NS: u64 = 10_000_000;
 /// A stall: a loop gap over this many nanoseconds.
 pub const STALL_NS: u64 = 100_000;
 /// A long stall: over this many nanoseconds.
@@ -41,25 +39,6 @@ pub const LONG_STALL_NS: u64 = 1_000_000;
 pub const WAKE_WINDOW_NS: u64 = 200_000;
 
 const RT_RUNTIME: &str = "/proc/sys/kernel/sched_rt_runtime_us";
-
-/// Parses `--hold-ns`: 1 to [`MAX_HOLD_NS`].
-pub fn parse_hold_ns(s: &str) -> Result<u64, String> {
-    match s.trim().parse::<u64>() {
-        Ok(v) if (1..=MAX_HOLD_NS).contains(&v) => Ok(v),
-        Ok(v) => Err(format!(
-            "{v} ns is out of range: a hold is 1 to {MAX_HOLD_NS} ns"
-        )),
-        Err(_) => Err(format!("`{s}` is not a number of nanoseconds")),
-    }
-}
-
-/// Parses `--owner-fifo`: a `SCHED_FIFO` priority, 1 to 99.
-pub fn parse_fifo_prio(s: &str) -> Result<i32, String> {
-    match s.trim().parse::<i32>() {
-        Ok(v) if (1..=99).contains(&v) => Ok(v),
-        _ => Err(format!("`{s}` is not a SCHED_FIFO priority: use 1 to 99")),
-    }
-}
 
 /// One mode's result under stress; the `--json` line.
 #[derive(Debug, Clone, Serialize)]
@@ -746,6 +725,7 @@ fn run_mode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::{parse_fifo_prio, parse_hold_ns};
 
     #[test]
     fn option_parsers_name_the_bad_value() {

@@ -82,6 +82,7 @@ fn main() {
     }
     let result = match cli.command {
         Some(Command::Kmalloc(a)) => kmalloc::main(&a),
+        Some(Command::Isolation(a)) if a.stress => isolation_stress::main(&a),
         Some(Command::Isolation(a)) => isolation::main(&a),
         Some(Command::Drain(a)) => drain::main(&a),
         Some(Command::Locks(a)) => locks::main(&a),

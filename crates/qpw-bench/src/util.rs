@@ -67,6 +67,28 @@ pub fn modes_or_all(given: &[BenchMode]) -> Vec<BenchMode> {
     }
 }
 
+/// The longest `--hold-ns` accepted (10 ms).
+pub const MAX_HOLD_NS: u64 = 10_000_000;
+
+/// Parses `--hold-ns`: 1 to [`MAX_HOLD_NS`].
+pub fn parse_hold_ns(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(v) if (1..=MAX_HOLD_NS).contains(&v) => Ok(v),
+        Ok(v) => Err(format!(
+            "{v} ns is out of range: a hold is 1 to {MAX_HOLD_NS} ns"
+        )),
+        Err(_) => Err(format!("`{s}` is not a number of nanoseconds")),
+    }
+}
+
+/// Parses `--owner-fifo`: a `SCHED_FIFO` priority, 1 to 99.
+pub fn parse_fifo_prio(s: &str) -> Result<i32, String> {
+    match s.trim().parse::<i32>() {
+        Ok(v) if (1..=99).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a SCHED_FIFO priority: use 1 to 99")),
+    }
+}
+
 /// Parses a positive, finite number of seconds (`--seconds 0.2`).
 pub fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
