@@ -17,24 +17,20 @@ pub(crate) struct Binding<C: Config> {
     pub(crate) shared: Arc<KShared<C>>,
 }
 
-/// Releases a binding: drains its slot's sheaves to the depots and drops
-/// the owner (qpw runs its pending work and frees the slot for reuse).
+/// Releases a binding: drops the owner (qpw runs its pending work and frees
+/// the slot for reuse). The slot's sheaves stay in it, warm for the next
+/// thread that binds (the lowest free slot is bound first, so that is soon
+/// in a program that churns threads); a slot nobody binds again is drained
+/// by the decay once idle for its delay, or by `flush_all`/`shrink`, as a
+/// CPU's sheaves are.
 ///
 /// # Safety
 /// `p` is a `Binding<C>` made by `bind_local`, removed from the table.
 unsafe fn release_binding<C: Config>(p: *mut ()) {
     // SAFETY: forwarded to the caller: a boxed Binding<C>, released once.
-    let mut b = unsafe { Box::from_raw(p.cast::<Binding<C>>()) };
+    let b = unsafe { Box::from_raw(p.cast::<Binding<C>>()) };
     let id = b.shared.id;
     let entered = local::busy_enter(id);
-    {
-        let Binding { owner, shared } = &mut *b;
-        let cl = shared.classes();
-        let mut pcs = shared.pcs.lock(owner);
-        for (core, p) in cl.cores().iter().zip(pcs.0.iter_mut()) {
-            core.drain_pcs(p);
-        }
-    }
     b.shared.threads_unbound.fetch_add(1, Ordering::Relaxed);
     b.shared.bind_gen.fetch_add(1, Ordering::Release);
     drop(b);
@@ -51,14 +47,14 @@ pub(crate) fn next_id() -> usize {
 impl<C: Config> Kmalloc<C> {
     // ---- implicit per-thread binding -------------------------------------
 
-    /// Binds this thread to a free slot (unpinned), starting the search at a
-    /// rotating position.
+    /// Binds this thread to the lowest free slot (unpinned): the slots of
+    /// exited threads, with their sheaves still warm, are reused before
+    /// untouched ones, and a program's per-slot memory stays as small as
+    /// its peak thread count.
     fn bind_free_slot(&self) -> Result<Owner<C>, qpw::Error> {
         let d = self.domain();
         let n = d.nr_cpus();
-        let start = self.shared.next_slot.fetch_add(1, Ordering::Relaxed) % n;
-        for i in 0..n {
-            let cpu = (start + i) % n;
+        for cpu in 0..n {
             if d.is_owned(cpu).unwrap_or(true) {
                 continue;
             }
@@ -162,8 +158,10 @@ impl<C: Config> Kmalloc<C> {
         unsafe { (*b.cast::<Binding<C>>()).owner.quiescent() }
     }
 
-    /// Releases this thread's implicit binding now (as its exit would):
-    /// drains its slot and frees it. Returns whether there was one.
+    /// Releases this thread's implicit binding now (as its exit would): frees
+    /// its slot for the next thread, its cached objects with it (the decay,
+    /// [`flush_all`](Self::flush_all) or [`shrink`](Self::shrink) drain a
+    /// slot nobody binds again). Returns whether there was one.
     pub fn unbind_local(&self) -> bool {
         let id = self.shared.id;
         if local::is_busy(id) {

@@ -171,11 +171,9 @@ impl Decay {
     }
 
     /// Takes the pass state: the slots to drain this pass are marked in
-    /// `chosen`. Returns the guard and how many were chosen.
-    pub(crate) fn begin_pass(
-        &self,
-        is_owned: impl Fn(usize) -> bool,
-    ) -> (crate::lock::LockGuard<'_, PassState>, usize) {
+    /// `chosen`, bound or free (an exited thread leaves its sheaves in its
+    /// slot for the next one). Returns the guard and how many were chosen.
+    pub(crate) fn begin_pass(&self) -> (crate::lock::LockGuard<'_, PassState>, usize) {
         let mut st = self.state.lock();
         st.pass += 1;
         self.passes.fetch_add(1, Ordering::Relaxed);
@@ -191,10 +189,8 @@ impl Decay {
             st_ref.idle[cpu] = st_ref.idle[cpu].saturating_add(1);
             if st_ref.holds[cpu] && st_ref.idle[cpu] >= PASSES_PER_DELAY {
                 st_ref.holds[cpu] = false;
-                if is_owned(cpu) {
-                    st_ref.chosen[cpu] = true;
-                    n += 1;
-                }
+                st_ref.chosen[cpu] = true;
+                n += 1;
             }
         }
         (st, n)
@@ -280,8 +276,7 @@ impl<C: qpw::Config> crate::Kmalloc<C> {
             return rep;
         }
         let sh = &*self.shared;
-        let d = self.domain();
-        let (st, n) = sh.decay.begin_pass(|cpu| d.is_owned(cpu).unwrap_or(false));
+        let (st, n) = sh.decay.begin_pass();
         if n > 0 {
             // Queue every chosen slot's drain first (in queue mode the
             // owners then run them in parallel), then wait for each.

@@ -426,6 +426,15 @@ unsafe impl<C: Config> GlobalAlloc for QpwAlloc<C> {
             // cache (fresh mappings are zero already).
             return k.alloc_zeroed_local_raw(layout.size(), layout.align());
         }
+        // While the instance is built (its own per-slot arrays come here),
+        // a large block is a fresh or cleared mapping too: never written
+        // twice, so untouched pages stay out of the resident set.
+        if let Some(cl) = self.classes_cold() {
+            if self.kmalloc().is_none() && cl.class_for(layout.size(), layout.align()).is_none() {
+                self.early_shared.fetch_add(1, Ordering::Relaxed);
+                return cl.large.alloc(layout.size(), layout.align(), true);
+            }
+        }
         // SAFETY: forwarded.
         let p = unsafe { self.alloc(layout) };
         if !p.is_null() {

@@ -568,3 +568,51 @@ fn decay_drains_an_idle_slot_without_interrupting_it_in_remote_mode() {
     assert!(after.total().sheaves_handed_off > before.total().sheaves_handed_off);
     std::sync::Arc::try_unwrap(km).unwrap().destroy().unwrap();
 }
+
+/// An exited thread leaves its cached objects in its slot, warm for the
+/// next thread that binds it; if none does, the decay drains the slot
+/// (free, so the pass runs the drain itself) and the objects go back to
+/// their slabs, in every mode.
+#[test]
+fn an_exited_threads_cached_objects_decay_from_its_free_slot() {
+    let modes = if cfg!(feature = "qpw") {
+        vec![Mode::Queue, Mode::Remote, Mode::Defer]
+    } else {
+        vec![Mode::Queue]
+    };
+    for mode in modes {
+        let km: Kmalloc = Kmalloc::builder()
+            .mode(mode.clone())
+            .nr_cpus(4)
+            .build()
+            .unwrap();
+        km.set_decay(Some(std::time::Duration::from_millis(10)));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ps: Vec<_> = (0..1000).map(|_| km.kmalloc_local(64).unwrap()).collect();
+                for p in ps {
+                    // SAFETY: from `km`, freed once.
+                    unsafe { km.kfree_local(p.as_ptr()) };
+                }
+            });
+        });
+        let out = |km: &Kmalloc| -> usize {
+            km.stats()
+                .classes
+                .iter()
+                .map(|c| c.objects_out_of_slabs)
+                .sum()
+        };
+        assert!(out(&km) > 0, "{mode}: nothing cached after the thread");
+        for _ in 0..4 * qpw_mm::decay::PASSES_PER_DELAY {
+            km.decay();
+        }
+        assert_eq!(
+            out(&km),
+            0,
+            "{mode}: an exited thread's cached objects never went back\n{}",
+            km.stats()
+        );
+        km.destroy().unwrap();
+    }
+}

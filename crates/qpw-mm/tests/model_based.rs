@@ -865,8 +865,6 @@ struct KmCase<C: Config> {
     next: u64,
     /// Implicit bindings released so far (the instance's binding generation).
     gen: u64,
-    /// Binding attempts so far (where the search for a free slot starts).
-    next_slot: usize,
 }
 
 fn bytes_of(p: usize, n: usize) -> &'static [u8] {
@@ -898,7 +896,6 @@ impl<C: Config> KmCase<C> {
             live: BTreeMap::new(),
             next: 0,
             gen: 0,
-            next_slot: 0,
         }
     }
 
@@ -952,8 +949,8 @@ impl<C: Config> KmCase<C> {
     }
 
     /// Thread `t` used its implicit binding for a class object: the binding
-    /// is made on first use (predicted: the first free slot from a rotating
-    /// start; none if the thread owns a slot explicitly or none is free,
+    /// is made on first use (predicted: the lowest free slot, so an exited
+    /// thread's warm slot is reused first; none if the thread owns a slot explicitly or none is free,
     /// and then not retried until an implicit binding is released), and
     /// the call runs a local section on its slot.
     fn touch(&mut self, t: usize) {
@@ -964,11 +961,7 @@ impl<C: Config> KmCase<C> {
         if self.h.th[t].failed_gen == Some(self.gen) {
             return; // the shared path, no new attempt
         }
-        let start = self.next_slot % SLOTS;
-        self.next_slot += 1;
-        let free = (0..SLOTS)
-            .map(|k| (start + k) % SLOTS)
-            .find(|&c| self.h.owner_of[c].is_none());
+        let free = (0..SLOTS).find(|&c| self.h.owner_of[c].is_none());
         match free {
             Some(c) if self.h.th[t].explicit.is_none() => {
                 self.h.th[t].implicit = Some(c);

@@ -93,6 +93,37 @@ impl<T, C: Config> PerCpu<T, C> {
         }
     }
 
+    /// One all-zero value per slot, in memory that is not written here: a
+    /// domain of many slots (a thread-per-slot allocator has 1,024) costs
+    /// resident memory only for the slots that are used, when the
+    /// allocator gives fresh zero pages (a large `calloc` does).
+    ///
+    /// # Safety
+    /// The all-zero byte pattern must be a valid `T` (integers, raw
+    /// pointers, `Option<NonNull<_>>`, arrays and structs of them; not
+    /// references, `NonNull` or enums without a zero variant).
+    pub unsafe fn new_zeroed(domain: &Domain<C>) -> Self {
+        #[cfg(not(qpw_loom))]
+        {
+            let zeroed: Box<[std::mem::MaybeUninit<CachePadded<Cell<T>>>]> =
+                Box::new_zeroed_slice(domain.nr_cpus());
+            // SAFETY: a `Cell` is a `CellLock` (an `AtomicU32`, zero is
+            // unlocked, as `CellLock::new`) and an `UnsafeCell<T>` (the
+            // layout of `T`, valid all-zero by the caller's promise);
+            // `CachePadded` only aligns it. So every element is a valid,
+            // initialised cell.
+            let cells = unsafe { zeroed.assume_init() };
+            Self {
+                cells,
+                domain: domain.clone(),
+            }
+        }
+        #[cfg(qpw_loom)]
+        // SAFETY: forwarded to the caller (loom's cells are not zeroable,
+        // so each value is made zeroed and moved in).
+        Self::new(domain, |_| unsafe { std::mem::zeroed() })
+    }
+
     /// The domain the values belong to.
     pub fn domain(&self) -> &Domain<C> {
         &self.domain
