@@ -105,14 +105,26 @@ impl<T, C: Config> PerCpu<T, C> {
     pub unsafe fn new_zeroed(domain: &Domain<C>) -> Self {
         #[cfg(not(qpw_loom))]
         {
-            let zeroed: Box<[std::mem::MaybeUninit<CachePadded<Cell<T>>>]> =
-                Box::new_zeroed_slice(domain.nr_cpus());
-            // SAFETY: a `Cell` is a `CellLock` (an `AtomicU32`, zero is
-            // unlocked, as `CellLock::new`) and an `UnsafeCell<T>` (the
-            // layout of `T`, valid all-zero by the caller's promise);
-            // `CachePadded` only aligns it. So every element is a valid,
-            // initialised cell.
-            let cells = unsafe { zeroed.assume_init() };
+            let n = domain.nr_cpus();
+            let layout = std::alloc::Layout::array::<CachePadded<Cell<T>>>(n)
+                .expect("qpw: PerCpu: the cells' size overflows");
+            let p = if layout.size() == 0 {
+                std::ptr::NonNull::<CachePadded<Cell<T>>>::dangling().as_ptr()
+            } else {
+                // SAFETY: a non-zero size.
+                let p = unsafe { std::alloc::alloc_zeroed(layout) };
+                if p.is_null() {
+                    std::alloc::handle_alloc_error(layout);
+                }
+                p.cast::<CachePadded<Cell<T>>>()
+            };
+            // SAFETY: `p` holds `n` zeroed cells, allocated by the global
+            // allocator with the layout `Box<[_]>` frees with. A `Cell` is a
+            // `CellLock` (an `AtomicU32`, zero is unlocked, as
+            // `CellLock::new`) and an `UnsafeCell<T>` (the layout of `T`,
+            // valid all-zero by the caller's promise); `CachePadded` only
+            // aligns it. So every element is a valid, initialised cell.
+            let cells = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)) };
             Self {
                 cells,
                 domain: domain.clone(),
