@@ -766,6 +766,7 @@ impl<C: Config> Kmalloc<C> {
             large_cache_hits: r(&ls.cache_hits),
             large_cached_bytes: r(&ls.cached_bytes),
             large_cache_full: r(&ls.cache_full),
+            large_too_long: r(&ls.too_long),
             unmap_errors: r(&ls.unmap_errors),
             unmap_error_bytes: r(&ls.unmap_error_bytes),
             decay_passes: r(&sh.decay.passes),

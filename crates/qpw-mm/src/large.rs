@@ -14,7 +14,9 @@
 //! thread) unmaps cached mappings, in one batch, once they have been unused
 //! for the decay delay; [`Large::shrink`] unmaps them all. A full table
 //! (more than [`CACHE_ENTRIES`] mappings or [`CACHE_MAX_BYTES`]) makes a free
-//! unmap directly.
+//! unmap directly, and so does a mapping longer than [`CACHE_MAX_MAPPING`]
+//! (4 MiB: its `munmap` is cheap beside writing it, and cached it would stay
+//! resident beside its successor until the decay).
 //!
 //! Every `munmap` failure is counted ([`LargeStats::unmap_errors`]) and the
 //! bytes stay counted as mapped: never reported freed when they were not.
@@ -30,6 +32,11 @@ const MAGIC: usize = 0x7170_776d_6d4c_7267; // "qpwmmLrg"
 pub(crate) const CACHE_ENTRIES: usize = 64;
 /// Bytes the cache keeps at most.
 pub(crate) const CACHE_MAX_BYTES: usize = 64 << 20;
+/// The longest mapping the cache keeps: a longer one is unmapped when
+/// freed. Its `munmap` is paid once per at least this many bytes the
+/// program wrote, and a cached one would stay resident beside its
+/// successor (a growing document, a big temporary) until the decay.
+pub(crate) const CACHE_MAX_MAPPING: usize = 4 << 20;
 
 /// The header in the page before a large object.
 #[repr(C)]
@@ -57,6 +64,8 @@ pub(crate) struct LargeStats {
     pub(crate) cached_bytes: AtomicU64,
     /// Frees that found the cache full and unmapped at once.
     pub(crate) cache_full: AtomicU64,
+    /// Frees of mappings longer than [`CACHE_MAX_MAPPING`], unmapped at once.
+    pub(crate) too_long: AtomicU64,
     /// `munmap` calls that failed (the bytes stay counted as mapped).
     pub(crate) unmap_errors: AtomicU64,
     /// Bytes that could not be unmapped.
@@ -116,6 +125,7 @@ impl Large {
                 cache_hits: AtomicU64::new(0),
                 cached_bytes: AtomicU64::new(0),
                 cache_full: AtomicU64::new(0),
+                too_long: AtomicU64::new(0),
                 unmap_errors: AtomicU64::new(0),
                 unmap_error_bytes: AtomicU64::new(0),
             },
@@ -220,7 +230,7 @@ impl Large {
     }
 
     /// Frees a large object: its mapping goes to the cache, or is unmapped
-    /// when the cache is full.
+    /// when the cache is full or the mapping longer than it keeps.
     ///
     /// # Safety
     /// `p` must be a live large object of this instance, not used
@@ -240,6 +250,12 @@ impl Large {
         self.stats
             .live_bytes
             .fetch_sub(len as u64, Ordering::Relaxed);
+        if len > CACHE_MAX_MAPPING {
+            bump(&self.stats.too_long, 1);
+            // SAFETY: the object is given up; its whole mapping goes.
+            unsafe { self.unmap(base, len) };
+            return Ok(());
+        }
         let mut c = self.cache.lock();
         if c.n < CACHE_ENTRIES && c.bytes + len <= CACHE_MAX_BYTES {
             let n = c.n;

@@ -124,13 +124,15 @@ impl SizeClasses {
         }
     }
 
-    /// Cap on class `c`'s full depot sheaves: about 1 MiB of objects; at
-    /// least 8 sheaves in the kernel table, 2 in the fine one's big classes.
+    /// Cap on class `c`'s full depot sheaves: about 1 MiB of objects, at
+    /// least 8 sheaves, in the kernel table; in the fine one's classes over
+    /// 8 KiB about 256 KiB, at least 2 sheaves (a few mid-size buffers
+    /// cached per class, not a megabyte each: peak RSS).
     pub(crate) fn max_full(self, c: usize) -> usize {
         let size = self.sizes()[c];
         let cap = self.capacity(c);
         match self {
-            SizeClasses::Fine if size > 8192 => ((1 << 20) / (size * cap)).max(2),
+            SizeClasses::Fine if size > 8192 => ((256 << 10) / (size * cap)).max(2),
             _ => default_depot_max_full(size, cap),
         }
     }

@@ -174,6 +174,9 @@ pub struct KmallocStats {
     pub large_cached_bytes: u64,
     /// Large frees that found the cache full and unmapped at once.
     pub large_cache_full: u64,
+    /// Large frees of mappings longer than the cache keeps (4 MiB),
+    /// unmapped at once.
+    pub large_too_long: u64,
     /// `munmap` calls that failed (their bytes stay mapped and are not
     /// counted as freed).
     pub unmap_errors: u64,
@@ -234,12 +237,14 @@ impl fmt::Display for KmallocStats {
         )?;
         writeln!(
             f,
-            "large: allocs {}  frees {}  live bytes {}  cache hits {}  cached bytes {}  maps {}  unmaps {}  unmap errors {}",
+            "large: allocs {}  frees {}  live bytes {}  cache hits {}  cached bytes {}  not cached: cache full {}, too long {}  maps {}  unmaps {}  unmap errors {}",
             self.large_allocs,
             self.large_frees,
             self.large_live_bytes,
             self.large_cache_hits,
             self.large_cached_bytes,
+            self.large_cache_full,
+            self.large_too_long,
             self.large_maps,
             self.large_unmaps,
             self.unmap_errors

@@ -616,3 +616,36 @@ fn an_exited_threads_cached_objects_decay_from_its_free_slot() {
         km.destroy().unwrap();
     }
 }
+
+/// Mappings up to 4 MiB are cached when freed (no `munmap` on the free
+/// path); a longer one is unmapped at once, counted under its reason, and
+/// never sits resident in the cache beside its successor.
+#[test]
+fn mappings_over_four_mib_are_unmapped_when_freed() {
+    let km: Kmalloc = Kmalloc::builder()
+        .mode(remote())
+        .nr_cpus(2)
+        .size_classes(qpw_mm::SizeClasses::Fine)
+        .build()
+        .unwrap();
+    for (size, cached) in [(3 << 20, true), (8 << 20, false)] {
+        let before = km.stats();
+        let p = km.kmalloc_local(size).unwrap().as_ptr();
+        pattern(p, 4096, 7);
+        // SAFETY: allocated above, freed once.
+        unsafe { km.kfree_local(p) };
+        let s = km.stats();
+        assert_eq!(
+            s.large_cached_bytes > before.large_cached_bytes,
+            cached,
+            "{size} bytes: cached {cached}?\n{s}"
+        );
+        assert_eq!(
+            s.large_too_long - before.large_too_long,
+            u64::from(!cached),
+            "{size} bytes\n{s}"
+        );
+    }
+    km.unbind_local();
+    km.destroy().unwrap();
+}
