@@ -1,14 +1,14 @@
-//! Thread binding and exit: the implicit per-thread API of a [`Kmalloc`]
-//! finds the calling thread's slot here, binding a free slot (unpinned) on
-//! first use; the binding is released when the thread exits (its slot
-//! drained and freed for reuse) or on [`Kmalloc::unbind_local`]. Calls that
-//! cannot use a slot get the reason for the shared path.
+//! Thread binding and exit: the implicit per-thread API of a `Kmalloc`
+//! finds the calling thread's slot here, binding the lowest free slot
+//! (unpinned) on first use; the binding is released when the thread exits
+//! (its slot freed for reuse, its sheaves left warm in it) or on
+//! `Kmalloc::unbind_local`. Calls that cannot use a slot get the reason for
+//! the shared path.
 
-use crate::kmalloc::KShared;
-use crate::kmalloc::{Kmalloc, SharedReason, FAILED_SIGNAL_BLOCKED};
 use crate::local;
+use crate::shared::{KShared, SharedReason, FAILED_SIGNAL_BLOCKED};
 use qpw::{Config, Owner};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A thread's implicit binding to one instance.
@@ -39,20 +39,13 @@ unsafe fn release_binding<C: Config>(p: *mut ()) {
     }
 }
 
-pub(crate) fn next_id() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-impl<C: Config> Kmalloc<C> {
-    // ---- implicit per-thread binding -------------------------------------
-
+impl<C: Config> KShared<C> {
     /// Binds this thread to the lowest free slot (unpinned): the slots of
     /// exited threads, with their sheaves still warm, are reused before
     /// untouched ones, and a program's per-slot memory stays as small as
     /// its peak thread count.
     fn bind_free_slot(&self) -> Result<Owner<C>, qpw::Error> {
-        let d = self.domain();
+        let d = self.pcs.domain();
         let n = d.nr_cpus();
         for cpu in 0..n {
             if d.is_owned(cpu).unwrap_or(true) {
@@ -70,8 +63,8 @@ impl<C: Config> Kmalloc<C> {
     /// must serve it.
     #[cold]
     #[inline(never)]
-    fn binding_slow(&self) -> Result<*mut Binding<C>, SharedReason> {
-        let sh = &*self.shared;
+    fn binding_slow(self: &Arc<Self>) -> Result<*mut Binding<C>, SharedReason> {
+        let sh = &**self;
         if local::exiting() {
             return Err(SharedReason::Exiting);
         }
@@ -105,7 +98,7 @@ impl<C: Config> Kmalloc<C> {
             Ok(owner) => {
                 let b = Box::into_raw(Box::new(Binding {
                     owner,
-                    shared: self.shared.clone(),
+                    shared: Arc::clone(self),
                 }));
                 if local::arm_exit_hook() && local::insert(sh.id, b.cast(), release_binding::<C>) {
                     sh.threads_bound.fetch_add(1, Ordering::Relaxed);
@@ -137,8 +130,8 @@ impl<C: Config> Kmalloc<C> {
 
     /// This thread's owner for the fast path, or the shared path's reason.
     #[inline(always)]
-    pub(crate) fn binding(&self) -> Result<*mut Binding<C>, SharedReason> {
-        let sh = &*self.shared;
+    pub(crate) fn binding(self: &Arc<Self>) -> Result<*mut Binding<C>, SharedReason> {
+        let sh = &**self;
         let b = local::lookup(sh.id, local::hint_of(sh.id));
         if !b.is_null() {
             return Ok(b.cast());
@@ -146,11 +139,11 @@ impl<C: Config> Kmalloc<C> {
         self.binding_slow()
     }
 
-    /// Runs the drain work queued for this thread's implicit slot (defer
-    /// mode's quiescent point). Returns whether any ran.
-    pub fn quiescent_local(&self) -> bool {
-        let b = local::find(self.shared.id);
-        if b.is_null() || local::is_busy(self.shared.id) {
+    /// Runs the drain work queued for this thread's implicit slot. Returns
+    /// whether any ran.
+    pub(crate) fn quiescent_local(&self) -> bool {
+        let b = local::find(self.id);
+        if b.is_null() || local::is_busy(self.id) {
             return false;
         }
         // SAFETY: this thread's binding, no other reference live (we are
@@ -158,12 +151,10 @@ impl<C: Config> Kmalloc<C> {
         unsafe { (*b.cast::<Binding<C>>()).owner.quiescent() }
     }
 
-    /// Releases this thread's implicit binding now (as its exit would): frees
-    /// its slot for the next thread, its cached objects with it (the decay,
-    /// [`flush_all`](Self::flush_all) or [`shrink`](Self::shrink) drain a
-    /// slot nobody binds again). Returns whether there was one.
-    pub fn unbind_local(&self) -> bool {
-        let id = self.shared.id;
+    /// Releases this thread's implicit binding now (as its exit would).
+    /// Returns whether there was one.
+    pub(crate) fn unbind_local(&self) -> bool {
+        let id = self.id;
         if local::is_busy(id) {
             return false;
         }

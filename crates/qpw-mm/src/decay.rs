@@ -36,7 +36,6 @@
 //! their owner calls `decay()` when it likes.
 
 use crate::lock::Lock;
-use crate::stats::ShrinkReport;
 use crate::sys;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -223,127 +222,42 @@ fn delay_to_ns(delay: Option<Duration>) -> u64 {
     }
 }
 
-impl<C: qpw::Config> crate::Kmalloc<C> {
-    /// After a slot's slow path, outside its section: marks the slot active
-    /// for the decay, starts the decay thread if it is due, and runs the
-    /// slot's queued work (defer mode's quiescent point).
-    #[inline]
-    pub(crate) fn after_slow_path(&self, owner: &mut qpw::Owner<C>) {
-        let d = &self.shared.decay;
-        d.touch(owner.slot());
-        if d.wants_thread() {
-            self.start_decay_thread();
-        }
-        owner.quiescent();
-    }
-
-    /// Marks the instance as living for the rest of the process (the global
-    /// allocator leaks its own), so slow paths may start a decay thread that
-    /// holds it.
-    ///
-    /// # Safety
-    /// The instance is never dropped or moved.
-    pub(crate) unsafe fn make_forever(&self) {
-        self.shared.forever.store(true, Ordering::Relaxed);
-        if self.shared.decay.delay().is_some() {
-            self.shared.decay.set_auto_thread();
-        }
-    }
-
-    /// The decay delay now (`None`: decay disabled).
-    pub fn decay_delay(&self) -> Option<Duration> {
-        self.shared.decay.delay()
-    }
-
-    /// Sets the decay delay: free slabs, cached large mappings and idle
-    /// slots' sheaves go back after about this long unused. `None` disables
-    /// the decay. Callable at any time; a running decay thread picks it up
-    /// at once. Instances without a decay thread apply it in [`decay`](Self::decay).
-    pub fn set_decay(&self, delay: Option<Duration>) {
-        let d = &self.shared.decay;
-        d.set_delay(delay);
-        if delay.is_some() && self.shared.decay_thread_allowed() {
-            d.set_auto_thread();
-        }
-    }
-
-    /// One decay pass (see [`decay`](crate::decay) for what it does); the
-    /// decay thread runs one every quarter of the delay. Returns what went
-    /// back to the OS. Nothing happens while the decay is disabled.
-    pub fn decay(&self) -> ShrinkReport {
-        let mut rep = ShrinkReport::default();
-        if self.shared.decay.delay().is_none() {
-            return rep;
-        }
-        let sh = &*self.shared;
-        let (st, n) = sh.decay.begin_pass();
-        if n > 0 {
-            // Queue every chosen slot's drain first (in queue mode the
-            // owners then run them in parallel), then wait for each.
-            for cpu in 0..st.chosen.len() {
-                if st.chosen[cpu] {
-                    if let Some(w) = self.drain.get(cpu) {
-                        w.queue();
-                    }
-                }
-            }
-            for cpu in 0..st.chosen.len() {
-                if st.chosen[cpu] {
-                    if let Some(w) = self.drain.get(cpu) {
-                        sh.decay.slot_drains.fetch_add(1, Ordering::Relaxed);
-                        if w.flush().is_err() {
-                            sh.decay.drain_timeouts.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-        }
-        let pass = st.pass;
-        drop(st);
-        for core in sh.classes().cores() {
-            rep.add(core.decay(PASSES_PER_DELAY / 2));
-        }
-        let large = sh.classes().large.decay(pass, u64::from(PASSES_PER_DELAY));
-        rep.add((0, large));
-        rep
-    }
-
-    /// Starts the decay thread (once; the slow path saw it due).
-    #[cold]
-    #[inline(never)]
-    fn start_decay_thread(&self) {
-        let d = &self.shared.decay;
-        if !d.claim_start() {
-            return;
-        }
-        let me = self as *const Self as *mut libc::c_void;
-        let ok = sys::spawn_detached(decay_main::<C>, me).is_ok();
-        if !ok {
-            sys::write_stderr(
-                "qpw-mm: cannot start the decay thread; memory goes back on shrink() only\n",
-            );
-        }
-        d.started(ok);
-    }
+/// An instance the decay thread can run passes of.
+pub(crate) trait Decaying: Sync + 'static {
+    /// Its decay state.
+    fn decay_state(&self) -> &Decay;
+    /// One pass.
+    fn decay_pass(&self);
 }
 
-impl<C: qpw::Config> crate::kmalloc::KShared<C> {
-    /// Whether this instance lives for good, so a thread may keep a
-    /// reference to it (the global allocator's).
-    fn decay_thread_allowed(&self) -> bool {
-        self.forever.load(Ordering::Relaxed)
+/// Starts the decay thread of `target` (once: the caller that claims the
+/// start; false if it could not start, said on stderr).
+///
+/// # Safety
+/// `target` lives, unmoved, for the rest of the process.
+pub(crate) unsafe fn start_thread<T: Decaying>(target: &T) {
+    let d = target.decay_state();
+    if !d.claim_start() {
+        return;
     }
+    let arg = target as *const T as *mut libc::c_void;
+    let ok = sys::spawn_detached(decay_main::<T>, arg).is_ok();
+    if !ok {
+        sys::write_stderr(
+            "qpw-mm: cannot start the decay thread; memory goes back on shrink() only\n",
+        );
+    }
+    d.started(ok);
 }
 
 /// The decay thread: a pass every quarter of the delay, forever.
-extern "C" fn decay_main<C: qpw::Config>(arg: *mut libc::c_void) -> *mut libc::c_void {
-    // SAFETY: the thread is only started for an instance that lives for the
-    // rest of the process (`forever`, set by the global allocator on its
-    // leaked instance).
-    let km = unsafe { &*(arg as *const crate::Kmalloc<C>) };
+extern "C" fn decay_main<T: Decaying>(arg: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: `start_thread`'s caller promised the target lives, unmoved,
+    // for the rest of the process.
+    let target = unsafe { &*(arg as *const T) };
     loop {
-        if km.shared.decay.sleep() {
-            km.decay();
+        if target.decay_state().sleep() {
+            target.decay_pass();
         }
     }
 }

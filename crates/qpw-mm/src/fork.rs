@@ -94,19 +94,3 @@ impl<T: ForkLocks> ForkHook for LockHook<T> {
         }
     }
 }
-
-impl<C: qpw::Config> ForkLocks for crate::kmalloc::KShared<C> {
-    fn lock_for_fork(&self) {
-        self.classes().lock_for_fork();
-    }
-
-    unsafe fn unlock_after_fork(&self) {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.classes().unlock_after_fork() }
-    }
-
-    unsafe fn child(&self) {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.decay.after_fork_child() }
-    }
-}

@@ -2,15 +2,15 @@
 //! requests through the mapping cache, with an explicit-owner API and an
 //! implicit per-thread one (bindings in [`binding`](crate::binding)).
 
-use crate::binding::next_id;
 use crate::classes::{Classes, Resize};
-use crate::decay::Decay;
+use crate::decay::{self, Decay, Decaying};
 use crate::error::{DestroyError, FreeError, SlabError};
 use crate::fork::LockHook;
-use crate::sheaf::Pcs;
-use crate::size_class::{SizeClasses, MAX_CLASSES};
+use crate::reclaim;
+use crate::shared::{KShared, SharedReason};
+use crate::size_class::SizeClasses;
 use crate::stats::{KmallocStats, SharedPathStats, ShrinkReport};
-use qpw::{Config, Domain, FlushError, ForkHookHandle, Mode, Owner, PerCpu, Standard, WorkSet};
+use qpw::{Config, Domain, FlushError, ForkHookHandle, Mode, Owner, Standard, WorkSet};
 use std::alloc::Layout;
 use std::fmt;
 use std::ptr::NonNull;
@@ -23,105 +23,6 @@ pub const DEFAULT_CLASS_BYTES: usize = 8 << 30;
 /// With the default, the least reserved per class when the OS refuses more.
 pub const MIN_FALLBACK_CLASS_BYTES: usize = 16 << 20;
 
-/// One slot's sheaves for every size class.
-#[repr(C)]
-pub(crate) struct KPcs(pub(crate) [Pcs; MAX_CLASSES]);
-
-/// What the slots, drain work and handles of one instance share.
-pub(crate) struct KShared<C: Config> {
-    pub(crate) pcs: PerCpu<KPcs, C>,
-    // Copies of the class arena's bounds and table, for `kfree` and the
-    // fast paths without a pointer chase.
-    base: usize,
-    len: usize,
-    span_shift: u32,
-    pub(crate) table: SizeClasses,
-    classes: NonNull<Classes>,
-    owns_classes: bool,
-    pub(crate) id: usize,
-    pub(crate) bind_gen: AtomicU64,
-    pub(crate) threads_bound: AtomicU64,
-    pub(crate) threads_unbound: AtomicU64,
-    shared_path: [AtomicU64; 6],
-    pub(crate) decay: Decay,
-    /// The instance is never freed (the global allocator's): a decay
-    /// thread may hold it.
-    pub(crate) forever: std::sync::atomic::AtomicBool,
-}
-
-// SAFETY: `classes` points to a `Classes`, which is Send and Sync (its caches
-// synchronise internally), valid as long as the KShared (it is unmapped only
-// in KShared's drop, or never). The rest is Send + Sync on its own.
-unsafe impl<C: Config> Send for KShared<C> {}
-// SAFETY: as above.
-unsafe impl<C: Config> Sync for KShared<C> {}
-
-/// In a remembered failed binding's generation: it failed because the
-/// thread blocks the qpw signal (see `binding_slow`).
-pub(crate) const FAILED_SIGNAL_BLOCKED: u64 = 1 << 63;
-
-#[derive(Clone, Copy)]
-pub(crate) enum SharedReason {
-    NoSlot = 0,
-    Reentrant = 1,
-    Exiting = 2,
-    TableFull = 3,
-    /// The thread blocks the qpw signal and the configuration has no
-    /// `remote` mode to bind it in (`NoQpw`, `RtNoQpw`).
-    SignalBlocked = 4,
-    /// Binding failed for another reason (named by `qpw::Error`).
-    BindFailed = 5,
-}
-
-impl<C: Config> KShared<C> {
-    #[inline(always)]
-    pub(crate) fn classes(&self) -> &Classes {
-        // SAFETY: valid as long as self (see the Send impl).
-        unsafe { self.classes.as_ref() }
-    }
-
-    #[inline(always)]
-    fn class_of(&self, p: *mut u8) -> Option<usize> {
-        let off = (p as usize).wrapping_sub(self.base);
-        (off < self.len).then_some(off >> self.span_shift)
-    }
-
-    pub(crate) fn count(&self, r: SharedReason) {
-        self.shared_path[r as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Every slot's sheaves back into the slabs (exclusive access); returns
-    /// (objects still allocated, their bytes).
-    fn settle(&mut self) -> (usize, usize) {
-        // SAFETY: as in `classes`; a separate borrow from `pcs`.
-        let cl = unsafe { self.classes.as_ref() };
-        for pcs in self.pcs.iter_mut() {
-            for (core, p) in cl.cores().iter().zip(pcs.0.iter_mut()) {
-                core.reclaim_pcs(p);
-            }
-        }
-        let mut objects = 0;
-        let mut bytes = 0;
-        for core in cl.cores() {
-            let n = core.settle_and_count_allocated();
-            objects += n;
-            bytes += n * core.size();
-        }
-        (objects, bytes)
-    }
-}
-
-impl<C: Config> Drop for KShared<C> {
-    fn drop(&mut self) {
-        let (objects, _) = self.settle();
-        if self.owns_classes && objects == 0 {
-            // SAFETY: nothing is allocated and no slot holds a sheaf; with
-            // `&mut self` nobody else reaches the classes.
-            unsafe { Classes::destroy(self.classes) };
-        }
-    }
-}
-
 /// A `kmalloc` instance: size classes from 8 bytes to 8 KiB over per-CPU
 /// slab caches on one [`Domain`], larger requests mapped directly.
 ///
@@ -131,9 +32,11 @@ impl<C: Config> Drop for KShared<C> {
 ///   take the thread's `&mut Owner` of the domain, as kernel code runs on
 ///   its CPU;
 /// - **implicit**: [`kmalloc_local`](Self::kmalloc_local), ... find the
-///   thread's own binding in thread-local storage, binding a free slot
-///   (unpinned) on first use. The binding is released when the thread exits
-///   (its slot drained and freed for reuse) or by [`unbind_local`](Self::unbind_local).
+///   thread's own binding in thread-local storage, binding the lowest free
+///   slot (unpinned) on first use. The binding is released when the thread
+///   exits or by [`unbind_local`](Self::unbind_local): the slot is freed for
+///   the next thread with its cached objects, which the decay drains if no
+///   thread binds it again.
 ///   A thread that finds no free slot still allocates and frees correctly
 ///   through the *shared path* (the depot under its lock), counted in
 ///   [`KmallocStats::shared_path`]; it tries again once another thread's implicit
@@ -285,28 +188,7 @@ impl<C: Config> Kmalloc<C> {
         classes: NonNull<Classes>,
         owns_classes: bool,
     ) -> Self {
-        // SAFETY: `classes` is valid (just made, or leaked for good).
-        let cl = unsafe { classes.as_ref() };
-        let id = next_id();
-        let shared = Arc::new(KShared {
-            // SAFETY: an all-zero `KPcs` is `Pcs::new()` in every class (null
-            // sheaves, zero counts). Zeroed, not written: 1,024 slots of 56
-            // classes would make about 2 MiB resident before any is used.
-            pcs: unsafe { PerCpu::new_zeroed(&domain) },
-            base: cl.base,
-            len: cl.len,
-            span_shift: cl.span_shift,
-            table: cl.table,
-            classes,
-            owns_classes,
-            id,
-            bind_gen: AtomicU64::new(0),
-            threads_bound: AtomicU64::new(0),
-            threads_unbound: AtomicU64::new(0),
-            shared_path: Default::default(),
-            decay: Decay::new(domain.nr_cpus(), Some(crate::decay::DEFAULT_DECAY)),
-            forever: std::sync::atomic::AtomicBool::new(false),
-        });
+        let shared = Arc::new(KShared::new(&domain, classes, owns_classes));
         let sh = shared.clone();
         let drain = domain.work_all(move |ctx| {
             // Every class's sheaves to its hand-off stack: no lock but the
@@ -582,7 +464,7 @@ impl<C: Config> Kmalloc<C> {
     #[inline(always)]
     pub(crate) fn alloc_local_raw(&self, size: usize, align: usize) -> *mut u8 {
         match self.shared.table.class_for(size, align) {
-            Some(c) => match self.binding() {
+            Some(c) => match self.shared.binding() {
                 // SAFETY: the binding belongs to this thread and no other
                 // reference to it is live: the allocator never re-enters
                 // itself while holding it (it allocates nothing from the
@@ -607,7 +489,7 @@ impl<C: Config> Kmalloc<C> {
             // SAFETY: forwarded to the caller.
             return unsafe { self.shared.classes().large.free(p) };
         }
-        match self.binding() {
+        match self.shared.binding() {
             // SAFETY: as in alloc_local_raw; `p` forwarded to the caller.
             Ok(b) => unsafe { self.free_inner(&mut (*b).owner, p) },
             Err(r) => {
@@ -820,5 +702,98 @@ impl<C: Config> Kmalloc<C> {
                 bytes: bytes + large_bytes as usize,
             })
         }
+    }
+}
+
+impl<C: Config> Kmalloc<C> {
+    // ---- the implicit binding ---------------------------------------------
+
+    /// Runs the drain work queued for this thread's implicit slot (defer
+    /// mode's quiescent point). Returns whether any ran.
+    pub fn quiescent_local(&self) -> bool {
+        self.shared.quiescent_local()
+    }
+
+    /// Releases this thread's implicit binding now (as its exit would): frees
+    /// its slot for the next thread, its cached objects with it (the decay,
+    /// [`flush_all`](Self::flush_all) or [`shrink`](Self::shrink) drain a
+    /// slot nobody binds again). Returns whether there was one.
+    pub fn unbind_local(&self) -> bool {
+        self.shared.unbind_local()
+    }
+
+    // ---- decay ------------------------------------------------------------
+
+    /// After a slot's slow path, outside its section: marks the slot active
+    /// for the decay, starts the decay thread if it is due, and runs the
+    /// slot's queued work (defer mode's quiescent point).
+    #[inline]
+    pub(crate) fn after_slow_path(&self, owner: &mut Owner<C>) {
+        let d = &self.shared.decay;
+        d.touch(owner.slot());
+        if d.wants_thread() {
+            self.start_decay_thread();
+        }
+        owner.quiescent();
+    }
+
+    /// Marks the instance as living for the rest of the process (the global
+    /// allocator leaks its own), so slow paths may start a decay thread that
+    /// holds it.
+    ///
+    /// # Safety
+    /// The instance is never dropped or moved.
+    pub(crate) unsafe fn make_forever(&self) {
+        self.shared.forever.store(true, Ordering::Relaxed);
+        if self.shared.decay.delay().is_some() {
+            self.shared.decay.set_auto_thread();
+        }
+    }
+
+    /// The decay delay now (`None`: decay disabled).
+    pub fn decay_delay(&self) -> Option<Duration> {
+        self.shared.decay.delay()
+    }
+
+    /// Sets the decay delay: free slabs, cached large mappings and idle
+    /// slots' sheaves go back after about this long unused. `None` disables
+    /// the decay. Callable at any time; a running decay thread picks it up
+    /// at once. Instances without a decay thread apply it in [`decay`](Self::decay).
+    pub fn set_decay(&self, delay: Option<Duration>) {
+        let d = &self.shared.decay;
+        d.set_delay(delay);
+        if delay.is_some() && self.shared.decay_thread_allowed() {
+            d.set_auto_thread();
+        }
+    }
+
+    /// One decay pass (see [`decay`](crate::decay) for what it does); the
+    /// decay thread runs one every quarter of the delay. Returns what went
+    /// back to the OS. Nothing happens while the decay is disabled.
+    pub fn decay(&self) -> ShrinkReport {
+        if self.shared.decay.delay().is_none() {
+            return ShrinkReport::default();
+        }
+        reclaim::decay_pass(&self.shared, &self.drain)
+    }
+
+    /// Starts the decay thread (once; the slow path saw it due).
+    #[cold]
+    #[inline(never)]
+    fn start_decay_thread(&self) {
+        // SAFETY: slow paths start it only when `wants_thread`, which
+        // `set_auto_thread` arms only for an instance made forever
+        // (`make_forever`: never dropped or moved).
+        unsafe { decay::start_thread(self) };
+    }
+}
+
+impl<C: Config> Decaying for Kmalloc<C> {
+    fn decay_state(&self) -> &Decay {
+        &self.shared.decay
+    }
+
+    fn decay_pass(&self) {
+        self.decay();
     }
 }

@@ -98,6 +98,8 @@ mod kmalloc;
 mod large;
 mod local;
 mod lock;
+mod reclaim;
+mod shared;
 mod sheaf;
 mod size_class;
 mod slab;

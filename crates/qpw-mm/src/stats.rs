@@ -191,7 +191,7 @@ pub struct KmallocStats {
     /// Threads bound implicitly (first use) so far.
     pub threads_bound: u64,
     /// Implicit bindings released (thread exit or explicit unbind): their
-    /// slots were drained and freed for reuse.
+    /// slots were freed for reuse, cached objects and all.
     pub threads_unbound: u64,
     /// Shared-path operations, by reason.
     pub shared_path: SharedPathStats,

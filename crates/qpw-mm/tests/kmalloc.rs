@@ -587,6 +587,8 @@ fn an_exited_threads_cached_objects_decay_from_its_free_slot() {
             .build()
             .unwrap();
         km.set_decay(Some(std::time::Duration::from_millis(10)));
+        // Joined (pthread_join), so the thread's exit hook has run: a
+        // scope's end alone does not wait for thread-local destructors.
         std::thread::scope(|s| {
             s.spawn(|| {
                 let ps: Vec<_> = (0..1000).map(|_| km.kmalloc_local(64).unwrap()).collect();
@@ -594,7 +596,9 @@ fn an_exited_threads_cached_objects_decay_from_its_free_slot() {
                     // SAFETY: from `km`, freed once.
                     unsafe { km.kfree_local(p.as_ptr()) };
                 }
-            });
+            })
+            .join()
+            .unwrap();
         });
         let out = |km: &Kmalloc| -> usize {
             km.stats()

@@ -1,0 +1,46 @@
+//! One decay pass over a `kmalloc` instance (see [`decay`](crate::decay)
+//! for what a pass returns to the OS, and who runs it): idle slots' sheaves
+//! through the instance's own drain work, then idle depots, free slabs and
+//! cached mappings.
+
+use crate::decay::PASSES_PER_DELAY;
+use crate::shared::KShared;
+use crate::stats::ShrinkReport;
+use qpw::{Config, WorkSet};
+use std::sync::atomic::Ordering;
+
+/// One pass of the instance whose shared state is `sh` and drain work
+/// `drain` (with the decay enabled). Returns what went back to the OS.
+pub(crate) fn decay_pass<C: Config>(sh: &KShared<C>, drain: &WorkSet<C>) -> ShrinkReport {
+    let mut rep = ShrinkReport::default();
+    let (st, n) = sh.decay.begin_pass();
+    if n > 0 {
+        // Queue every chosen slot's drain first (in queue mode the
+        // owners then run them in parallel), then wait for each.
+        for cpu in 0..st.chosen.len() {
+            if st.chosen[cpu] {
+                if let Some(w) = drain.get(cpu) {
+                    w.queue();
+                }
+            }
+        }
+        for cpu in 0..st.chosen.len() {
+            if st.chosen[cpu] {
+                if let Some(w) = drain.get(cpu) {
+                    sh.decay.slot_drains.fetch_add(1, Ordering::Relaxed);
+                    if w.flush().is_err() {
+                        sh.decay.drain_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+    let pass = st.pass;
+    drop(st);
+    for core in sh.classes().cores() {
+        rep.add(core.decay(PASSES_PER_DELAY / 2));
+    }
+    let large = sh.classes().large.decay(pass, u64::from(PASSES_PER_DELAY));
+    rep.add((0, large));
+    rep
+}

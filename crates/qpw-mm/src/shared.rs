@@ -1,0 +1,167 @@
+//! What the slots, the drain work, the bindings and the handles of one
+//! `kmalloc` instance share ([`KShared`]): every slot's sheaves, the class
+//! arena's bounds, the binding counters, the shared path's reasons, the
+//! decay state; and its fork locks.
+
+use crate::classes::Classes;
+use crate::decay::{Decay, DEFAULT_DECAY};
+use crate::fork::ForkLocks;
+use crate::sheaf::Pcs;
+use crate::size_class::{SizeClasses, MAX_CLASSES};
+use qpw::{Config, Domain, PerCpu};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// A new instance's id (the key of its bindings in thread-local storage).
+pub(crate) fn next_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One slot's sheaves for every size class.
+#[repr(C)]
+pub(crate) struct KPcs(pub(crate) [Pcs; MAX_CLASSES]);
+
+/// What the slots, drain work and handles of one instance share.
+pub(crate) struct KShared<C: Config> {
+    pub(crate) pcs: PerCpu<KPcs, C>,
+    // Copies of the class arena's bounds and table, for `kfree` and the
+    // fast paths without a pointer chase.
+    pub(crate) base: usize,
+    pub(crate) len: usize,
+    pub(crate) span_shift: u32,
+    pub(crate) table: SizeClasses,
+    pub(crate) classes: NonNull<Classes>,
+    pub(crate) owns_classes: bool,
+    pub(crate) id: usize,
+    pub(crate) bind_gen: AtomicU64,
+    pub(crate) threads_bound: AtomicU64,
+    pub(crate) threads_unbound: AtomicU64,
+    pub(crate) shared_path: [AtomicU64; 6],
+    pub(crate) decay: Decay,
+    /// The instance is never freed (the global allocator's): a decay
+    /// thread may hold it.
+    pub(crate) forever: AtomicBool,
+}
+
+// SAFETY: `classes` points to a `Classes`, which is Send and Sync (its caches
+// synchronise internally), valid as long as the KShared (it is unmapped only
+// in KShared's drop, or never). The rest is Send + Sync on its own.
+unsafe impl<C: Config> Send for KShared<C> {}
+// SAFETY: as above.
+unsafe impl<C: Config> Sync for KShared<C> {}
+
+/// In a remembered failed binding's generation: it failed because the
+/// thread blocks the qpw signal (see `binding_slow`).
+pub(crate) const FAILED_SIGNAL_BLOCKED: u64 = 1 << 63;
+
+#[derive(Clone, Copy)]
+pub(crate) enum SharedReason {
+    NoSlot = 0,
+    Reentrant = 1,
+    Exiting = 2,
+    TableFull = 3,
+    /// The thread blocks the qpw signal and the configuration has no
+    /// `remote` mode to bind it in (`NoQpw`, `RtNoQpw`).
+    SignalBlocked = 4,
+    /// Binding failed for another reason (named by `qpw::Error`).
+    BindFailed = 5,
+}
+
+impl<C: Config> KShared<C> {
+    /// The shared state of a new instance on `domain` over `classes`.
+    pub(crate) fn new(domain: &Domain<C>, classes: NonNull<Classes>, owns_classes: bool) -> Self {
+        // SAFETY: `classes` is valid (just made, or leaked for good).
+        let cl = unsafe { classes.as_ref() };
+        KShared {
+            // SAFETY: an all-zero `KPcs` is `Pcs::new()` in every class (null
+            // sheaves, zero counts). Zeroed, not written: 1,024 slots of 56
+            // classes would make about 2 MiB resident before any is used.
+            pcs: unsafe { PerCpu::new_zeroed(domain) },
+            base: cl.base,
+            len: cl.len,
+            span_shift: cl.span_shift,
+            table: cl.table,
+            classes,
+            owns_classes,
+            id: next_id(),
+            bind_gen: AtomicU64::new(0),
+            threads_bound: AtomicU64::new(0),
+            threads_unbound: AtomicU64::new(0),
+            shared_path: Default::default(),
+            decay: Decay::new(domain.nr_cpus(), Some(DEFAULT_DECAY)),
+            forever: AtomicBool::new(false),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn classes(&self) -> &Classes {
+        // SAFETY: valid as long as self (see the Send impl).
+        unsafe { self.classes.as_ref() }
+    }
+
+    #[inline(always)]
+    pub(crate) fn class_of(&self, p: *mut u8) -> Option<usize> {
+        let off = (p as usize).wrapping_sub(self.base);
+        (off < self.len).then_some(off >> self.span_shift)
+    }
+
+    pub(crate) fn count(&self, r: SharedReason) {
+        self.shared_path[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every slot's sheaves back into the slabs (exclusive access); returns
+    /// (objects still allocated, their bytes).
+    pub(crate) fn settle(&mut self) -> (usize, usize) {
+        // SAFETY: as in `classes`; a separate borrow from `pcs`.
+        let cl = unsafe { self.classes.as_ref() };
+        for pcs in self.pcs.iter_mut() {
+            for (core, p) in cl.cores().iter().zip(pcs.0.iter_mut()) {
+                core.reclaim_pcs(p);
+            }
+        }
+        let mut objects = 0;
+        let mut bytes = 0;
+        for core in cl.cores() {
+            let n = core.settle_and_count_allocated();
+            objects += n;
+            bytes += n * core.size();
+        }
+        (objects, bytes)
+    }
+}
+
+impl<C: Config> Drop for KShared<C> {
+    fn drop(&mut self) {
+        let (objects, _) = self.settle();
+        if self.owns_classes && objects == 0 {
+            // SAFETY: nothing is allocated and no slot holds a sheaf; with
+            // `&mut self` nobody else reaches the classes.
+            unsafe { Classes::destroy(self.classes) };
+        }
+    }
+}
+
+impl<C: Config> KShared<C> {
+    /// Whether this instance lives for good, so a thread may keep a
+    /// reference to it (the global allocator's).
+    pub(crate) fn decay_thread_allowed(&self) -> bool {
+        self.forever.load(Ordering::Relaxed)
+    }
+}
+
+impl<C: Config> ForkLocks for KShared<C> {
+    fn lock_for_fork(&self) {
+        self.classes().lock_for_fork();
+    }
+
+    unsafe fn unlock_after_fork(&self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.classes().unlock_after_fork() }
+    }
+
+    unsafe fn child(&self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.decay.after_fork_child() }
+    }
+}
