@@ -229,6 +229,7 @@ fn delta(a: &SlotStats, b: &SlotStats) -> SlotStats {
         lock_contended: a.lock_contended - b.lock_contended,
         works_panicked: a.works_panicked - b.works_panicked,
         signals_failed: a.signals_failed - b.signals_failed,
+        signals_resent_lost: a.signals_resent_lost - b.signals_resent_lost,
         works_for_absent_owner: a.works_for_absent_owner - b.works_for_absent_owner,
         lock_timeouts: a.lock_timeouts - b.lock_timeouts,
         drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,

@@ -378,6 +378,48 @@ fn loom_signal_send_fails_with_eagain() {
     });
 }
 
+/// A flusher that waits long with the signal not yet taken by the owner
+/// (loom: every resend look counts as long) sends it again only when the
+/// kernel shows it neither pending nor blocked: the model's `tgkill` counts
+/// sends to a thread that still has the signal pending. The owner takes no
+/// signal for its first yields, so the flusher looks while it is pending.
+///
+/// Before the fix (a signal in flight was "lost" after 100 ms, whatever the
+/// kernel held): "a signal was sent again while still pending: 1".
+#[test]
+fn loom_pending_signal_is_not_sent_again() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let work = Arc::new(f.work());
+        let me = f.domain.bind_unpinned(1).unwrap();
+        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let remote = thread::spawn({
+            let (work, done) = (work.clone(), done.clone());
+            move || {
+                work.queue();
+                work.flush().unwrap();
+                done.store(true, Ordering::SeqCst);
+            }
+        });
+        for _ in 0..12 {
+            thread::yield_now();
+        }
+        while !done.load(Ordering::SeqCst) {
+            crate::handler::signal_point();
+            thread::yield_now();
+        }
+        remote.join().unwrap();
+        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            crate::sys::sends_while_pending(),
+            0,
+            "a signal was sent again while still pending: {}",
+            crate::sys::sends_while_pending()
+        );
+        drop(me);
+    });
+}
+
 /// Item 4 of issue 8: a remote thread queues (and signals) while the owner
 /// binds; the signal lands at any signal point of the bind or after it. Once
 /// every signal is delivered, the slot's in-flight mark is clear (a set mark
@@ -404,7 +446,7 @@ fn loom_signal_lands_during_bind() {
         let pending = crate::sys::take_signal();
         let slot = &f.domain.inner.slots[1];
         assert!(
-            !slot.sig_inflight.load(Ordering::SeqCst),
+            !slot.signal_in_flight(),
             "every signal was delivered, yet one is marked in flight (undelivered: {pending}, \
              me {} slot tid {} ctl {:#x} gen {}, stats {:?})",
             crate::sys::current_tid(),
@@ -441,7 +483,7 @@ fn loom_signal_lands_during_unbind() {
         let me = f.domain.bind_unpinned(1).unwrap();
         let slot = &f.domain.inner.slots[1];
         assert!(
-            !slot.sig_inflight.load(Ordering::SeqCst),
+            !slot.signal_in_flight(),
             "a new binding starts with a signal marked in flight (stats {:?})",
             f.domain.stats(1).unwrap()
         );
@@ -460,7 +502,7 @@ fn loom_signal_lands_during_unbind() {
             "the new binding's handler did not run the work (stats {:?})",
             f.domain.stats(1).unwrap()
         );
-        assert!(!slot.sig_inflight.load(Ordering::SeqCst));
+        assert!(!slot.signal_in_flight());
         drop(me);
     });
 }
