@@ -236,6 +236,7 @@ fn delta(a: &SlotStats, b: &SlotStats) -> SlotStats {
         owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
         owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
         fork_waits_expired: a.fork_waits_expired - b.fork_waits_expired,
+        mode_waits_expired: a.mode_waits_expired - b.mode_waits_expired,
     }
 }
 

@@ -120,7 +120,11 @@
 //!   and drains run under it, so no signal is needed. [`Domain::slot_info`]
 //!   shows the slot's configured and effective modes and why
 //!   ([`ModeReason::SignalBlockedAtBind`]); it is `queue` again once the
-//!   owner unbinds. `NoQpw`/`RtNoQpw` (or the `qpw` feature off) have no
+//!   owner unbinds, after waiting (at most the flush timeout) for remote
+//!   contexts still on the slot: a [`RemoteGuard`] held past it keeps the
+//!   slot `remote` ([`ModeReason::RemoteContextOutstayed`], counted in
+//!   [`SlotStats::mode_waits_expired`]) until a later bind or unbind finds
+//!   it gone. `NoQpw`/`RtNoQpw` (or the `qpw` feature off) have no
 //!   `remote` mode and refuse with [`Error::SignalBlocked`].
 //! - **An owner that blocks the signal after binding, or waits on it**
 //!   (`sigwait`, `sigtimedwait`, `signalfd` on a set that includes it) never

@@ -550,6 +550,50 @@ fn loom_signal_blocked_binding_then_queue_binding() {
         assert_eq!(*f.data.lock(&mut me), 111);
     });
 }
+/// Leaving `remote` is bounded (liveness fix: an unbind waited for a
+/// `RemoteGuard` without a deadline). With a flush timeout of zero every
+/// wait for remote contexts expires at once: a blocked owner binds `remote`
+/// and unbinds, then an unblocked one binds, while another thread holds a
+/// `RemoteGuard` on the cell at any point. Whenever the wait gives up, the
+/// slot must stay `remote` (and the new binding take the cell's lock): the
+/// cell is never touched by two contexts at once, and no update is lost.
+#[test]
+fn loom_leaving_remote_gives_up_and_stays_remote() {
+    loom::model(|| {
+        crate::sys::reset_signals();
+        let domain = Domain::<Standard>::builder()
+            .mode(Mode::Queue)
+            .nr_cpus(2)
+            .flush_timeout(Duration::ZERO)
+            .build()
+            .unwrap();
+        let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+        let remote = thread::spawn({
+            let data = data.clone();
+            move || match data.remote(1) {
+                Ok(mut g) => {
+                    *g += 1;
+                    1
+                }
+                Err(_) => 0,
+            }
+        });
+        crate::sys::set_blocks(true);
+        {
+            let mut me = domain.bind_unpinned(1).unwrap();
+            *data.lock(&mut me) += 10;
+        }
+        crate::sys::set_blocks(false);
+        {
+            let mut me = domain.bind_unpinned(1).unwrap();
+            *data.lock(&mut me) += 100;
+        }
+        let got = remote.join().unwrap();
+        let mut me = domain.bind_unpinned(1).unwrap();
+        assert_eq!(*data.lock(&mut me), 110 + got);
+    });
+}
+
 /// The fork gate (liveness fix: a fork child hung on its own cell, copied
 /// held by a vanished remote thread). The owner of slot 1 (`remote` mode)
 /// closes its gate as the fork `prepare` handler does, while another thread

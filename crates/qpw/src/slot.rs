@@ -230,23 +230,42 @@ impl<C: Config> SlotState<C> {
         (SlotMode::from_code(w & 0xff), ModeReason::from_code(w >> 8))
     }
 
-    /// Sets the effective mode. The caller holds `BUSY` (it is binding the
-    /// slot, or its owner is leaving it), so no owner runs and no thread
-    /// runs work as the absent owner. Leaving `remote`, it waits until the
-    /// remote contexts still counted on the slot (running work under the
-    /// cells' locks) are done: each counts itself, then reads the mode again
-    /// (`SeqCst` both sides: either it sees the new mode and backs off, or
-    /// this sees its count and waits), so none is left under a cell lock
-    /// when an owner that takes no lock comes online. The wait is bounded
-    /// by those contexts' own deadlines (or a `RemoteGuard`'s life).
-    pub(crate) fn set_effective(&self, mode: SlotMode, why: ModeReason) {
+    /// Sets the effective mode; the mode actually set is returned. The
+    /// caller holds `BUSY` (it is binding the slot, or its owner is leaving
+    /// it), so no owner runs and no thread runs work as the absent owner.
+    /// Leaving `remote`, it waits until the remote contexts still counted
+    /// on the slot (running work under the cells' locks, or a
+    /// `RemoteGuard`) are done: each counts itself, then reads the mode
+    /// again (`SeqCst` both sides: either it sees the new mode and backs
+    /// off, or this sees its count and waits), so none is left under a cell
+    /// lock when an owner that takes no lock comes online.
+    ///
+    /// The wait ends at `deadline` (the domain's flush timeout from the
+    /// bind or unbind): a `RemoteGuard` may be held for any time. Past it
+    /// the slot stays `remote` (`ModeReason::RemoteContextOutstayed`,
+    /// counted in `mode_waits_expired`): remote contexts that backed off
+    /// meanwhile look again and find `remote`; a binder binds `remote`.
+    pub(crate) fn set_effective(
+        &self,
+        mode: SlotMode,
+        why: ModeReason,
+        deadline: Instant,
+    ) -> (SlotMode, ModeReason) {
         let old = self.effective.swap(mode_word(mode, why), Ordering::SeqCst);
         if SlotMode::from_code(old & 0xff) == SlotMode::Remote && mode != SlotMode::Remote {
             while self.remote_holders.fetch_add(0, Ordering::SeqCst) != 0 {
+                if Instant::now() >= deadline {
+                    let stay = (SlotMode::Remote, ModeReason::RemoteContextOutstayed);
+                    self.effective
+                        .swap(mode_word(stay.0, stay.1), Ordering::SeqCst);
+                    self.counters.mode_wait_expired();
+                    return stay;
+                }
                 spin_hint();
                 yield_now();
             }
         }
+        (mode, why)
     }
 
     pub(crate) fn new(
@@ -822,12 +841,16 @@ impl<C: Config> SlotState<C> {
     /// remote thread's `BUSY`. Returns the new binding's generation; the
     /// caller links its record, then [`publish_owner`](Self::publish_owner)s
     /// (or [`abort_acquire`](Self::abort_acquire)s).
-    /// `eff`: the binding's effective mode and why, set while `BUSY` is held.
+    /// `eff`: the binding's effective mode and why, set while `BUSY` is held
+    /// (waiting at most until `deadline` for remote contexts when that
+    /// leaves `remote`; past it the binding runs `remote`): returned with
+    /// the generation.
     pub(crate) fn acquire_owner(
         &self,
         tid: u32,
         eff: (SlotMode, ModeReason),
-    ) -> Result<u64, AcquireError> {
+        deadline: Instant,
+    ) -> Result<(u64, (SlotMode, ModeReason)), AcquireError> {
         let gen = loop {
             let s = self.ctl.load(Ordering::SeqCst);
             let st = state(s);
@@ -851,12 +874,12 @@ impl<C: Config> SlotState<C> {
             }
             return Err(AcquireError::Owned);
         };
-        self.set_effective(eff.0, eff.1);
+        let eff = self.set_effective(eff.0, eff.1, deadline);
         self.tid.store(tid, Ordering::SeqCst);
         self.section_seq.store(0, Ordering::Relaxed);
         self.clear_signal_claim();
         self.unhandled_sends.store(0, Ordering::Relaxed);
-        Ok(gen)
+        Ok((gen, eff))
     }
 
     /// Publishes the binding of generation `gen`: the slot is `ONLINE`.
@@ -864,17 +887,20 @@ impl<C: Config> SlotState<C> {
         self.ctl.store(ctl_of(gen, ONLINE), Ordering::SeqCst);
     }
 
-    /// Gives up a slot taken by `acquire_owner` without binding it.
-    pub(crate) fn abort_acquire(&self) {
-        self.set_effective(self.mode, self.mode_reason);
+    /// Gives up a slot taken by `acquire_owner` without binding it
+    /// (`deadline`: see [`set_effective`](Self::set_effective)).
+    pub(crate) fn abort_acquire(&self, deadline: Instant) {
+        self.set_effective(self.mode, self.mode_reason, deadline);
         self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
         self.help(false, None);
     }
 
     /// The owner leaves: runs its pending work and frees the slot. The
     /// caller then unlinks its record and calls [`help`](Self::help) for
-    /// what was queued meanwhile.
-    pub(crate) fn release_owner(&self, gen: u64) {
+    /// what was queued meanwhile. `deadline` bounds the wait for remote
+    /// contexts when the slot leaves `remote` (see
+    /// [`set_effective`](Self::set_effective)).
+    pub(crate) fn release_owner(&self, gen: u64, deadline: Instant) {
         let st = self.state();
         if st & RETIRED != 0 {
             return;
@@ -905,7 +931,7 @@ impl<C: Config> SlotState<C> {
             )
             .is_ok()
         {
-            self.set_effective(self.mode, self.mode_reason);
+            self.set_effective(self.mode, self.mode_reason, deadline);
             self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
         }
     }

@@ -48,6 +48,12 @@ pub struct SlotStats {
     /// bound for remote contexts to leave the slot (a child may then find
     /// one of its cells held by a thread it does not have).
     pub fork_waits_expired: u64,
+    /// Times the slot should have left `remote` (an unbind, or a bind in the
+    /// slot's own mode) and a remote context (a `RemoteGuard`, or a work
+    /// run under a cell lock) stayed on it past the domain's flush timeout:
+    /// the slot stayed `remote` (reason
+    /// [`ModeReason::RemoteContextOutstayed`](crate::ModeReason::RemoteContextOutstayed)).
+    pub mode_waits_expired: u64,
 }
 
 impl SlotStats {
@@ -81,6 +87,7 @@ impl SlotStats {
             owner_waits_pi: d(self.owner_waits_pi, earlier.owner_waits_pi),
             owner_pi_unavailable: d(self.owner_pi_unavailable, earlier.owner_pi_unavailable),
             fork_waits_expired: d(self.fork_waits_expired, earlier.fork_waits_expired),
+            mode_waits_expired: d(self.mode_waits_expired, earlier.mode_waits_expired),
         }
     }
 
@@ -101,6 +108,7 @@ impl SlotStats {
         self.owner_waits_pi += o.owner_waits_pi;
         self.owner_pi_unavailable += o.owner_pi_unavailable;
         self.fork_waits_expired += o.fork_waits_expired;
+        self.mode_waits_expired += o.mode_waits_expired;
     }
 }
 
@@ -150,6 +158,7 @@ pub(crate) struct Counters {
     owner_pi_unavailable: AtomicU64,
     skipped_clean: AtomicU64,
     fork_waits_expired: AtomicU64,
+    mode_waits_expired: AtomicU64,
 }
 
 impl Counters {
@@ -183,6 +192,9 @@ impl Counters {
     }
     pub(crate) fn fork_wait_expired(&self) {
         Self::bump(&self.fork_waits_expired)
+    }
+    pub(crate) fn mode_wait_expired(&self) {
+        Self::bump(&self.mode_waits_expired)
     }
     pub(crate) fn owner_pi_unavailable(&self) {
         Self::bump(&self.owner_pi_unavailable)
@@ -220,6 +232,7 @@ impl Counters {
             owner_waits_pi: l(&self.owner_waits_pi),
             owner_pi_unavailable: l(&self.owner_pi_unavailable),
             fork_waits_expired: l(&self.fork_waits_expired),
+            mode_waits_expired: l(&self.mode_waits_expired),
         }
     }
 }
