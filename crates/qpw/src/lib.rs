@@ -198,7 +198,13 @@
 //! wait for anything the forking thread holds when it calls `fork()`.
 //!
 //! Consumers with locks of their own register a [`ForkHook`] (see
-//! [`register_fork_hook`] for the order of calls). Not covered: a fork from
+//! [`register_fork_hook`] for the order of calls). Lock order: the fork
+//! gates, then qpw's registry lock, then the hooks' locks in registration
+//! order. So never build a domain, register a hook or drop a
+//! [`ForkHookHandle`] while holding a lock your hook's `prepare` takes, nor
+//! from inside `prepare` or `parent` (the [`ForkHook`] docs say why: the
+//! other order deadlocked against a thread allocating inside qpw's
+//! registry while a hook held the allocator's locks). Not covered: a fork from
 //! inside a work function, a local section or a [`RemoteGuard`] (the
 //! forking thread's own state is then half-changed; a fork inside a remote
 //! context on its own slot waits out the gate's bound).
