@@ -41,10 +41,12 @@
 //! # Example: a per-CPU counter drained by another thread
 //!
 //! ```
-//! use qpw::{Domain, Mode, PerCpu};
+//! use qpw::{Config, Domain, Mode, PerCpu, Standard};
 //! use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
 //!
-//! let domain: Domain = Domain::builder().mode(Mode::Remote).nr_cpus(2).build()?;
+//! // `remote` needs the `qpw` feature (CONFIG_QPW); without it only `queue` exists.
+//! let mode = if Standard::QPW { Mode::Remote } else { Mode::Queue };
+//! let domain: Domain = Domain::builder().mode(mode).nr_cpus(2).build()?;
 //! let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
 //! let total = Arc::new(AtomicU64::new(0));
 //!
@@ -70,7 +72,8 @@
 //! owner.join().unwrap();
 //! drain.run().unwrap(); // drain-all: every slot, and the caller knows it is done
 //! assert_eq!(total.load(Ordering::Relaxed), 1000);
-//! assert_eq!(domain.total_stats().signals_sent, 0); // remote mode never signals
+//! // `remote` mode never signals; in `queue` mode the owner had left before the drain.
+//! assert_eq!(domain.total_stats().signals_sent, 0);
 //! # Ok::<(), qpw::Error>(())
 //! ```
 //!
