@@ -58,6 +58,30 @@ impl<C: Config> Fixture<C> {
     fn signal(&self) {
         crate::handler::handle_signal();
     }
+
+    /// Another thread queues slot 1's work and flushes it, while this
+    /// thread (the slot's owner) yields `quiet` times without taking a
+    /// signal, then takes signals at signal points until the flush is done.
+    fn flush_from_another_thread(&self, quiet: usize) {
+        let work = self.work();
+        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let remote = thread::spawn({
+            let done = done.clone();
+            move || {
+                work.queue();
+                work.flush().unwrap();
+                done.store(true, Ordering::SeqCst);
+            }
+        });
+        for _ in 0..quiet {
+            thread::yield_now();
+        }
+        while !done.load(Ordering::SeqCst) {
+            crate::handler::signal_point();
+            thread::yield_now();
+        }
+        remote.join().unwrap();
+    }
 }
 
 /// Queue mode: the owner does a local section while a remote thread queues
@@ -356,23 +380,9 @@ fn loom_two_remote_owners_drain_inside_sections() {
 fn loom_signal_send_fails_with_eagain() {
     loom::model(|| {
         let f = Fixture::<Standard>::new(Mode::Queue);
-        let work = Arc::new(f.work());
         let me = f.domain.bind_unpinned(1).unwrap();
         crate::sys::fail_next_signals(1, crate::sys::EAGAIN);
-        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
-        let remote = thread::spawn({
-            let (work, done) = (work.clone(), done.clone());
-            move || {
-                work.queue();
-                work.flush().unwrap();
-                done.store(true, Ordering::SeqCst);
-            }
-        });
-        while !done.load(Ordering::SeqCst) {
-            crate::handler::signal_point();
-            thread::yield_now();
-        }
-        remote.join().unwrap();
+        f.flush_from_another_thread(0);
         assert_eq!(f.runs.load(Ordering::SeqCst), 1);
         drop(me);
     });
@@ -390,25 +400,8 @@ fn loom_signal_send_fails_with_eagain() {
 fn loom_pending_signal_is_not_sent_again() {
     loom::model(|| {
         let f = Fixture::<Standard>::new(Mode::Queue);
-        let work = Arc::new(f.work());
         let me = f.domain.bind_unpinned(1).unwrap();
-        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
-        let remote = thread::spawn({
-            let (work, done) = (work.clone(), done.clone());
-            move || {
-                work.queue();
-                work.flush().unwrap();
-                done.store(true, Ordering::SeqCst);
-            }
-        });
-        for _ in 0..12 {
-            thread::yield_now();
-        }
-        while !done.load(Ordering::SeqCst) {
-            crate::handler::signal_point();
-            thread::yield_now();
-        }
-        remote.join().unwrap();
+        f.flush_from_another_thread(12);
         assert_eq!(f.runs.load(Ordering::SeqCst), 1);
         assert_eq!(
             crate::sys::sends_while_pending(),

@@ -14,6 +14,9 @@
 
 #![cfg(all(target_os = "linux", feature = "qpw"))]
 
+mod common;
+
+use common::set_blocked;
 use qpw::{Domain, Mode, ModeReason, PerCpu, SlotMode, Standard};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -22,23 +25,6 @@ use std::time::Duration;
 /// Far above the flush timeout: reaching it means the wait is unbounded.
 const WATCHDOG: Duration = Duration::from_secs(10);
 const FLUSH: Duration = Duration::from_millis(300);
-
-/// Blocks (or unblocks) `sig` in the calling thread.
-fn set_blocked(sig: i32, block: bool) {
-    // SAFETY: plain libc calls on a local sigset_t, initialised by sigemptyset.
-    let rc = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        let how = if block {
-            libc::SIG_BLOCK
-        } else {
-            libc::SIG_UNBLOCK
-        };
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
-    };
-    assert_eq!(rc, 0);
-}
 
 /// Binds slot 0 on a new thread (with the signal blocked or not), reports
 /// the slot's mode, then unbinds when told; reports each step on `tx`.

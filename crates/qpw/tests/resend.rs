@@ -13,8 +13,11 @@
 
 #![cfg(target_os = "linux")]
 
+mod common;
+
+use common::{counted_work, set_blocked};
 use qpw::{Domain, Mode, Standard};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,23 +36,6 @@ fn queue_domain(signal_offset: i32) -> Domain<Standard> {
         .signal(libc::SIGRTMIN() + signal_offset)
         .build()
         .expect("domain")
-}
-
-/// Blocks (or unblocks) `sig` in the calling thread.
-fn set_blocked(sig: i32, block: bool) {
-    // SAFETY: plain libc calls on a local sigset_t, initialised by sigemptyset.
-    let rc = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        let how = if block {
-            libc::SIG_BLOCK
-        } else {
-            libc::SIG_UNBLOCK
-        };
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
-    };
-    assert_eq!(rc, 0);
 }
 
 /// Pins the calling thread to `cpu`; `false` if not permitted.
@@ -84,15 +70,7 @@ fn allowed_cpus() -> Vec<usize> {
 #[test]
 fn a_signal_blocked_by_the_owner_is_not_sent_again() {
     let domain = queue_domain(9);
-    let ran = Arc::new(AtomicU64::new(0));
-    let w = {
-        let ran = ran.clone();
-        domain
-            .work(0, move |_| {
-                ran.fetch_add(1, Ordering::SeqCst);
-            })
-            .unwrap()
-    };
+    let (w, ran) = counted_work(&domain, 0);
     let (tx, rx) = mpsc::channel::<()>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let d = domain.clone();
