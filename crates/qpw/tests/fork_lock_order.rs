@@ -135,8 +135,14 @@ fn fork_prepare_takes_the_registry_lock_before_the_hooks_locks() {
             TAKES_LOCK.with(|t| t.set(true));
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let handle = register_fork_hook(Arc::new(Lingering));
-                drop(handle);
+                let hook: Arc<dyn ForkHook> = Arc::new(Lingering);
+                // Out of the registry a while (its lock is a spin lock: a
+                // thread re-taking it at once could starve the forking one),
+                // with nothing left to allocate or free but inside it: the
+                // hook, registered after the forking thread listed the
+                // hooks, has its last reference dropped in the registry.
+                thread::sleep(Duration::from_micros(200));
+                drop(register_fork_hook(hook));
                 n += 1;
             }
             TAKES_LOCK.with(|t| t.set(false));
