@@ -396,22 +396,48 @@ impl Phases {
 /// the barrier for the owner, stays idle for the baseline phase, then runs
 /// `drain` at `rate` per second for the drained phase, timing each.
 pub(crate) struct Drainer {
-    pub(crate) domain: Domain<Standard>,
-    pub(crate) drain: Arc<qpw::WorkSet<Standard>>,
-    pub(crate) owner_cpu: usize,
-    pub(crate) drainer_cpu: Option<usize>,
-    pub(crate) phases: Phases,
-    pub(crate) rate: u64,
-    pub(crate) phase_len: Duration,
-    pub(crate) pace: Pace,
+    domain: Domain<Standard>,
+    drain: Arc<qpw::WorkSet<Standard>>,
+    owner_cpu: usize,
+    drainer_cpu: Option<usize>,
+    phases: Phases,
+    rate: u64,
+    phase_len: Duration,
+    pace: Pace,
 }
 
 /// `None` when the owner could not bind.
 pub(crate) type DrainerResult = Result<Option<DrainerOut>, String>;
 
 impl Drainer {
-    /// Starts the drainer thread.
-    pub(crate) fn spawn(self) -> std::io::Result<std::thread::JoinHandle<DrainerResult>> {
+    /// A drainer of `drain` on `domain` at `a.rate` per second for phases
+    /// of `a.seconds`; `cpus`: the owner's CPU (whose slot's counters it
+    /// reads) and its own (pinned there if any).
+    pub(crate) fn new(
+        a: &IsolationArgs,
+        cpus: (usize, Option<usize>),
+        domain: &Domain<Standard>,
+        drain: &Arc<qpw::WorkSet<Standard>>,
+        phases: &Phases,
+    ) -> Self {
+        Self {
+            domain: domain.clone(),
+            drain: drain.clone(),
+            owner_cpu: cpus.0,
+            drainer_cpu: cpus.1,
+            phases: phases.clone(),
+            rate: a.rate,
+            phase_len: Duration::from_secs_f64(a.seconds),
+            pace: Pace::Sleep,
+        }
+    }
+
+    /// Starts the drainer thread, waiting between drains as `pace` says.
+    pub(crate) fn spawn(
+        mut self,
+        pace: Pace,
+    ) -> std::io::Result<std::thread::JoinHandle<DrainerResult>> {
+        self.pace = pace;
         std::thread::Builder::new()
             .name("qpw-drainer".into())
             .spawn(move || self.run())
@@ -520,7 +546,6 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         }
     }));
     let threshold = tsc::from_ns(a.threshold_ns as f64).max(1);
-    let phase_len = Duration::from_secs_f64(a.seconds);
     let phases = Phases::new();
 
     let owner = std::thread::Builder::new().name("qpw-owner".into()).spawn({
@@ -540,17 +565,8 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
     });
     let owner = owner.map_err(|e| format!("spawning the owner thread: {e}"))?;
 
-    let drainer = Drainer {
-        domain: domain.clone(),
-        drain: drain.clone(),
-        owner_cpu,
-        drainer_cpu,
-        phases: phases.clone(),
-        rate: a.rate,
-        phase_len,
-        pace: Pace::Sleep,
-    }
-    .spawn();
+    let drainer =
+        Drainer::new(a, (owner_cpu, drainer_cpu), &domain, &drain, &phases).spawn(Pace::Sleep);
     let drainer = match drainer {
         Ok(d) => d,
         Err(e) => {

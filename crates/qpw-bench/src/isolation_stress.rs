@@ -528,7 +528,6 @@ fn run_mode(
             total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     }));
-    let phase_len = Duration::from_secs_f64(a.seconds);
     // Room for a stall every 100 µs of the phase.
     let stall_cap = (a.seconds * 1e9 / STALL_NS as f64) as usize + 16;
     let phases = Phases::new();
@@ -581,17 +580,8 @@ fn run_mode(
         }
     };
 
-    let drainer = Drainer {
-        domain: domain.clone(),
-        drain: drain.clone(),
-        owner_cpu,
-        drainer_cpu,
-        phases: phases.clone(),
-        rate: a.rate,
-        phase_len,
-        pace: Pace::BusyWait,
-    }
-    .spawn();
+    let drainer =
+        Drainer::new(a, (owner_cpu, drainer_cpu), &domain, &drain, &phases).spawn(Pace::BusyWait);
     let d = match drainer {
         Ok(d) => d
             .join()
