@@ -16,7 +16,7 @@
 use crate::tsc;
 use crate::util::{self, BenchMode, Percentiles};
 use hdrhistogram::Histogram;
-use qpw::{Domain, PerCpu, SlotStats, Standard};
+use qpw::{Domain, Owner, PerCpu, SlotStats, Standard};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -322,13 +322,192 @@ fn owner_loop(
     })
 }
 
-struct DrainerOut {
-    lat_ns: Vec<f64>,
-    failed: u64,
-    before: SlotStats,
-    after: SlotStats,
-    before_all: SlotStats,
-    after_all: SlotStats,
+/// What the drainer measured in the drained phase (shared with `--stress`).
+pub(crate) struct DrainerOut {
+    pub(crate) lat_ns: Vec<f64>,
+    pub(crate) failed: u64,
+    pub(crate) before: SlotStats,
+    pub(crate) after: SlotStats,
+    pub(crate) before_all: SlotStats,
+    pub(crate) after_all: SlotStats,
+}
+
+/// How the drainer waits for its next drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// Sleeps, spinning only the last 200 µs (leaves its CPU to others).
+    Sleep,
+    /// Busy-waits (`--stress`: keeps competing with the hog for its CPU).
+    BusyWait,
+}
+
+/// How the owner and the drainer keep in step through the two phases
+/// (baseline, then drained) of one mode's run (shared with `--stress`).
+#[derive(Clone)]
+pub(crate) struct Phases {
+    stop_base: Arc<AtomicBool>,
+    stop_drained: Arc<AtomicBool>,
+    barrier: Arc<Barrier>,
+    failed_bind: Arc<AtomicBool>,
+}
+
+impl Phases {
+    pub(crate) fn new() -> Self {
+        Self {
+            stop_base: Arc::new(AtomicBool::new(false)),
+            stop_drained: Arc::new(AtomicBool::new(false)),
+            barrier: Arc::new(Barrier::new(2)),
+            failed_bind: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The owner's side: `bind` (an error is passed on, after telling the
+    /// drainer), then `phase` for the baseline and for the drained phase,
+    /// each until the flag it is given is set.
+    pub(crate) fn run_owner<P>(
+        &self,
+        bind: impl FnOnce() -> Result<Owner<Standard>, String>,
+        mut phase: impl FnMut(&mut Owner<Standard>, &AtomicBool) -> P,
+    ) -> Result<(P, P), String> {
+        let mut me = match bind() {
+            Ok(me) => me,
+            Err(e) => {
+                self.failed_bind.store(true, Ordering::SeqCst);
+                self.barrier.wait();
+                return Err(e);
+            }
+        };
+        self.barrier.wait();
+        let base = phase(&mut me, &self.stop_base);
+        self.barrier.wait();
+        let drained = phase(&mut me, &self.stop_drained);
+        // Dropping `me` runs anything still pending and frees the slot.
+        Ok((base, drained))
+    }
+
+    /// Ends both phases (a thread failed or everything is over).
+    pub(crate) fn stop(&self) {
+        self.stop_base.store(true, Ordering::SeqCst);
+        self.stop_drained.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The drainer's side of one mode's run (shared with `--stress`): waits at
+/// the barrier for the owner, stays idle for the baseline phase, then runs
+/// `drain` at `rate` per second for the drained phase, timing each.
+pub(crate) struct Drainer {
+    domain: Domain<Standard>,
+    drain: Arc<qpw::WorkSet<Standard>>,
+    owner_cpu: usize,
+    drainer_cpu: Option<usize>,
+    phases: Phases,
+    rate: u64,
+    phase_len: Duration,
+    pace: Pace,
+}
+
+/// `None` when the owner could not bind.
+pub(crate) type DrainerResult = Result<Option<DrainerOut>, String>;
+
+impl Drainer {
+    /// A drainer of `drain` on `domain` at `a.rate` per second for phases
+    /// of `a.seconds`; `cpus`: the owner's CPU (whose slot's counters it
+    /// reads) and its own (pinned there if any).
+    pub(crate) fn new(
+        a: &IsolationArgs,
+        cpus: (usize, Option<usize>),
+        domain: &Domain<Standard>,
+        drain: &Arc<qpw::WorkSet<Standard>>,
+        phases: &Phases,
+    ) -> Self {
+        Self {
+            domain: domain.clone(),
+            drain: drain.clone(),
+            owner_cpu: cpus.0,
+            drainer_cpu: cpus.1,
+            phases: phases.clone(),
+            rate: a.rate,
+            phase_len: Duration::from_secs_f64(a.seconds),
+            pace: Pace::Sleep,
+        }
+    }
+
+    /// Starts the drainer thread, waiting between drains as `pace` says.
+    pub(crate) fn spawn(
+        mut self,
+        pace: Pace,
+    ) -> std::io::Result<std::thread::JoinHandle<DrainerResult>> {
+        self.pace = pace;
+        std::thread::Builder::new()
+            .name("qpw-drainer".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(self) -> DrainerResult {
+        if let Some(c) = self.drainer_cpu {
+            util::pin_current(c)?;
+        }
+        let ph = &self.phases;
+        ph.barrier.wait();
+        if ph.failed_bind.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        // Baseline: nothing disturbs the owner.
+        std::thread::sleep(self.phase_len);
+        ph.stop_base.store(true, Ordering::SeqCst);
+        ph.barrier.wait();
+        let before = self
+            .domain
+            .stats(self.owner_cpu)
+            .map_err(|e| e.to_string())?;
+        let before_all = self.domain.total_stats();
+        let period = Duration::from_secs_f64(1.0 / self.rate as f64);
+        let start = Instant::now();
+        let end = start + self.phase_len;
+        let mut next = start + period;
+        let mut lat_ns =
+            Vec::with_capacity((self.rate as f64 * self.phase_len.as_secs_f64()) as usize + 16);
+        let mut failed = 0;
+        while next < end {
+            match self.pace {
+                Pace::Sleep => sleep_until(next),
+                Pace::BusyWait => busy_wait_until(next),
+            }
+            let t0 = tsc::now();
+            let r = self.drain.run();
+            let t1 = tsc::now();
+            match r {
+                Ok(()) => lat_ns.push(tsc::to_ns(t1 - t0)),
+                Err(_) => failed += 1,
+            }
+            next += period;
+            let now = Instant::now();
+            if next < now {
+                // Fell behind (a slow drain): keep the rate, do not burst.
+                next = now + period;
+            }
+        }
+        ph.stop_drained.store(true, Ordering::SeqCst);
+        let after = self
+            .domain
+            .stats(self.owner_cpu)
+            .map_err(|e| e.to_string())?;
+        let after_all = self.domain.total_stats();
+        Ok(Some(DrainerOut {
+            lat_ns,
+            failed,
+            before,
+            after,
+            before_all,
+            after_all,
+        }))
+    }
+}
+
+fn busy_wait_until(deadline: Instant) {
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
 }
 
 fn sleep_until(deadline: Instant) {
@@ -367,108 +546,31 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         }
     }));
     let threshold = tsc::from_ns(a.threshold_ns as f64).max(1);
-    let phase_len = Duration::from_secs_f64(a.seconds);
-    let stop_base = Arc::new(AtomicBool::new(false));
-    let stop_drained = Arc::new(AtomicBool::new(false));
-    let barrier = Arc::new(Barrier::new(2));
-    let failed_bind = Arc::new(AtomicBool::new(false));
+    let phases = Phases::new();
 
     let owner = std::thread::Builder::new().name("qpw-owner".into()).spawn({
-        let (domain, counts, stop_base, stop_drained, barrier, failed_bind) = (
-            domain.clone(),
-            counts.clone(),
-            stop_base.clone(),
-            stop_drained.clone(),
-            barrier.clone(),
-            failed_bind.clone(),
-        );
+        let (domain, counts, phases) = (domain.clone(), counts.clone(), phases.clone());
         let defer = mode == BenchMode::Defer;
         move || -> Result<(Phase, Phase), String> {
-            let mut me = match domain.bind(owner_cpu) {
-                Ok(me) => me,
-                Err(e) => {
-                    failed_bind.store(true, Ordering::SeqCst);
-                    barrier.wait();
-                    return Err(format!("binding the owner to CPU {owner_cpu}: {e}"));
-                }
+            let bind = || {
+                domain
+                    .bind(owner_cpu)
+                    .map_err(|e| format!("binding the owner to CPU {owner_cpu}: {e}"))
             };
-            barrier.wait();
-            let base = owner_loop(&mut me, &counts, defer, &stop_base, threshold);
-            barrier.wait();
-            let drained = owner_loop(&mut me, &counts, defer, &stop_drained, threshold);
-            // Dropping `me` runs anything still pending and frees the slot.
+            let (base, drained) = phases.run_owner(bind, |me, stop| {
+                owner_loop(me, &counts, defer, stop, threshold)
+            })?;
             Ok((base?, drained?))
         }
     });
     let owner = owner.map_err(|e| format!("spawning the owner thread: {e}"))?;
 
-    let drainer = std::thread::Builder::new()
-        .name("qpw-drainer".into())
-        .spawn({
-            let (domain, stop_base, stop_drained, barrier, failed_bind, drain) = (
-                domain.clone(),
-                stop_base.clone(),
-                stop_drained.clone(),
-                barrier.clone(),
-                failed_bind.clone(),
-                drain.clone(),
-            );
-            let rate = a.rate;
-            move || -> Result<Option<DrainerOut>, String> {
-                if let Some(c) = drainer_cpu {
-                    util::pin_current(c)?;
-                }
-                barrier.wait();
-                if failed_bind.load(Ordering::SeqCst) {
-                    return Ok(None);
-                }
-                // Baseline: nothing disturbs the owner.
-                std::thread::sleep(phase_len);
-                stop_base.store(true, Ordering::SeqCst);
-                barrier.wait();
-                let before = domain.stats(owner_cpu).map_err(|e| e.to_string())?;
-                let before_all = domain.total_stats();
-                let period = Duration::from_secs_f64(1.0 / rate as f64);
-                let start = Instant::now();
-                let end = start + phase_len;
-                let mut next = start + period;
-                let mut lat_ns =
-                    Vec::with_capacity((rate as f64 * phase_len.as_secs_f64()) as usize + 16);
-                let mut failed = 0;
-                while next < end {
-                    sleep_until(next);
-                    let t0 = tsc::now();
-                    let r = drain.run();
-                    let t1 = tsc::now();
-                    match r {
-                        Ok(()) => lat_ns.push(tsc::to_ns(t1 - t0)),
-                        Err(_) => failed += 1,
-                    }
-                    next += period;
-                    let now = Instant::now();
-                    if next < now {
-                        // Fell behind (a slow drain): keep the rate, do not burst.
-                        next = now + period;
-                    }
-                }
-                stop_drained.store(true, Ordering::SeqCst);
-                let after = domain.stats(owner_cpu).map_err(|e| e.to_string())?;
-                let after_all = domain.total_stats();
-                Ok(Some(DrainerOut {
-                    lat_ns,
-                    failed,
-                    before,
-                    after,
-                    before_all,
-                    after_all,
-                }))
-            }
-        });
+    let drainer =
+        Drainer::new(a, (owner_cpu, drainer_cpu), &domain, &drain, &phases).spawn(Pace::Sleep);
     let drainer = match drainer {
         Ok(d) => d,
         Err(e) => {
-            stop_base.store(true, Ordering::SeqCst);
-            stop_drained.store(true, Ordering::SeqCst);
+            phases.stop();
             return Err(format!("spawning the drainer thread: {e}"));
         }
     };
@@ -476,8 +578,7 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         .join()
         .map_err(|_| "the drainer thread panicked".to_string());
     // Whatever happened to the drainer, let the owner finish.
-    stop_base.store(true, Ordering::SeqCst);
-    stop_drained.store(true, Ordering::SeqCst);
+    phases.stop();
     let o = owner
         .join()
         .map_err(|_| "the owner thread panicked".to_string())?;
@@ -492,24 +593,8 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
     let increments = base.iters + drained.iters;
     let counter_total = total.load(Ordering::SeqCst);
 
-    let delta = |a: &SlotStats, b: &SlotStats| SlotStats {
-        signals_sent: a.signals_sent - b.signals_sent,
-        works_in_handler: a.works_in_handler - b.works_in_handler,
-        works_at_section_end: a.works_at_section_end - b.works_at_section_end,
-        works_at_quiescent: a.works_at_quiescent - b.works_at_quiescent,
-        works_remote: a.works_remote - b.works_remote,
-        lock_contended: a.lock_contended - b.lock_contended,
-        works_panicked: a.works_panicked - b.works_panicked,
-        signals_failed: a.signals_failed - b.signals_failed,
-        works_for_absent_owner: a.works_for_absent_owner - b.works_for_absent_owner,
-        lock_timeouts: a.lock_timeouts - b.lock_timeouts,
-        drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,
-        owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
-        owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
-        fork_waits_expired: a.fork_waits_expired - b.fork_waits_expired,
-    };
-    let mine = delta(&d.after, &d.before);
-    let all = delta(&d.after_all, &d.before_all);
+    let mine = d.after.since(&d.before);
+    let all = d.after_all.since(&d.before_all);
     let baseline_lost = base.lost_pct();
     let result = IsolationResult {
         mode: mode.name(),

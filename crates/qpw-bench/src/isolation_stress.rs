@@ -17,14 +17,14 @@
 //!
 //! Each mode runs a baseline first (same owner, hog and loop, no drains).
 
-use crate::isolation::IsolationArgs;
+use crate::isolation::{Drainer, IsolationArgs, Pace, Phases};
 use crate::tsc;
 use crate::util::{self, BenchMode, Percentiles};
 use qpw::{Domain, PerCpu, SlotStats, Standard};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The drain work's default hold, in nanoseconds.
 pub const DEFAULT_HOLD_NS: u64 = 20_000;
@@ -238,7 +238,7 @@ pub fn run(a: &IsolationArgs, step: &mut dyn FnMut(&str)) -> Result<Vec<StressRe
     }
     let throttle = o.fifo.map(|_| RtThrottle::off());
     let state = throttle.as_ref().map_or_else(
-        || "n/a (SCHED_OTHER owner)".to_string(),
+        || "n/a (no SCHED_FIFO thread)".to_string(),
         |t| t.state.clone(),
     );
     let mut out = Vec::new();
@@ -292,10 +292,13 @@ pub fn markdown(runs: &[StressResult]) -> String {
             util::fmt_fig(r.drain_latency_ns.max / 1e3),
         ));
     }
-    if let Some(r) = runs.first() {
+    if !runs.is_empty() {
         s.push_str(&format!(
             "\nReal-time throttling: {}. Counter check: {}.\n",
-            r.rt_throttling,
+            throttling_line(
+                runs.iter()
+                    .map(|r| (r.owner_policy.as_str(), r.rt_throttling.as_str()))
+            ),
             if runs.iter().all(|r| r.counter_total == r.increments) {
                 "nothing lost"
             } else {
@@ -304,6 +307,22 @@ pub fn markdown(runs: &[StressResult]) -> String {
         ));
     }
     s
+}
+
+/// Real-time throttling per owner policy, in the order the rows run (a
+/// table may hold `SCHED_OTHER` rows and `SCHED_FIFO` ones, run with
+/// throttling in different states): `SCHED_OTHER owner: n/a (...); SCHED_FIFO 50 owner: off for the run`.
+fn throttling_line<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for pair in rows {
+        if !seen.contains(&pair) {
+            seen.push(pair);
+        }
+    }
+    seen.iter()
+        .map(|(policy, state)| format!("{policy} owner: {state}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The owner's stalls in one phase.
@@ -469,21 +488,6 @@ fn delta(a: &SlotStats, b: &SlotStats) -> (u64, u64, u64, u64) {
     )
 }
 
-fn busy_wait_until(deadline: Instant) {
-    while Instant::now() < deadline {
-        std::hint::spin_loop();
-    }
-}
-
-struct DrainerOut {
-    lat_ns: Vec<f64>,
-    failed: u64,
-    before: SlotStats,
-    after: SlotStats,
-    before_all: SlotStats,
-    after_all: SlotStats,
-}
-
 fn run_mode(
     mode: BenchMode,
     a: &IsolationArgs,
@@ -524,14 +528,10 @@ fn run_mode(
             total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     }));
-    let phase_len = Duration::from_secs_f64(a.seconds);
     // Room for a stall every 100 µs of the phase.
     let stall_cap = (a.seconds * 1e9 / STALL_NS as f64) as usize + 16;
-    let stop_base = Arc::new(AtomicBool::new(false));
-    let stop_drained = Arc::new(AtomicBool::new(false));
+    let phases = Phases::new();
     let stop_hog = Arc::new(AtomicBool::new(false));
-    let barrier = Arc::new(Barrier::new(2));
-    let failed_bind = Arc::new(AtomicBool::new(false));
 
     let hog = std::thread::Builder::new().name("qpw-hog".into()).spawn({
         let stop_hog = stop_hog.clone();
@@ -548,42 +548,27 @@ fn run_mode(
     let hog = hog.map_err(|e| format!("spawning the hog thread: {e}"))?;
 
     let owner = std::thread::Builder::new().name("qpw-owner".into()).spawn({
-        let (domain, counts, stop_base, stop_drained, barrier, failed_bind) = (
-            domain.clone(),
-            counts.clone(),
-            stop_base.clone(),
-            stop_drained.clone(),
-            barrier.clone(),
-            failed_bind.clone(),
-        );
+        let (domain, counts, phases) = (domain.clone(), counts.clone(), phases.clone());
         let defer = mode == BenchMode::Defer;
         let fifo = o.fifo;
         move || -> Result<(Phase, Phase), String> {
-            let bound = domain
-                .bind(owner_cpu)
-                .map_err(|e| format!("binding the owner to CPU {owner_cpu}: {e}"))
-                .and_then(|me| match fifo {
-                    Some(p) => set_fifo(p).map(|()| me).map_err(|e| {
-                        format!(
-                            "--owner-fifo {p}: sched_setscheduler: {}",
-                            std::io::Error::from_raw_os_error(e)
-                        )
-                    }),
-                    None => Ok(me),
-                });
-            let mut me = match bound {
-                Ok(me) => me,
-                Err(e) => {
-                    failed_bind.store(true, Ordering::SeqCst);
-                    barrier.wait();
-                    return Err(e);
-                }
+            let bind = || {
+                domain
+                    .bind(owner_cpu)
+                    .map_err(|e| format!("binding the owner to CPU {owner_cpu}: {e}"))
+                    .and_then(|me| match fifo {
+                        Some(p) => set_fifo(p).map(|()| me).map_err(|e| {
+                            format!(
+                                "--owner-fifo {p}: sched_setscheduler: {}",
+                                std::io::Error::from_raw_os_error(e)
+                            )
+                        }),
+                        None => Ok(me),
+                    })
             };
-            barrier.wait();
-            let base = owner_loop(&mut me, &counts, defer, &stop_base, stall_cap);
-            barrier.wait();
-            let drained = owner_loop(&mut me, &counts, defer, &stop_drained, stall_cap);
-            Ok((base, drained))
+            phases.run_owner(bind, |me, stop| {
+                owner_loop(me, &counts, defer, stop, stall_cap)
+            })
         }
     });
     let owner = match owner {
@@ -595,74 +580,15 @@ fn run_mode(
         }
     };
 
-    let drainer = std::thread::Builder::new()
-        .name("qpw-drainer".into())
-        .spawn({
-            let (domain, stop_base, stop_drained, barrier, failed_bind, drain) = (
-                domain.clone(),
-                stop_base.clone(),
-                stop_drained.clone(),
-                barrier.clone(),
-                failed_bind.clone(),
-                drain.clone(),
-            );
-            let rate = a.rate;
-            move || -> Result<Option<DrainerOut>, String> {
-                if let Some(c) = drainer_cpu {
-                    util::pin_current(c)?;
-                }
-                barrier.wait();
-                if failed_bind.load(Ordering::SeqCst) {
-                    return Ok(None);
-                }
-                std::thread::sleep(phase_len);
-                stop_base.store(true, Ordering::SeqCst);
-                barrier.wait();
-                let before = domain.stats(owner_cpu).map_err(|e| e.to_string())?;
-                let before_all = domain.total_stats();
-                let period = Duration::from_secs_f64(1.0 / rate as f64);
-                let start = Instant::now();
-                let end = start + phase_len;
-                let mut next = start + period;
-                let mut lat_ns =
-                    Vec::with_capacity((rate as f64 * phase_len.as_secs_f64()) as usize + 16);
-                let mut failed = 0;
-                while next < end {
-                    busy_wait_until(next);
-                    let t0 = tsc::now();
-                    let r = drain.run();
-                    let t1 = tsc::now();
-                    match r {
-                        Ok(()) => lat_ns.push(tsc::to_ns(t1 - t0)),
-                        Err(_) => failed += 1,
-                    }
-                    next += period;
-                    let now = Instant::now();
-                    if next < now {
-                        next = now + period;
-                    }
-                }
-                stop_drained.store(true, Ordering::SeqCst);
-                let after = domain.stats(owner_cpu).map_err(|e| e.to_string())?;
-                let after_all = domain.total_stats();
-                Ok(Some(DrainerOut {
-                    lat_ns,
-                    failed,
-                    before,
-                    after,
-                    before_all,
-                    after_all,
-                }))
-            }
-        });
+    let drainer =
+        Drainer::new(a, (owner_cpu, drainer_cpu), &domain, &drain, &phases).spawn(Pace::BusyWait);
     let d = match drainer {
         Ok(d) => d
             .join()
             .map_err(|_| "the drainer thread panicked".to_string()),
         Err(e) => Err(format!("spawning the drainer thread: {e}")),
     };
-    stop_base.store(true, Ordering::SeqCst);
-    stop_drained.store(true, Ordering::SeqCst);
+    phases.stop();
     let o_res = owner
         .join()
         .map_err(|_| "the owner thread panicked".to_string());
@@ -737,6 +663,23 @@ mod tests {
         assert!(parse_fifo_prio("100").is_err());
         assert!(parse_fifo_prio("x").is_err());
         assert_eq!(parse_fifo_prio("50").unwrap(), 50);
+    }
+
+    /// The report's table holds `SCHED_OTHER` and `SCHED_FIFO` rows: the
+    /// throttling line names each policy's state (it used to print the
+    /// first row's, "n/a (SCHED_OTHER owner)", under the FIFO rows too).
+    #[test]
+    fn throttling_line_is_true_for_every_policy_in_the_table() {
+        let other = ("SCHED_OTHER", "n/a (no SCHED_FIFO thread)");
+        let fifo = ("SCHED_FIFO 50", "off for the run");
+        assert_eq!(
+            throttling_line([other, other, fifo, fifo]),
+            "SCHED_OTHER owner: n/a (no SCHED_FIFO thread); SCHED_FIFO 50 owner: off for the run"
+        );
+        assert_eq!(
+            throttling_line([fifo]),
+            "SCHED_FIFO 50 owner: off for the run"
+        );
     }
 
     #[test]

@@ -142,6 +142,14 @@ pub enum ModeReason {
     /// slot runs `remote` (the owner takes its cells' locks, callers run work
     /// under them). Back to `queue` when the owner unbinds.
     SignalBlockedAtBind,
+    /// The slot should have left `remote` (its binding that ran `remote`
+    /// ended, or a new binding asked for the slot's own mode), but a remote
+    /// context (a [`RemoteGuard`](crate::RemoteGuard), or a work run under a
+    /// cell lock) was still on the slot when the domain's flush timeout
+    /// passed: the slot stays `remote` (its owner, if any, takes its cells'
+    /// locks) and tries again at its next bind or unbind. Counted in
+    /// [`SlotStats::mode_waits_expired`](crate::SlotStats::mode_waits_expired).
+    RemoteContextOutstayed,
 }
 
 impl ModeReason {
@@ -151,6 +159,7 @@ impl ModeReason {
             ModeReason::Configured => "configured",
             ModeReason::IsolatedCpu => "isolated CPU (auto)",
             ModeReason::SignalBlockedAtBind => "signal blocked at bind",
+            ModeReason::RemoteContextOutstayed => "a remote context outstayed the flush timeout",
         }
     }
 
@@ -159,6 +168,7 @@ impl ModeReason {
             ModeReason::Configured => 0,
             ModeReason::IsolatedCpu => 1,
             ModeReason::SignalBlockedAtBind => 2,
+            ModeReason::RemoteContextOutstayed => 3,
         }
     }
 
@@ -166,6 +176,7 @@ impl ModeReason {
         match c {
             1 => ModeReason::IsolatedCpu,
             2 => ModeReason::SignalBlockedAtBind,
+            3 => ModeReason::RemoteContextOutstayed,
             _ => ModeReason::Configured,
         }
     }

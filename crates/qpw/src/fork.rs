@@ -9,18 +9,16 @@
 //!
 //! | when | order |
 //! |---|---|
-//! | before `fork()`, in the forking thread | consumer hooks' [`prepare`](ForkHook::prepare), in registration order; then qpw takes its registry lock |
+//! | before `fork()`, in the forking thread | qpw closes the fork gates of the slots this thread owns and takes its registry lock; then consumer hooks' [`prepare`](ForkHook::prepare), in registration order |
 //! | after, in the parent | qpw releases its registry lock; then consumer hooks' [`parent`](ForkHook::parent), in reverse order |
 //! | after, in the child | qpw makes every live domain usable (see the crate docs, *fork*); then consumer hooks' [`child`](ForkHook::child), in reverse order |
 //!
-//! Consumer hooks sit *outside* qpw's own handling: a consumer's `prepare`
-//! may still use qpw (drain its caches, say) before qpw freezes its
-//! registry, and its `child` may use qpw again (bind, drain), because qpw's
-//! own child handling has already run.
+//! A consumer's `prepare` may still use qpw's per-slot operations (drain
+//! its caches, say), and its `child` may use all of qpw again (bind, drain,
+//! build a domain), because qpw's own child handling has already run.
 //!
-//! A hook must not fork, must not register or drop a hook handle from
-//! inside a hook, and must not panic (a panic cannot unwind out of a
-//! `pthread_atfork` handler: the process aborts).
+//! Lock order: the fork gates, qpw's registry lock, then the hooks' locks
+//! (the rules for hook authors are on [`ForkHook`]).
 
 use crate::sync::process::{AtomicBool, Ordering};
 use std::cell::UnsafeCell;
@@ -44,8 +42,31 @@ use std::time::{Duration, Instant};
 /// let handle = qpw::register_fork_hook(Arc::new(Depot(Mutex::new(Vec::new()))));
 /// drop(handle); // unregistered
 /// ```
+///
+/// # Lock order
+///
+/// qpw's registry lock comes *before* every hook's locks: the forking
+/// thread takes it, then runs the hooks' `prepare`. A thread that holds
+/// the registry lock (building a [`Domain`](crate::Domain), registering a
+/// hook, dropping a [`ForkHookHandle`]) may allocate and free memory, and
+/// drops a hook's last `Arc` there; so it may need the locks a hook holds
+/// across `fork()` (a hook that holds the global allocator's locks, as
+/// qpw-mm's does). The other order deadlocked: the forking thread held the
+/// hook's lock and waited for the registry, while the registry's holder
+/// waited for the hook's lock. Hence:
+///
+/// - never build a `Domain`, register a hook or drop a `ForkHookHandle`
+///   while holding a lock that your hook's `prepare` takes (that thread
+///   would wait for the registry while the forking thread, holding the
+///   registry, waits for your lock);
+/// - in `prepare`, do none of those three either (this very thread holds
+///   the registry lock), nor in `parent` before your locks are released;
+///   in `child` you may (only this thread exists);
+/// - a hook must not fork, and must not panic (a panic cannot unwind out
+///   of a `pthread_atfork` handler: the process aborts).
 pub trait ForkHook: Send + Sync + 'static {
-    /// Parent, forking thread, before `fork()`: take your locks.
+    /// Parent, forking thread, before `fork()`, with qpw's registry lock
+    /// held: take your locks.
     fn prepare(&self);
     /// Parent, after `fork()`: release them.
     fn parent(&self);
@@ -231,14 +252,19 @@ unsafe extern "C" fn prepare() {
     // on our slot may be waiting for one of them): close the fork gates of
     // our own slots and wait for the remote contexts on them to leave.
     own_gates(GateOp::Close(Instant::now() + FORK_GATE_WAIT));
-    let hooks: Vec<Arc<dyn ForkHook>> =
-        with_registry(|r| r.hooks.iter().map(|(_, h)| h.clone()).collect());
-    for h in &hooks {
-        h.prepare();
-    }
+    // Then qpw's registry lock, before any hook's lock: the registry's
+    // holder may need a hook's lock (it allocates and frees, and a hook may
+    // hold the allocator's locks across the fork, as qpw-mm's does), so a
+    // hook's lock taken first deadlocked against a thread inside the
+    // registry. Nothing under the registry lock waits for anything but the
+    // allocator; hooks must not take it themselves (see `ForkHook`).
     lock();
     // SAFETY: the lock is held by this thread until `parent` or `child`.
-    unsafe { (*REGISTRY.reg.get()).forking = hooks };
+    let reg = unsafe { &mut *REGISTRY.reg.get() };
+    reg.forking = reg.hooks.iter().map(|(_, h)| h.clone()).collect();
+    for h in &reg.forking {
+        h.prepare();
+    }
 }
 
 unsafe extern "C" fn parent() {

@@ -41,10 +41,12 @@
 //! # Example: a per-CPU counter drained by another thread
 //!
 //! ```
-//! use qpw::{Domain, Mode, PerCpu};
+//! use qpw::{Config, Domain, Mode, PerCpu, Standard};
 //! use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
 //!
-//! let domain: Domain = Domain::builder().mode(Mode::Remote).nr_cpus(2).build()?;
+//! // `remote` needs the `qpw` feature (CONFIG_QPW); without it only `queue` exists.
+//! let mode = if Standard::QPW { Mode::Remote } else { Mode::Queue };
+//! let domain: Domain = Domain::builder().mode(mode).nr_cpus(2).build()?;
 //! let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
 //! let total = Arc::new(AtomicU64::new(0));
 //!
@@ -70,7 +72,8 @@
 //! owner.join().unwrap();
 //! drain.run().unwrap(); // drain-all: every slot, and the caller knows it is done
 //! assert_eq!(total.load(Ordering::Relaxed), 1000);
-//! assert_eq!(domain.total_stats().signals_sent, 0); // remote mode never signals
+//! // `remote` mode never signals; in `queue` mode the owner had left before the drain.
+//! assert_eq!(domain.total_stats().signals_sent, 0);
 //! # Ok::<(), qpw::Error>(())
 //! ```
 //!
@@ -120,7 +123,11 @@
 //!   and drains run under it, so no signal is needed. [`Domain::slot_info`]
 //!   shows the slot's configured and effective modes and why
 //!   ([`ModeReason::SignalBlockedAtBind`]); it is `queue` again once the
-//!   owner unbinds. `NoQpw`/`RtNoQpw` (or the `qpw` feature off) have no
+//!   owner unbinds, after waiting (at most the flush timeout) for remote
+//!   contexts still on the slot: a [`RemoteGuard`] held past it keeps the
+//!   slot `remote` ([`ModeReason::RemoteContextOutstayed`], counted in
+//!   [`SlotStats::mode_waits_expired`]) until a later bind or unbind finds
+//!   it gone. `NoQpw`/`RtNoQpw` (or the `qpw` feature off) have no
 //!   `remote` mode and refuse with [`Error::SignalBlocked`].
 //! - **An owner that blocks the signal after binding, or waits on it**
 //!   (`sigwait`, `sigtimedwait`, `signalfd` on a set that includes it) never
@@ -194,7 +201,13 @@
 //! wait for anything the forking thread holds when it calls `fork()`.
 //!
 //! Consumers with locks of their own register a [`ForkHook`] (see
-//! [`register_fork_hook`] for the order of calls). Not covered: a fork from
+//! [`register_fork_hook`] for the order of calls). Lock order: the fork
+//! gates, then qpw's registry lock, then the hooks' locks in registration
+//! order. So never build a domain, register a hook or drop a
+//! [`ForkHookHandle`] while holding a lock your hook's `prepare` takes, nor
+//! from inside `prepare` or `parent` (the [`ForkHook`] docs say why: the
+//! other order deadlocked against a thread allocating inside qpw's
+//! registry while a hook held the allocator's locks). Not covered: a fork from
 //! inside a work function, a local section or a [`RemoteGuard`] (the
 //! forking thread's own state is then half-changed; a fork inside a remote
 //! context on its own slot waits out the gate's bound).

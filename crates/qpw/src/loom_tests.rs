@@ -58,6 +58,30 @@ impl<C: Config> Fixture<C> {
     fn signal(&self) {
         crate::handler::handle_signal();
     }
+
+    /// Another thread queues slot 1's work and flushes it, while this
+    /// thread (the slot's owner) yields `quiet` times without taking a
+    /// signal, then takes signals at signal points until the flush is done.
+    fn flush_from_another_thread(&self, quiet: usize) {
+        let work = self.work();
+        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let remote = thread::spawn({
+            let done = done.clone();
+            move || {
+                work.queue();
+                work.flush().unwrap();
+                done.store(true, Ordering::SeqCst);
+            }
+        });
+        for _ in 0..quiet {
+            thread::yield_now();
+        }
+        while !done.load(Ordering::SeqCst) {
+            crate::handler::signal_point();
+            thread::yield_now();
+        }
+        remote.join().unwrap();
+    }
 }
 
 /// Queue mode: the owner does a local section while a remote thread queues
@@ -356,24 +380,35 @@ fn loom_two_remote_owners_drain_inside_sections() {
 fn loom_signal_send_fails_with_eagain() {
     loom::model(|| {
         let f = Fixture::<Standard>::new(Mode::Queue);
-        let work = Arc::new(f.work());
         let me = f.domain.bind_unpinned(1).unwrap();
         crate::sys::fail_next_signals(1, crate::sys::EAGAIN);
-        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
-        let remote = thread::spawn({
-            let (work, done) = (work.clone(), done.clone());
-            move || {
-                work.queue();
-                work.flush().unwrap();
-                done.store(true, Ordering::SeqCst);
-            }
-        });
-        while !done.load(Ordering::SeqCst) {
-            crate::handler::signal_point();
-            thread::yield_now();
-        }
-        remote.join().unwrap();
+        f.flush_from_another_thread(0);
         assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        drop(me);
+    });
+}
+
+/// A flusher that waits long with the signal not yet taken by the owner
+/// (loom: every resend look counts as long) sends it again only when the
+/// kernel shows it neither pending nor blocked: the model's `tgkill` counts
+/// sends to a thread that still has the signal pending. The owner takes no
+/// signal for its first yields, so the flusher looks while it is pending.
+///
+/// Before the fix (a signal in flight was "lost" after 100 ms, whatever the
+/// kernel held): "a signal was sent again while still pending: 1".
+#[test]
+fn loom_pending_signal_is_not_sent_again() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let me = f.domain.bind_unpinned(1).unwrap();
+        f.flush_from_another_thread(12);
+        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            crate::sys::sends_while_pending(),
+            0,
+            "a signal was sent again while still pending: {}",
+            crate::sys::sends_while_pending()
+        );
         drop(me);
     });
 }
@@ -404,7 +439,7 @@ fn loom_signal_lands_during_bind() {
         let pending = crate::sys::take_signal();
         let slot = &f.domain.inner.slots[1];
         assert!(
-            !slot.sig_inflight.load(Ordering::SeqCst),
+            !slot.signal_in_flight(),
             "every signal was delivered, yet one is marked in flight (undelivered: {pending}, \
              me {} slot tid {} ctl {:#x} gen {}, stats {:?})",
             crate::sys::current_tid(),
@@ -441,7 +476,7 @@ fn loom_signal_lands_during_unbind() {
         let me = f.domain.bind_unpinned(1).unwrap();
         let slot = &f.domain.inner.slots[1];
         assert!(
-            !slot.sig_inflight.load(Ordering::SeqCst),
+            !slot.signal_in_flight(),
             "a new binding starts with a signal marked in flight (stats {:?})",
             f.domain.stats(1).unwrap()
         );
@@ -460,7 +495,7 @@ fn loom_signal_lands_during_unbind() {
             "the new binding's handler did not run the work (stats {:?})",
             f.domain.stats(1).unwrap()
         );
-        assert!(!slot.sig_inflight.load(Ordering::SeqCst));
+        assert!(!slot.signal_in_flight());
         drop(me);
     });
 }
@@ -508,6 +543,50 @@ fn loom_signal_blocked_binding_then_queue_binding() {
         assert_eq!(*f.data.lock(&mut me), 111);
     });
 }
+/// Leaving `remote` is bounded (liveness fix: an unbind waited for a
+/// `RemoteGuard` without a deadline). With a flush timeout of zero every
+/// wait for remote contexts expires at once: a blocked owner binds `remote`
+/// and unbinds, then an unblocked one binds, while another thread holds a
+/// `RemoteGuard` on the cell at any point. Whenever the wait gives up, the
+/// slot must stay `remote` (and the new binding take the cell's lock): the
+/// cell is never touched by two contexts at once, and no update is lost.
+#[test]
+fn loom_leaving_remote_gives_up_and_stays_remote() {
+    loom::model(|| {
+        crate::sys::reset_signals();
+        let domain = Domain::<Standard>::builder()
+            .mode(Mode::Queue)
+            .nr_cpus(2)
+            .flush_timeout(Duration::ZERO)
+            .build()
+            .unwrap();
+        let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+        let remote = thread::spawn({
+            let data = data.clone();
+            move || match data.remote(1) {
+                Ok(mut g) => {
+                    *g += 1;
+                    1
+                }
+                Err(_) => 0,
+            }
+        });
+        crate::sys::set_blocks(true);
+        {
+            let mut me = domain.bind_unpinned(1).unwrap();
+            *data.lock(&mut me) += 10;
+        }
+        crate::sys::set_blocks(false);
+        {
+            let mut me = domain.bind_unpinned(1).unwrap();
+            *data.lock(&mut me) += 100;
+        }
+        let got = remote.join().unwrap();
+        let mut me = domain.bind_unpinned(1).unwrap();
+        assert_eq!(*data.lock(&mut me), 110 + got);
+    });
+}
+
 /// The fork gate (liveness fix: a fork child hung on its own cell, copied
 /// held by a vanished remote thread). The owner of slot 1 (`remote` mode)
 /// closes its gate as the fork `prepare` handler does, while another thread

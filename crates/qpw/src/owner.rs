@@ -9,6 +9,7 @@ use crate::stats::RanAt;
 use crate::sync::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::Instant;
 
 /// Proof that the current thread owns one slot of a domain: the Rust form of
 /// "this code runs on CPU c with preemption off".
@@ -67,7 +68,10 @@ impl<C: Config> Owner<C> {
             (slot.mode, slot.mode_reason)
         };
         let tid = crate::sys::current_tid() as u32;
-        let gen = slot.acquire_owner(tid, eff).map_err(|e| match e {
+        // Leaving `remote` waits for remote contexts at most the flush
+        // timeout; past it the binding runs `remote` (`eff` says so).
+        let bound = Instant::now() + domain.inner.flush_timeout;
+        let (gen, eff) = slot.acquire_owner(tid, eff, bound).map_err(|e| match e {
             AcquireError::Owned => Error::SlotOwned { cpu },
             AcquireError::Retired => Error::SlotRetired { cpu },
         })?;
@@ -75,7 +79,7 @@ impl<C: Config> Owner<C> {
             match crate::sys::pin_current(cpu) {
                 Ok(a) => Some(a),
                 Err(e) => {
-                    slot.abort_acquire();
+                    slot.abort_acquire(Instant::now() + domain.inner.flush_timeout);
                     return Err(e);
                 }
             }
@@ -178,7 +182,7 @@ impl<C: Config> Drop for Owner<C> {
         let slot = self.slot_state();
         // Freed before the record is unlinked: a signal for this binding
         // that lands in between still finds the record (and leaves).
-        slot.release_owner(self.gen());
+        slot.release_owner(self.gen(), Instant::now() + self.domain.inner.flush_timeout);
         signal_point();
         unlink(&self.rec);
         signal_point();

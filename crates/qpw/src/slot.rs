@@ -49,6 +49,12 @@ pub(crate) const OFFLINE: u64 = 2;
 pub(crate) const BUSY: u64 = 4;
 pub(crate) const RETIRED: u64 = 8;
 const STATE: u64 = 0xff;
+/// `sig_word`: a send is claimed and no handler has started since.
+pub(crate) const SIG_CLAIMED: u32 = 1;
+/// `sig_word`: the claimed send's `tgkill` succeeded.
+const SIG_SENT: u32 = 2;
+/// `sig_word`: one claim in the count above the two flags.
+const SIG_CLAIM_ONE: u32 = 4;
 const GEN_SHIFT: u32 = 8;
 
 /// The state bits of a `ctl` value.
@@ -127,8 +133,12 @@ pub(crate) struct SlotState<C: Config> {
     pub(crate) head: AtomicPtr<Node<C>>,
     /// The owner's kernel thread id while bound (updated in a fork child).
     pub(crate) tid: AtomicU32,
-    /// A signal was sent and its handler has not started yet.
-    pub(crate) sig_inflight: AtomicBool,
+    /// The signal in flight (see [`SIG_CLAIMED`]): bit 0, a sender claimed
+    /// the send (or its signal is on its way) and no handler has started
+    /// since; bit 1, that send's `tgkill` succeeded; above, a count of
+    /// claims, so a flusher's compare-and-swap fails if the signal it
+    /// looked at was handled and another one sent meanwhile.
+    pub(crate) sig_word: AtomicU32,
     /// The last send failed (`EAGAIN`): a flusher sends again.
     pub(crate) sig_failed: AtomicBool,
     /// Remote contexts that hold, or are about to take, a lock of this
@@ -220,23 +230,42 @@ impl<C: Config> SlotState<C> {
         (SlotMode::from_code(w & 0xff), ModeReason::from_code(w >> 8))
     }
 
-    /// Sets the effective mode. The caller holds `BUSY` (it is binding the
-    /// slot, or its owner is leaving it), so no owner runs and no thread
-    /// runs work as the absent owner. Leaving `remote`, it waits until the
-    /// remote contexts still counted on the slot (running work under the
-    /// cells' locks) are done: each counts itself, then reads the mode again
-    /// (`SeqCst` both sides: either it sees the new mode and backs off, or
-    /// this sees its count and waits), so none is left under a cell lock
-    /// when an owner that takes no lock comes online. The wait is bounded
-    /// by those contexts' own deadlines (or a `RemoteGuard`'s life).
-    pub(crate) fn set_effective(&self, mode: SlotMode, why: ModeReason) {
+    /// Sets the effective mode; the mode actually set is returned. The
+    /// caller holds `BUSY` (it is binding the slot, or its owner is leaving
+    /// it), so no owner runs and no thread runs work as the absent owner.
+    /// Leaving `remote`, it waits until the remote contexts still counted
+    /// on the slot (running work under the cells' locks, or a
+    /// `RemoteGuard`) are done: each counts itself, then reads the mode
+    /// again (`SeqCst` both sides: either it sees the new mode and backs
+    /// off, or this sees its count and waits), so none is left under a cell
+    /// lock when an owner that takes no lock comes online.
+    ///
+    /// The wait ends at `deadline` (the domain's flush timeout from the
+    /// bind or unbind): a `RemoteGuard` may be held for any time. Past it
+    /// the slot stays `remote` (`ModeReason::RemoteContextOutstayed`,
+    /// counted in `mode_waits_expired`): remote contexts that backed off
+    /// meanwhile look again and find `remote`; a binder binds `remote`.
+    pub(crate) fn set_effective(
+        &self,
+        mode: SlotMode,
+        why: ModeReason,
+        deadline: Instant,
+    ) -> (SlotMode, ModeReason) {
         let old = self.effective.swap(mode_word(mode, why), Ordering::SeqCst);
         if SlotMode::from_code(old & 0xff) == SlotMode::Remote && mode != SlotMode::Remote {
             while self.remote_holders.fetch_add(0, Ordering::SeqCst) != 0 {
+                if Instant::now() >= deadline {
+                    let stay = (SlotMode::Remote, ModeReason::RemoteContextOutstayed);
+                    self.effective
+                        .swap(mode_word(stay.0, stay.1), Ordering::SeqCst);
+                    self.counters.mode_wait_expired();
+                    return stay;
+                }
                 spin_hint();
                 yield_now();
             }
         }
+        (mode, why)
     }
 
     pub(crate) fn new(
@@ -252,7 +281,7 @@ impl<C: Config> SlotState<C> {
             ctl: AtomicU64::new(FREE),
             head: AtomicPtr::new(ptr::null_mut()),
             tid: AtomicU32::new(0),
-            sig_inflight: AtomicBool::new(false),
+            sig_word: AtomicU32::new(0),
             sig_failed: AtomicBool::new(false),
             remote_holders: AtomicU32::new(0),
             fork_gate: AtomicBool::new(false),
@@ -598,19 +627,39 @@ impl<C: Config> SlotState<C> {
     }
 
     /// Sends the qpw signal to the online owner, unless one is already on its
-    /// way (the handler clears `sig_inflight` before it looks at `head`).
+    /// way (the handler clears the claim before it looks at `head`).
     pub(crate) fn signal_owner(&self) {
-        if self.sig_inflight.swap(true, Ordering::SeqCst) {
-            return;
-        }
+        // Claim the send: `SIG_CLAIMED` clear → set, with a new claim count.
+        let mut w = self.sig_word.load(Ordering::SeqCst);
+        let claim = loop {
+            if w & SIG_CLAIMED != 0 {
+                return;
+            }
+            let next = (w & !(SIG_CLAIMED | SIG_SENT)).wrapping_add(SIG_CLAIM_ONE) | SIG_CLAIMED;
+            match self
+                .sig_word
+                .compare_exchange(w, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break next,
+                Err(now) => w = now,
+            }
+        };
         let s = self.ctl.load(Ordering::SeqCst);
         if state(s) != ONLINE {
-            self.sig_inflight.store(false, Ordering::SeqCst);
+            self.clear_signal_claim();
             return;
         }
         let tid = self.tid.load(Ordering::SeqCst);
         match crate::sys::signal_thread(tid as i32, self.signal) {
             Ok(()) => {
+                // Sent: a flusher may now ask the kernel about it (see
+                // `resend`). Fails harmlessly if a handler already ran.
+                let _ = self.sig_word.compare_exchange(
+                    claim,
+                    claim | SIG_SENT,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                );
                 self.unhandled_sends.fetch_add(1, Ordering::Relaxed);
                 self.counters.signal_sent()
             }
@@ -618,7 +667,7 @@ impl<C: Config> SlotState<C> {
                 // Not sent (EAGAIN: the signal queue is full; ESRCH: the
                 // thread is gone): nothing is in flight, and a flusher sends
                 // again (see `resend`).
-                self.sig_inflight.store(false, Ordering::SeqCst);
+                self.clear_signal_claim();
                 self.sig_failed.store(true, Ordering::SeqCst);
                 self.counters.signal_failed();
                 if e == crate::sys::ESRCH {
@@ -626,6 +675,18 @@ impl<C: Config> SlotState<C> {
                 }
             }
         }
+    }
+
+    /// Whether a signal is claimed or on its way with no handler started since.
+    pub(crate) fn signal_in_flight(&self) -> bool {
+        self.sig_word.load(Ordering::SeqCst) & SIG_CLAIMED != 0
+    }
+
+    /// Clears the in-flight claim (a handler started, the send failed, or
+    /// no signal can arrive any more); the claim count stays.
+    pub(crate) fn clear_signal_claim(&self) {
+        self.sig_word
+            .fetch_and(!(SIG_CLAIMED | SIG_SENT), Ordering::SeqCst);
     }
 
     /// The thread of binding `s` (thread id `tid`, read after `s`) no longer
@@ -656,11 +717,19 @@ impl<C: Config> SlotState<C> {
     /// For a flusher that has waited a while on an online owner in `queue`
     /// mode with work pending: if the last send failed (`EAGAIN`), send
     /// again. With `lost_too` (the flusher has waited long: an owner that
-    /// only waits for a core takes its signal well before), a signal still
-    /// marked in flight means no handler started since it was sent, so it
-    /// was lost (the thread was exiting as it arrived, or it blocks the
-    /// signal): send again. An
-    /// owner inside a section gets nothing: its section's end runs the work.
+    /// only waits for a core takes its signal well before), a signal sent
+    /// with no handler started since is sent again only if the kernel shows
+    /// it neither pending nor blocked for the owner's thread
+    /// (`sys::signal_view`): then it was lost (the thread was exiting as it
+    /// arrived, or something else took it), counted in `signals_resent_lost`.
+    /// A signal still pending (the owner was not scheduled, or blocks it for
+    /// a while) is left alone: with a real-time signal a second send would
+    /// queue a second delivery. An owner inside a section gets nothing: its
+    /// section's end runs the work.
+    ///
+    /// The one duplicate left: the kernel has dequeued the signal and the
+    /// thread is preempted before its handler's first store, exactly when
+    /// the flusher looks (the owner then runs one empty handler).
     pub(crate) fn resend(&self, lost_too: bool) {
         if self.eff_mode() != SlotMode::Queue
             || self.state() != ONLINE
@@ -669,12 +738,40 @@ impl<C: Config> SlotState<C> {
         {
             return;
         }
-        // Only a send that failed, or a signal still marked in flight (no
-        // handler started since), is sent again: an owner that took the
-        // signal and is about to run the work gets no second one.
-        if self.sig_failed.swap(false, Ordering::SeqCst)
-            || (lost_too && self.sig_inflight.swap(false, Ordering::SeqCst))
+        if self.sig_failed.swap(false, Ordering::SeqCst) {
+            self.signal_owner();
+            return;
+        }
+        if !lost_too {
+            return;
+        }
+        // Only a signal whose `tgkill` returned (so it is pending or was
+        // taken by now), with no handler started since.
+        let w = self.sig_word.load(Ordering::SeqCst);
+        if w & (SIG_CLAIMED | SIG_SENT) != SIG_CLAIMED | SIG_SENT {
+            return;
+        }
+        let tid = self.tid.load(Ordering::SeqCst);
+        // `None`: the status cannot be read (the thread is gone: the send
+        // finds `ESRCH` and frees the slot) or the platform has no view.
+        if let Some(v) = crate::sys::signal_view(tid, self.signal) {
+            if v.pending || v.blocked {
+                return;
+            }
+        }
+        // The same claim still stands (no handler started, no other send):
+        // it was lost. Clear it and send again.
+        if self
+            .sig_word
+            .compare_exchange(
+                w,
+                w & !(SIG_CLAIMED | SIG_SENT),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_ok()
         {
+            self.counters.signal_resent_lost();
             self.signal_owner();
         }
     }
@@ -708,7 +805,7 @@ impl<C: Config> SlotState<C> {
         if !self.section_open(Ordering::SeqCst)
             && !view.pending
             && sent > 0
-            && self.sig_inflight.load(Ordering::SeqCst)
+            && self.signal_in_flight()
         {
             return Some((tid, SignalTrouble::NeverHandled { sent }));
         }
@@ -721,7 +818,7 @@ impl<C: Config> SlotState<C> {
     pub(crate) fn on_signal(&self, gen: u64) {
         // Whatever binding the signal was sent for, it has landed: clearing
         // the mark can at worst cause one more signal later.
-        self.sig_inflight.store(false, Ordering::SeqCst);
+        self.clear_signal_claim();
         self.unhandled_sends.store(0, Ordering::Relaxed);
         let s = self.ctl.load(Ordering::SeqCst);
         if generation(s) != gen {
@@ -744,12 +841,16 @@ impl<C: Config> SlotState<C> {
     /// remote thread's `BUSY`. Returns the new binding's generation; the
     /// caller links its record, then [`publish_owner`](Self::publish_owner)s
     /// (or [`abort_acquire`](Self::abort_acquire)s).
-    /// `eff`: the binding's effective mode and why, set while `BUSY` is held.
+    /// `eff`: the binding's effective mode and why, set while `BUSY` is held
+    /// (waiting at most until `deadline` for remote contexts when that
+    /// leaves `remote`; past it the binding runs `remote`): returned with
+    /// the generation.
     pub(crate) fn acquire_owner(
         &self,
         tid: u32,
         eff: (SlotMode, ModeReason),
-    ) -> Result<u64, AcquireError> {
+        deadline: Instant,
+    ) -> Result<(u64, (SlotMode, ModeReason)), AcquireError> {
         let gen = loop {
             let s = self.ctl.load(Ordering::SeqCst);
             let st = state(s);
@@ -773,12 +874,12 @@ impl<C: Config> SlotState<C> {
             }
             return Err(AcquireError::Owned);
         };
-        self.set_effective(eff.0, eff.1);
+        let eff = self.set_effective(eff.0, eff.1, deadline);
         self.tid.store(tid, Ordering::SeqCst);
         self.section_seq.store(0, Ordering::Relaxed);
-        self.sig_inflight.store(false, Ordering::SeqCst);
+        self.clear_signal_claim();
         self.unhandled_sends.store(0, Ordering::Relaxed);
-        Ok(gen)
+        Ok((gen, eff))
     }
 
     /// Publishes the binding of generation `gen`: the slot is `ONLINE`.
@@ -786,17 +887,20 @@ impl<C: Config> SlotState<C> {
         self.ctl.store(ctl_of(gen, ONLINE), Ordering::SeqCst);
     }
 
-    /// Gives up a slot taken by `acquire_owner` without binding it.
-    pub(crate) fn abort_acquire(&self) {
-        self.set_effective(self.mode, self.mode_reason);
+    /// Gives up a slot taken by `acquire_owner` without binding it
+    /// (`deadline`: see [`set_effective`](Self::set_effective)).
+    pub(crate) fn abort_acquire(&self, deadline: Instant) {
+        self.set_effective(self.mode, self.mode_reason, deadline);
         self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
         self.help(false, None);
     }
 
     /// The owner leaves: runs its pending work and frees the slot. The
     /// caller then unlinks its record and calls [`help`](Self::help) for
-    /// what was queued meanwhile.
-    pub(crate) fn release_owner(&self, gen: u64) {
+    /// what was queued meanwhile. `deadline` bounds the wait for remote
+    /// contexts when the slot leaves `remote` (see
+    /// [`set_effective`](Self::set_effective)).
+    pub(crate) fn release_owner(&self, gen: u64, deadline: Instant) {
         let st = self.state();
         if st & RETIRED != 0 {
             return;
@@ -827,7 +931,7 @@ impl<C: Config> SlotState<C> {
             )
             .is_ok()
         {
-            self.set_effective(self.mode, self.mode_reason);
+            self.set_effective(self.mode, self.mode_reason, deadline);
             self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
         }
     }
@@ -883,7 +987,7 @@ impl<C: Config> SlotState<C> {
         let s = self.ctl.load(Ordering::Relaxed);
         let st = state(s);
         // No signal sent in the parent reaches the child.
-        self.sig_inflight.store(false, Ordering::Relaxed);
+        self.sig_word.store(0, Ordering::Relaxed);
         // Closed by another thread forking at the same time (the forking
         // thread's own gates are opened after the consumer hooks).
         if !mine {

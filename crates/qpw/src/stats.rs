@@ -11,6 +11,12 @@ pub struct SlotStats {
     /// Signals the kernel refused (`tgkill` failed, e.g. `EAGAIN` when the
     /// signal queue is full); a flusher sends them again.
     pub signals_failed: u64,
+    /// Signals sent again because they were lost: a flusher waited 100 ms
+    /// with the signal sent and no handler started since, and the owner's
+    /// thread showed it neither pending nor blocked (taken by `sigwait` or
+    /// a `signalfd`, or the thread was exiting). A signal still pending or
+    /// blocked is never sent again. Each is also in `signals_sent`.
+    pub signals_resent_lost: u64,
     /// Works the owner ran in its signal handler.
     pub works_in_handler: u64,
     /// Works the owner ran when a local section ended (the signal came during it).
@@ -42,6 +48,12 @@ pub struct SlotStats {
     /// bound for remote contexts to leave the slot (a child may then find
     /// one of its cells held by a thread it does not have).
     pub fork_waits_expired: u64,
+    /// Times the slot should have left `remote` (an unbind, or a bind in the
+    /// slot's own mode) and a remote context (a `RemoteGuard`, or a work
+    /// run under a cell lock) stayed on it past the domain's flush timeout:
+    /// the slot stayed `remote` (reason
+    /// [`ModeReason::RemoteContextOutstayed`](crate::ModeReason::RemoteContextOutstayed)).
+    pub mode_waits_expired: u64,
 }
 
 impl SlotStats {
@@ -55,10 +67,35 @@ impl SlotStats {
         self.works_by_owner() + self.works_remote + self.works_for_absent_owner
     }
 
+    /// The counts from `earlier` to `self` (two snapshots of the same slot
+    /// or domain, `earlier` taken first); saturating, never negative.
+    pub fn since(&self, earlier: &SlotStats) -> SlotStats {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        SlotStats {
+            signals_sent: d(self.signals_sent, earlier.signals_sent),
+            signals_failed: d(self.signals_failed, earlier.signals_failed),
+            signals_resent_lost: d(self.signals_resent_lost, earlier.signals_resent_lost),
+            works_in_handler: d(self.works_in_handler, earlier.works_in_handler),
+            works_at_section_end: d(self.works_at_section_end, earlier.works_at_section_end),
+            works_at_quiescent: d(self.works_at_quiescent, earlier.works_at_quiescent),
+            works_remote: d(self.works_remote, earlier.works_remote),
+            works_for_absent_owner: d(self.works_for_absent_owner, earlier.works_for_absent_owner),
+            lock_contended: d(self.lock_contended, earlier.lock_contended),
+            lock_timeouts: d(self.lock_timeouts, earlier.lock_timeouts),
+            works_panicked: d(self.works_panicked, earlier.works_panicked),
+            drains_skipped_retired: d(self.drains_skipped_retired, earlier.drains_skipped_retired),
+            owner_waits_pi: d(self.owner_waits_pi, earlier.owner_waits_pi),
+            owner_pi_unavailable: d(self.owner_pi_unavailable, earlier.owner_pi_unavailable),
+            fork_waits_expired: d(self.fork_waits_expired, earlier.fork_waits_expired),
+            mode_waits_expired: d(self.mode_waits_expired, earlier.mode_waits_expired),
+        }
+    }
+
     /// Adds another slot's counters (for domain totals).
     pub fn add(&mut self, o: &SlotStats) {
         self.signals_sent += o.signals_sent;
         self.signals_failed += o.signals_failed;
+        self.signals_resent_lost += o.signals_resent_lost;
         self.works_in_handler += o.works_in_handler;
         self.works_at_section_end += o.works_at_section_end;
         self.works_at_quiescent += o.works_at_quiescent;
@@ -71,6 +108,7 @@ impl SlotStats {
         self.owner_waits_pi += o.owner_waits_pi;
         self.owner_pi_unavailable += o.owner_pi_unavailable;
         self.fork_waits_expired += o.fork_waits_expired;
+        self.mode_waits_expired += o.mode_waits_expired;
     }
 }
 
@@ -106,6 +144,7 @@ pub(crate) enum RanAt {
 pub(crate) struct Counters {
     signals_sent: AtomicU64,
     signals_failed: AtomicU64,
+    resent_lost: AtomicU64,
     in_handler: AtomicU64,
     at_section_end: AtomicU64,
     at_quiescent: AtomicU64,
@@ -119,6 +158,7 @@ pub(crate) struct Counters {
     owner_pi_unavailable: AtomicU64,
     skipped_clean: AtomicU64,
     fork_waits_expired: AtomicU64,
+    mode_waits_expired: AtomicU64,
 }
 
 impl Counters {
@@ -131,6 +171,9 @@ impl Counters {
     }
     pub(crate) fn signal_failed(&self) {
         Self::bump(&self.signals_failed)
+    }
+    pub(crate) fn signal_resent_lost(&self) {
+        Self::bump(&self.resent_lost)
     }
     pub(crate) fn contended(&self) {
         Self::bump(&self.contended)
@@ -149,6 +192,9 @@ impl Counters {
     }
     pub(crate) fn fork_wait_expired(&self) {
         Self::bump(&self.fork_waits_expired)
+    }
+    pub(crate) fn mode_wait_expired(&self) {
+        Self::bump(&self.mode_waits_expired)
     }
     pub(crate) fn owner_pi_unavailable(&self) {
         Self::bump(&self.owner_pi_unavailable)
@@ -173,6 +219,7 @@ impl Counters {
         SlotStats {
             signals_sent: l(&self.signals_sent),
             signals_failed: l(&self.signals_failed),
+            signals_resent_lost: l(&self.resent_lost),
             works_in_handler: l(&self.in_handler),
             works_at_section_end: l(&self.at_section_end),
             works_at_quiescent: l(&self.at_quiescent),
@@ -185,6 +232,7 @@ impl Counters {
             owner_waits_pi: l(&self.owner_waits_pi),
             owner_pi_unavailable: l(&self.owner_pi_unavailable),
             fork_waits_expired: l(&self.fork_waits_expired),
+            mode_waits_expired: l(&self.mode_waits_expired),
         }
     }
 }

@@ -3,6 +3,9 @@
 //! than slots, signal storms, and threads that block the qpw signal. Each
 //! checks conservation and that no flush hangs and no lock is left held.
 
+mod common;
+
+use common::set_blocked;
 use qpw::{Config, Domain, Error, FlushError, Mode, NoQpw, Owner, PerCpu, Rt, SlotMode, Standard};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -668,22 +671,6 @@ fn owner_leaked_by_an_exited_thread() {
     );
     let me = domain.bind_unpinned(1).expect("the slot is reusable");
     assert_eq!(me.slot(), 1);
-}
-
-/// Blocks (or unblocks) signal `sig` in the calling thread.
-fn set_blocked(sig: i32, block: bool) {
-    // SAFETY: plain libc calls on a local, initialised sigset_t.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        let how = if block {
-            libc::SIG_BLOCK
-        } else {
-            libc::SIG_UNBLOCK
-        };
-        assert_eq!(libc::pthread_sigmask(how, &set, std::ptr::null_mut()), 0);
-    }
 }
 
 /// A thread that blocks the qpw signal binds a `queue` slot in `remote`

@@ -111,6 +111,51 @@ struct Outcome {
     failed: Vec<i32>,
 }
 
+impl Outcome {
+    /// Forks; the child runs `child` and `_exit`s with its code (running
+    /// nothing of the parent's). The parent waits for it at most
+    /// `CHILD_LIMIT` (then kills it: a hang) and counts how it ended.
+    fn fork_child(&mut self, child: impl FnOnce() -> i32) {
+        // SAFETY: the caller's `child` does only what a fork child of a
+        // multi-threaded process may (qpw, the allocator, threads), and the
+        // child leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = child();
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(code) };
+        }
+        let start = Instant::now();
+        let mut status = 0;
+        loop {
+            // SAFETY: polling our own child.
+            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if rc == pid {
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    self.ok += 1;
+                } else if libc::WIFEXITED(status) {
+                    self.failed.push(libc::WEXITSTATUS(status));
+                } else {
+                    self.crashed += 1;
+                }
+                return;
+            }
+            assert_eq!(rc, 0, "waitpid failed");
+            if start.elapsed() > CHILD_LIMIT {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                self.hung += 1;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 fn fork_storm(mode: Mode) -> Option<Outcome> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let domain: Domain = match Domain::builder()
@@ -182,42 +227,9 @@ fn fork_storm(mode: Mode) -> Option<Outcome> {
     for _ in 0..forks() {
         *data.lock(&mut me) += 1;
         me.quiescent();
-        // SAFETY: the child only uses qpw (whose fork handling is under test),
-        // the allocator and thread creation, and leaves with `_exit`.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let code = child(&domain, &data, &mut me);
-            // SAFETY: ends the child at once, running nothing of the parent's.
-            unsafe { libc::_exit(code) };
-        }
-        let start = Instant::now();
-        let mut status = 0;
-        loop {
-            // SAFETY: polling our own child.
-            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if rc == pid {
-                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                    out.ok += 1;
-                } else if libc::WIFEXITED(status) {
-                    out.failed.push(libc::WEXITSTATUS(status));
-                } else {
-                    out.crashed += 1;
-                }
-                break;
-            }
-            assert_eq!(rc, 0, "waitpid failed");
-            if start.elapsed() > CHILD_LIMIT {
-                // SAFETY: killing and reaping our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                out.hung += 1;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // The child only uses qpw (whose fork handling is under test), the
+        // allocator and thread creation.
+        out.fork_child(|| child(&domain, &data, &mut me));
     }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -400,46 +412,15 @@ fn fork_while_remote_threads_hold_the_forking_threads_cell() {
     let mut out = Outcome::default();
     for _ in 0..forks() {
         *data.lock(&mut me) += 1;
-        // SAFETY: the child only takes a local section and `_exit`s.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
+        // The child only takes a local section.
+        out.fork_child(|| {
             *data.lock(&mut me) += 1;
-            let code = if domain.is_retired(0).unwrap_or(true) {
+            if domain.is_retired(0).unwrap_or(true) {
                 COUNT
             } else {
                 OK
-            };
-            // SAFETY: ends the child at once.
-            unsafe { libc::_exit(code) };
-        }
-        let start = Instant::now();
-        let mut status = 0;
-        loop {
-            // SAFETY: polling our own child.
-            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if rc == pid {
-                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                    out.ok += 1;
-                } else if libc::WIFEXITED(status) {
-                    out.failed.push(libc::WEXITSTATUS(status));
-                } else {
-                    out.crashed += 1;
-                }
-                break;
             }
-            assert_eq!(rc, 0, "waitpid failed");
-            if start.elapsed() > CHILD_LIMIT {
-                // SAFETY: killing and reaping our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                out.hung += 1;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        });
         if out.hung > 0 {
             break; // one hang is the failure; do not wait out the others
         }

@@ -758,6 +758,9 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
                 in_tx.send(()).unwrap();
                 out_rx.recv().unwrap();
             }
+            // Read once the flush returned: the flusher may have taken the
+            // work off the stack as the section ended and run it just after.
+            out_rx.recv().unwrap();
             let v = *data.lock(&mut me);
             (v, domain.stats(1).unwrap())
         }
@@ -770,6 +773,7 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
     assert!(work.is_pending());
     out_tx.send(()).unwrap();
     work.flush().unwrap();
+    out_tx.send(()).unwrap();
     let (v, s) = owner.join().unwrap();
     assert_eq!(v, 112);
     // The second: by the owner as its section ended, or by the flusher once

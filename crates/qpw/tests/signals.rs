@@ -9,6 +9,9 @@
 //!   blocked in `nanosleep`/`poll` on clean slots (and without the check it
 //!   does: the control proves the test can fail).
 
+mod common;
+
+use common::{counted_work, set_blocked, sigset};
 use qpw::{Domain, Error, FlushError, Mode, NoQpw, SignalTrouble, Standard};
 #[cfg(feature = "qpw")]
 use qpw::{ModeReason, PerCpu, SlotMode};
@@ -29,29 +32,6 @@ fn queue_domain<C: qpw::Config>(nr: usize, flush: Duration) -> Domain<C> {
         .signal(libc::SIGRTMIN() + 7)
         .build()
         .expect("domain")
-}
-
-fn sigset(sig: i32) -> libc::sigset_t {
-    // SAFETY: plain libc calls on a local sigset_t, initialised by sigemptyset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        set
-    }
-}
-
-/// Blocks (or unblocks) `sig` in the calling thread.
-fn set_blocked(sig: i32, block: bool) {
-    let set = sigset(sig);
-    let how = if block {
-        libc::SIG_BLOCK
-    } else {
-        libc::SIG_UNBLOCK
-    };
-    // SAFETY: `set` is an initialised sigset_t; a null old set is allowed.
-    let rc = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
-    assert_eq!(rc, 0);
 }
 
 /// A thread that blocks the signal binds a `queue` slot; the slot reports
@@ -163,15 +143,7 @@ fn no_qpw_still_refuses_blocked_thread() {
 #[test]
 fn flush_names_an_owner_that_blocked_the_signal_after_binding() {
     let domain = queue_domain::<Standard>(1, HANG);
-    let ran = Arc::new(AtomicU64::new(0));
-    let w = {
-        let ran = ran.clone();
-        domain
-            .work(0, move |_| {
-                ran.fetch_add(1, Ordering::SeqCst);
-            })
-            .unwrap()
-    };
+    let (w, ran) = counted_work(&domain, 0);
     let (tx, rx) = mpsc::channel::<()>();
     let (ack_tx, ack_rx) = mpsc::channel::<()>();
     let d = domain.clone();
