@@ -47,7 +47,7 @@ pub struct ReportArgs {
     /// Shorter runs, fewer drain points (about a minute).
     #[arg(long, conflicts_with = "full")]
     pub quick: bool,
-    /// Longer runs, every drain point of `qpw-bench drain`.
+    /// Longer runs, every drain point of `qpw-bench drain`, 1,000 forks per allocator.
     #[arg(long)]
     pub full: bool,
     /// Directory for report.md, results.json and the plots [default: target/qpw-report].
@@ -90,6 +90,9 @@ pub struct ReportArgs {
     /// Allocator workloads: repetitions (1 to 100).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub alloc_reps: Option<u64>,
+    /// Allocator fork storm: forks per allocator (0 to 100,000; 0: none).
+    #[arg(long, value_parser = alloc::fork::parse_forks)]
+    pub alloc_forks: Option<usize>,
 }
 
 /// Every size of one report run.
@@ -142,13 +145,15 @@ impl Plan {
         } else {
             0.5
         };
-        // Allocator workloads: (seconds, scale, reps).
-        let (a_seconds, a_scale, a_reps) = if a.quick {
-            (0.05, 0.1, 1)
+        // Allocator workloads: (seconds, scale, reps, fork-storm forks per allocator).
+        let (a_seconds, a_scale, a_reps, a_forks) = if a.quick {
+            (0.05, 0.1, 1, 50)
         } else if a.full {
-            (1.0, 4.0, 5)
+            (1.0, 4.0, 5, 1000)
         } else {
-            (0.2, 1.0, 3)
+            // 1,000 forks per allocator take about 2.5 minutes here: over
+            // the default preset's budget (3 minutes in all); `--full` runs them.
+            (0.2, 1.0, 3, 300)
         };
         let (preset, seconds, cpus, drains, budget, iters, reps, k_iters, k_reps): Sizes =
             if a.quick {
@@ -223,6 +228,7 @@ impl Plan {
                 seconds: a.alloc_seconds.unwrap_or(a_seconds),
                 scale: a.alloc_scale.unwrap_or(a_scale),
                 reps: a.alloc_reps.map_or(a_reps, |r| r as usize),
+                forks: Some(a.alloc_forks.unwrap_or(a_forks)),
                 ..AllocArgs::default()
             },
         }
@@ -999,6 +1005,15 @@ mod tests {
         });
         assert_eq!(full.drain.cpus.len(), 9);
         assert_eq!(Plan::from_args(&ReportArgs::default()).preset, "default");
+        // Issue 10's fork goal is over 1,000 forks.
+        assert_eq!(full.alloc.forks(), 1000);
+        assert_eq!(quick.alloc.forks(), 50);
+        assert_eq!(Plan::from_args(&ReportArgs::default()).alloc.forks(), 300);
+        let none = Plan::from_args(&ReportArgs {
+            alloc_forks: Some(0),
+            ..Default::default()
+        });
+        assert_eq!(none.alloc.forks(), 0);
     }
 
     #[test]

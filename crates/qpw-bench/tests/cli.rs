@@ -313,6 +313,39 @@ alloc.summary[].geomean_rel_cost number|null
 alloc.summary[].workloads integer
 alloc.summary[].geomean_rel_cpu number|null
 alloc.summary[].worst_rel_rss number|null
+alloc.fork object|null
+alloc.fork.method string
+alloc.fork.forks integer
+alloc.fork.child_limit_s number
+alloc.fork.max_hung integer
+alloc.fork.rows array
+alloc.fork.rows[] object
+alloc.fork.rows[].allocator string
+alloc.fork.rows[].error string|null
+alloc.fork.rows[].storm object|null
+alloc.fork.rows[].storm.allocator string
+alloc.fork.rows[].storm.forks_asked integer
+alloc.fork.rows[].storm.forks integer
+alloc.fork.rows[].storm.ok integer
+alloc.fork.rows[].storm.hung integer
+alloc.fork.rows[].storm.crashed integer
+alloc.fork.rows[].storm.fork_failed integer
+alloc.fork.rows[].storm.stopped_early bool
+alloc.fork.rows[].storm.problems string|null
+alloc.fork.rows[].storm.fork object
+alloc.fork.rows[].storm.fork.p50_ns number
+alloc.fork.rows[].storm.fork.p99_ns number
+alloc.fork.rows[].storm.fork.max_ns number
+alloc.fork.rows[].storm.child_start object
+alloc.fork.rows[].storm.child_start.p50_ns number
+alloc.fork.rows[].storm.child_start.p99_ns number
+alloc.fork.rows[].storm.child_start.max_ns number
+alloc.fork.rows[].storm.child_run object
+alloc.fork.rows[].storm.child_run.p50_ns number
+alloc.fork.rows[].storm.child_run.p99_ns number
+alloc.fork.rows[].storm.child_run.max_ns number
+alloc.fork.rows[].storm.churn_objects integer
+alloc.fork.rows[].storm.elapsed_s number
 files array
 files[] string
 ";
@@ -421,6 +454,8 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "0.02",
         "--alloc-reps",
         "1",
+        "--alloc-forks",
+        "5",
     ]);
     let stdout = text(&o.stdout);
     assert!(
@@ -557,6 +592,8 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "0.01",
         "--alloc-reps",
         "1",
+        "--alloc-forks",
+        "5",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(entries(&dir), ["out"]);
@@ -838,6 +875,12 @@ fn hostile_values_are_refused_by_name() {
         (&["alloc", "--scale", "nan"], &["--scale", "nan"]),
         (&["alloc", "--seconds", "-1"], &["--seconds", "positive"]),
         (&["alloc", "--timeout", "0"], &["--timeout"]),
+        (&["alloc", "--forks", "100001"], &["--forks", "0 to 100000"]),
+        (
+            &["alloc", "--fork-child-limit", "0"],
+            &["--fork-child-limit"],
+        ),
+        (&["report", "--alloc-forks", "x"], &["--alloc-forks", "`x`"]),
         (&["report", "--alloc-reps", "0"], &["--alloc-reps"]),
         (
             &["report", "--alloc-scale", "1000"],

@@ -11,8 +11,12 @@
 //! summary: each allocator's geometric mean over the workloads of its cost
 //! relative to mimalloc's, and each workload's peak RSS relative to the
 //! best peer's.
+//!
+//! Then, per allocator, the fork storm ([`fork`]): hung and crashed
+//! children over `--forks` forks while two threads allocate.
 
 pub mod dispatch;
+pub mod fork;
 pub mod irq;
 pub mod worker;
 pub mod workloads;
@@ -65,6 +69,19 @@ pub struct AllocArgs {
     /// A worker still running after this many seconds is killed and its run counted as failed.
     #[arg(long, default_value_t = 120.0, value_parser = util::parse_seconds, allow_negative_numbers = true)]
     pub timeout: f64,
+    /// Fork storm: forks per allocator, 0 for none [default: 1000 when every
+    /// workload runs or with --fork-only, else 0].
+    #[arg(long, value_parser = fork::parse_forks)]
+    pub forks: Option<usize>,
+    /// Run only the fork storm (no workloads).
+    #[arg(long)]
+    pub fork_only: bool,
+    /// Fork storm: seconds a child may run before it is killed and counted hung.
+    #[arg(long, default_value_t = fork::DEFAULT_CHILD_LIMIT_S, value_parser = util::parse_seconds, allow_negative_numbers = true)]
+    pub fork_child_limit: f64,
+    /// Fork storm: print gdb's backtrace of every hung child to stderr.
+    #[arg(long)]
+    pub fork_backtrace: bool,
     /// Print the results as JSON instead of Markdown tables.
     #[arg(long)]
     pub json: bool,
@@ -79,6 +96,10 @@ impl Default for AllocArgs {
             seconds: 0.2,
             scale: 1.0,
             timeout: 120.0,
+            forks: None,
+            fork_only: false,
+            fork_child_limit: fork::DEFAULT_CHILD_LIMIT_S,
+            fork_backtrace: false,
             json: false,
         }
     }
@@ -86,7 +107,20 @@ impl Default for AllocArgs {
 
 impl AllocArgs {
     fn workloads(&self) -> Vec<Workload> {
+        if self.fork_only {
+            return Vec::new();
+        }
         dedup_or(&self.workload, &Workload::ALL)
+    }
+
+    /// Forks of each allocator's fork storm (0: no storm).
+    pub fn forks(&self) -> usize {
+        self.forks
+            .unwrap_or(if self.workload.is_empty() || self.fork_only {
+                fork::DEFAULT_FORKS
+            } else {
+                0
+            })
     }
 
     fn allocators(&self) -> Vec<AllocName> {
@@ -95,7 +129,14 @@ impl AllocArgs {
 
     /// Worker processes one run starts.
     pub fn processes(&self) -> u64 {
-        (self.reps * (self.workloads().len() * self.allocators().len() + 1)) as u64
+        let w = self.workloads().len();
+        let storms = if self.forks() > 0 {
+            self.allocators().len()
+        } else {
+            0
+        };
+        let baselines = if w > 0 { self.reps } else { 0 };
+        (self.reps * w * self.allocators().len() + baselines + storms) as u64
     }
 }
 
@@ -224,6 +265,34 @@ pub struct AllocReport {
     pub workloads: Vec<WorkloadResult>,
     /// One per allocator.
     pub summary: Vec<AllocSummary>,
+    /// The fork storms (`null`: not run, `--forks 0`).
+    pub fork: Option<ForkReport>,
+}
+
+/// The fork storms, one per allocator.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForkReport {
+    /// How it was measured.
+    pub method: String,
+    /// Forks asked of each storm.
+    pub forks: usize,
+    /// Seconds a child may run before it counts as hung.
+    pub child_limit_s: f64,
+    /// A storm stops after this many hung children.
+    pub max_hung: usize,
+    /// One per allocator, in the run's order.
+    pub rows: Vec<ForkRow>,
+}
+
+/// One allocator's fork storm.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForkRow {
+    /// The allocator.
+    pub allocator: &'static str,
+    /// Why the worker failed (`null`: it reported).
+    pub error: Option<String>,
+    /// What it reported.
+    pub storm: Option<fork::StormResult>,
 }
 
 /// One worker's figures, as the parent sees them.
@@ -240,12 +309,42 @@ fn run_worker(
     args: &AllocArgs,
     seed: u64,
 ) -> Result<Run, String> {
+    let stdout = spawn_worker(
+        exe,
+        a,
+        &[
+            "--workload",
+            w.name(),
+            "--seconds",
+            &args.seconds.to_string(),
+            "--scale",
+            &args.scale.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ],
+        Duration::from_secs_f64(args.timeout),
+    )?;
+    let r: WorkerResult = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("bad worker output ({e}): {}", stdout.trim()))?;
+    Ok(Run {
+        max_rss_kib: r.peak_rss_kib,
+        r,
+    })
+}
+
+/// Starts `qpw-bench alloc-worker --allocator <a> <args>` under allocator
+/// `a`, waits for it (at most `limit`, then kills it), and returns its
+/// stdout if it exited 0.
+fn spawn_worker(
+    exe: &std::path::Path,
+    a: AllocName,
+    args: &[&str],
+    limit: Duration,
+) -> Result<String, String> {
     let mut child = Command::new(exe)
         .arg("alloc-worker")
-        .args(["--workload", w.name(), "--allocator", a.name()])
-        .args(["--seconds", &args.seconds.to_string()])
-        .args(["--scale", &args.scale.to_string()])
-        .args(["--seed", &seed.to_string()])
+        .args(["--allocator", a.name()])
+        .args(args)
         .env(dispatch::ENV, a.name())
         .env_remove("QPW")
         .stdin(Stdio::null())
@@ -263,7 +362,6 @@ fn run_worker(
     };
     let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
     let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
-    let limit = Duration::from_secs_f64(args.timeout);
     let start = Instant::now();
     let mut status = 0;
     let mut timed_out = false;
@@ -295,7 +393,7 @@ fn run_worker(
     let stderr = err.join().unwrap_or_default();
     let last = stderr.lines().last().unwrap_or("").to_string();
     if timed_out {
-        return Err(format!("timed out after {} s", args.timeout));
+        return Err(format!("timed out after {} s", limit.as_secs_f64()));
     }
     if !libc::WIFEXITED(status) {
         return Err(format!(
@@ -311,12 +409,38 @@ fn run_worker(
     if libc::WEXITSTATUS(status) != 0 {
         return Err(format!("exit {}: {last}", libc::WEXITSTATUS(status)));
     }
-    let r: WorkerResult = serde_json::from_str(stdout.trim())
-        .map_err(|e| format!("bad worker output ({e}): {}", stdout.trim()))?;
-    Ok(Run {
-        max_rss_kib: r.peak_rss_kib,
-        r,
-    })
+    Ok(stdout)
+}
+
+/// Runs one allocator's fork storm in a worker. Its time limit: the
+/// workers' one (at least 0.1 s per fork), plus the child limit and 10 s
+/// (for gdb) for each hung child the storm may wait for.
+fn run_storm(
+    exe: &std::path::Path,
+    a: AllocName,
+    args: &AllocArgs,
+) -> Result<fork::StormResult, String> {
+    let forks = args.forks();
+    let limit = args.timeout.max(forks as f64 * 0.1)
+        + fork::MAX_HUNG as f64 * (args.fork_child_limit + 10.0);
+    let forks_s = forks.to_string();
+    let child_s = args.fork_child_limit.to_string();
+    let mut v = vec![
+        "--forks",
+        &forks_s,
+        "--fork-child-limit",
+        &child_s,
+        "--seconds",
+        "1",
+        "--scale",
+        "1",
+    ];
+    if args.fork_backtrace {
+        v.push("--fork-backtrace");
+    }
+    let stdout = spawn_worker(exe, a, &v, Duration::from_secs_f64(limit))?;
+    serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("bad fork storm output ({e}): {}", stdout.trim()))
 }
 
 fn median_u64(mut v: Vec<u64>) -> Option<u64> {
@@ -489,6 +613,9 @@ pub fn run(a: &AllocArgs, step: &mut dyn FnMut(&str)) -> Result<AllocReport, Str
     let mut failures = vec![vec![(0usize, None::<String>); n]; workloads.len()];
     let mut baseline: Vec<Run> = Vec::new();
     for rep in 0..a.reps {
+        if workloads.is_empty() {
+            break;
+        }
         step("alloc: idle baseline");
         if let Ok(r) = run_worker(&exe, Workload::Idle, AllocName::Glibc, a, rep as u64) {
             baseline.push(r);
@@ -528,6 +655,33 @@ pub fn run(a: &AllocArgs, step: &mut dyn FnMut(&str)) -> Result<AllocReport, Str
         })
         .collect();
     let (reference, summary) = relate(&mut results, &allocators);
+    let fork = (a.forks() > 0).then(|| ForkReport {
+        method: fork::method(a.forks(), a.fork_child_limit),
+        forks: a.forks(),
+        child_limit_s: a.fork_child_limit,
+        max_hung: fork::MAX_HUNG,
+        rows: allocators
+            .iter()
+            .map(|al| {
+                step(&format!("alloc: fork storm under {}", al.name()));
+                match run_storm(&exe, *al, a) {
+                    Ok(s) => ForkRow {
+                        allocator: al.name(),
+                        error: None,
+                        storm: Some(s),
+                    },
+                    Err(e) => {
+                        eprintln!("qpw-bench: alloc: fork storm under {}: {e}", al.name());
+                        ForkRow {
+                            allocator: al.name(),
+                            error: Some(e),
+                            storm: None,
+                        }
+                    }
+                }
+            })
+            .collect(),
+    });
     let rate = |f: fn(&Irqs) -> u64| {
         let v: Vec<f64> = baseline
             .iter()
@@ -562,6 +716,7 @@ pub fn run(a: &AllocArgs, step: &mut dyn FnMut(&str)) -> Result<AllocReport, Str
         },
         workloads: results,
         summary,
+        fork,
     })
 }
 
@@ -582,6 +737,75 @@ fn cost_cell(kind: Kind, r: &AllocRow) -> String {
 
 /// The tables, with their captions.
 pub fn markdown(r: &AllocReport) -> String {
+    let mut s = String::new();
+    if !r.workloads.is_empty() {
+        s.push_str(&workload_tables(r));
+    }
+    if let Some(f) = &r.fork {
+        s.push_str(&fork_table(f));
+    }
+    s
+}
+
+/// The fork-safety table, with its caption.
+fn fork_table(f: &ForkReport) -> String {
+    let mut s = format!(
+        "### Fork safety: {} forks per allocator while 2 threads allocate\n\nHow: {}.\n\n",
+        util::thousands(f.forks as u64),
+        f.method
+    );
+    s.push_str(
+        "| allocator | forks | ok | hung | crashed | fork failed | fork() p50 / p99 | child start p50 | child run p50 | objects churned |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let us = |ns: f64| format!("{} µs", util::fmt_fig(ns / 1e3));
+    let mut problems = String::new();
+    for row in &f.rows {
+        match (&row.storm, &row.error) {
+            (Some(x), _) => {
+                s.push_str(&format!(
+                    "| {} | {}{} | {} | {} | {} | {} | {} / {} | {} | {} | {} |\n",
+                    row.allocator,
+                    util::thousands(x.forks as u64),
+                    if x.stopped_early { " (stopped)" } else { "" },
+                    util::thousands(x.ok as u64),
+                    x.hung,
+                    x.crashed,
+                    x.fork_failed,
+                    us(x.fork.p50_ns),
+                    us(x.fork.p99_ns),
+                    us(x.child_start.p50_ns),
+                    us(x.child_run.p50_ns),
+                    util::thousands(x.churn_objects),
+                ));
+                if let Some(p) = &x.problems {
+                    problems.push_str(&format!("- {}: {p}\n", row.allocator));
+                }
+            }
+            (None, e) => {
+                s.push_str(&format!(
+                    "| {} | failed | - | - | - | - | - | - | - | - |\n",
+                    row.allocator
+                ));
+                problems.push_str(&format!(
+                    "- {}: the storm's worker failed: {}\n",
+                    row.allocator,
+                    e.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+    }
+    s.push('\n');
+    if !problems.is_empty() {
+        s.push_str("Hung, crashed or failed:\n\n");
+        s.push_str(&problems);
+        s.push('\n');
+    }
+    s
+}
+
+/// The workloads' tables, with their captions.
+fn workload_tables(r: &AllocReport) -> String {
     let mut s = String::new();
     s.push_str(&format!("How: {}.\n\n", r.method));
     let header = |first: &str| {

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Options of `qpw-bench alloc-worker`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// The workload (or `idle`, the baseline).
-    #[arg(long, value_parser = Workload::parse)]
-    pub workload: Workload,
+    /// The workload (or `idle`, the baseline); not with `--forks`.
+    #[arg(long, value_parser = Workload::parse, required_unless_present = "forks", conflicts_with = "forks")]
+    pub workload: Option<Workload>,
     /// The allocator; must match the process's `QPW_BENCH_ALLOCATOR`.
     #[arg(long, value_enum)]
     pub allocator: AllocName,
@@ -32,6 +32,15 @@ pub struct WorkerArgs {
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run the fork storm of this many forks instead of a workload.
+    #[arg(long, value_parser = super::fork::parse_forks)]
+    pub forks: Option<usize>,
+    /// Fork storm: seconds a child may run before it counts as hung.
+    #[arg(long, default_value_t = super::fork::DEFAULT_CHILD_LIMIT_S, value_parser = util::parse_seconds)]
+    pub fork_child_limit: f64,
+    /// Fork storm: print gdb's backtrace of every hung child to stderr.
+    #[arg(long)]
+    pub fork_backtrace: bool,
 }
 
 /// What a worker prints: one JSON line.
@@ -144,7 +153,7 @@ impl Spinner {
 }
 
 /// Restricts the calling thread (and the threads it starts) to `cpus`.
-fn set_affinity(cpus: &[usize]) -> Result<(), String> {
+pub(super) fn set_affinity(cpus: &[usize]) -> Result<(), String> {
     // SAFETY: plain data, all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus {
@@ -207,7 +216,12 @@ pub fn main(a: &WorkerArgs) -> Result<(), String> {
     let cpus = util::allowed_cpus();
     let first = cpus[0];
     let second = cpus.get(1).copied();
-    let placement = a.workload.placement();
+    let workload = match (a.workload, a.forks) {
+        (_, Some(forks)) => return fork_storm(a, forks, &cpus[..cpus.len().min(2)]),
+        (Some(w), None) => w,
+        (None, None) => return Err("alloc-worker needs --workload or --forks".to_string()),
+    };
+    let placement = workload.placement();
     let mut spinner = None;
     match (placement, second) {
         (Placement::Cpu0, s) => {
@@ -227,7 +241,7 @@ pub fn main(a: &WorkerArgs) -> Result<(), String> {
     let irq0 = (irq::read(first), second.and_then(irq::read));
     let spin0 = spinner.as_ref().map_or(0.0, Spinner::cpu_s);
     let (flt0, cpu0) = usage();
-    let out = a.workload.run(&params);
+    let out = workload.run(&params);
     let (flt1, cpu1) = usage();
     let spin1 = spinner.as_ref().map_or(0.0, Spinner::cpu_s);
     let irq1 = (irq::read(first), second.and_then(irq::read));
@@ -240,17 +254,17 @@ pub fn main(a: &WorkerArgs) -> Result<(), String> {
             a.allocator.name()
         ));
     }
-    if a.workload.kind() == Kind::Throughput && out.ops == 0 {
+    if workload.kind() == Kind::Throughput && out.ops == 0 {
         return Err(format!(
             "{}: no operation finished in {} s",
-            a.workload.name(),
+            workload.name(),
             a.seconds
         ));
     }
     let peak_rss_kib = peak_rss_kib()?;
     let diff = |x: Option<Irqs>, y: Option<Irqs>| Some(y?.since(x?));
     let r = WorkerResult {
-        workload: a.workload.name().to_string(),
+        workload: workload.name().to_string(),
         allocator: a.allocator.name().to_string(),
         cpus: (first, second),
         on_first_cpu_only: placement == Placement::Cpu0 || second.is_none(),
@@ -264,6 +278,29 @@ pub fn main(a: &WorkerArgs) -> Result<(), String> {
         second_cpu_irqs: diff(irq0.1, irq1.1),
     };
     let line = serde_json::to_string(&r).map_err(|e| format!("worker result: {e}"))?;
+    println!("{line}");
+    Ok(())
+}
+
+/// The fork storm on the first two CPUs (see [`super::fork`]); prints its
+/// result as one JSON line.
+fn fork_storm(a: &WorkerArgs, forks: usize, cpus: &[usize]) -> Result<(), String> {
+    set_affinity(cpus)?;
+    let r = super::fork::storm(
+        a.allocator,
+        &super::fork::StormArgs {
+            forks,
+            child_limit: std::time::Duration::from_secs_f64(a.fork_child_limit),
+            backtrace: a.fork_backtrace,
+        },
+    )?;
+    if dispatch::qpw_ready() == Some(false) {
+        return Err(format!(
+            "{}: QpwAlloc never built its per-CPU instance: the storm ran on its shared path",
+            a.allocator.name()
+        ));
+    }
+    let line = serde_json::to_string(&r).map_err(|e| format!("fork storm result: {e}"))?;
     println!("{line}");
     Ok(())
 }
