@@ -112,10 +112,12 @@ impl<C: Config> Drop for CacheShared<C> {
 /// in `defer` the owners run it at their quiescent points.
 ///
 /// ```
-/// use qpw::{Domain, Mode};
+/// use qpw::{Config, Domain, Mode, Standard};
 /// use qpw_mm::KmemCache;
 ///
-/// let domain: Domain = Domain::builder().mode(Mode::Remote).nr_cpus(2).build()?;
+/// // `remote` where it is compiled in (the `qpw` feature), else `queue`.
+/// let mode = if Standard::QPW { Mode::Remote } else { Mode::Queue };
+/// let domain: Domain = Domain::builder().mode(mode).nr_cpus(2).build()?;
 /// let cache = KmemCache::new(&domain, 64)?;
 /// let mut me = domain.bind_unpinned(0)?;
 /// let p = cache.alloc(&mut me).expect("out of memory");

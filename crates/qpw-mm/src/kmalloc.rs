@@ -49,10 +49,12 @@ pub const MIN_FALLBACK_CLASS_BYTES: usize = 16 << 20;
 /// timeout.
 ///
 /// ```
-/// use qpw::Mode;
+/// use qpw::{Config, Mode, Standard};
 /// use qpw_mm::Kmalloc;
 ///
-/// let km: Kmalloc = Kmalloc::builder().mode(Mode::Remote).nr_cpus(4).build()?;
+/// // `remote` where it is compiled in (the `qpw` feature), else `queue`.
+/// let mode = if Standard::QPW { Mode::Remote } else { Mode::Queue };
+/// let km: Kmalloc = Kmalloc::builder().mode(mode).nr_cpus(4).build()?;
 /// let p = km.kmalloc_local(100).expect("out of memory");
 /// // SAFETY: `p` came from `km` and is freed once.
 /// let p = unsafe { km.krealloc_local(p.as_ptr(), 5000) }.expect("out of memory");

@@ -67,10 +67,12 @@
 //! returned → spare → batch) and nothing is allocated at all.
 //!
 //! ```
-//! use qpw::{Domain, Mode};
+//! use qpw::{Config, Domain, Mode, Standard};
 //! use qpw_mm::lru::Lru;
 //!
-//! let domain: Domain = Domain::builder().mode(Mode::Remote).nr_cpus(2).build()?;
+//! // `remote` where it is compiled in (the `qpw` feature), else `queue`.
+//! let mode = if Standard::QPW { Mode::Remote } else { Mode::Queue };
+//! let domain: Domain = Domain::builder().mode(mode).nr_cpus(2).build()?;
 //! let lru = Lru::new(&domain);
 //! let mut me = domain.bind_unpinned(0)?;
 //! for page in 0..20u32 {

@@ -51,10 +51,12 @@
 //!   [`Stock::underflows`] counts it).
 //!
 //! ```
-//! use qpw::{Domain, Mode};
+//! use qpw::{Config, Domain, Mode, Standard};
 //! use qpw_mm::stock::Stock;
 //!
-//! let domain: Domain = Domain::builder().mode(Mode::Remote).nr_cpus(2).build()?;
+//! // `remote` where it is compiled in (the `qpw` feature), else `queue`.
+//! let mode = if Standard::QPW { Mode::Remote } else { Mode::Queue };
+//! let domain: Domain = Domain::builder().mode(mode).nr_cpus(2).build()?;
 //! let stock = Stock::new(&domain, 1000); // limit 1000, batch 64
 //! let mut me = domain.bind_unpinned(0)?;
 //! stock.charge(&mut me, 10)?;            // charges a batch of 64, keeps 54
