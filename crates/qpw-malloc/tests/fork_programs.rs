@@ -13,8 +13,7 @@
 
 mod common;
 
-use common::{preloaded, run};
-use std::process::Command;
+use common::{preloaded, python, run};
 use std::time::Duration;
 
 /// The script: `argv[1]` forks, `argv[2]` seconds a child may run. With
@@ -84,18 +83,6 @@ for t in ts:
 print(f"python fork: {n} forks, {ok} ok, {hung} hung, {crashed} crashed, {failed} fork failed")
 print(f"threads allocated {sum(churned)} times; problems: {problems[:5]}")
 "#;
-
-/// The real interpreter behind `python3` (a pyenv shim is a shell script,
-/// whose own forks would run under the library too).
-fn python() -> Option<String> {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 /// Runs the script with `n` forks under the library and asserts every child
 /// exited 0 and the library served the parent.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{have, preloaded, run, tmp_dir, Run};
+use common::{have, preloaded, python, run, tmp_dir, Run};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -29,18 +29,6 @@ fn both(prog: &str, args: &[&str], stdin: Option<&Path>) -> (Run, Run) {
         "{prog}: no statistics from the library, so it did not run on it:\n{err}"
     );
     (plain, pre)
-}
-
-/// The real interpreter behind `python3` (a pyenv shim is a shell script,
-/// whose own forks would print statistics too).
-fn python() -> Option<String> {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[test]

@@ -217,3 +217,16 @@ pub fn preloaded(prog: impl AsRef<std::ffi::OsStr>) -> Command {
     c.env_remove("QPW_MALLOC_DECAY_MS");
     c
 }
+
+/// The real interpreter behind `python3`, or `None` if there is none (a
+/// pyenv shim is a shell script, whose own forks would run under the
+/// library too and print statistics).
+pub fn python() -> Option<String> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
