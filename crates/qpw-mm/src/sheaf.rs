@@ -104,8 +104,8 @@ pub(crate) unsafe fn objs(s: *mut Sheaf) -> *mut *mut u8 {
 /// is null; a non-null `spare` has the cache's capacity; `home` is
 /// [`NO_CHECK`] while `main` is null.
 ///
-/// *Line-private* classes (object sizes not a multiple of 64, whose
-/// neighbours share cache lines) keep two slots from ever handing out
+/// *Line-private* classes (objects smaller than a cache line, which share
+/// it with neighbours; see [`line_private`](crate::geometry::line_private)) keep two slots from ever handing out
 /// objects of one line at the same time: each slot takes objects only from
 /// its own *home* slab, which no other slot refills from, and `home` names
 /// it (`address >> HOME_SHIFT`). Main holds only objects of the slot's home
