@@ -169,9 +169,11 @@ impl Pcs {
     /// line-private class's object from outside the slot's home slab).
     #[inline(always)]
     pub(crate) fn push(&mut self, obj: *mut u8) -> bool {
-        if self.main_count >= self.main_limit
-            || (self.home != NO_CHECK && home_of(obj) != self.home)
-        {
+        // Non-short-circuit `&`/`|`: one branch, taken on the rare slow
+        // case, rather than one on whether the class is line-private,
+        // which workloads of mixed sizes mispredict.
+        let foreign = (self.home != NO_CHECK) & (home_of(obj) != self.home);
+        if (self.main_count >= self.main_limit) | foreign {
             return false;
         }
         // SAFETY: main_limit > main_count >= 0 implies main is attached with
