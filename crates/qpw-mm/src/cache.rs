@@ -1,10 +1,12 @@
 //! `KmemCache`: an object cache for one object size, with per-CPU sheaves
 //! under qpw's local lock and a drain-all through qpw's work.
 
+use crate::depot::SlabCore;
 use crate::error::{DestroyError, SlabError};
 use crate::fork::{ForkLocks, LockHook};
-use crate::sheaf::{objs, Pcs, MAX_SHEAF_CAPACITY};
-use crate::slab::{slab_bytes_for, Geometry, SlabCore, MAX_OBJECT_SIZE};
+pub use crate::geometry::{default_depot_max_full, default_sheaf_capacity};
+use crate::geometry::{slab_bytes_for, Geometry, MAX_OBJECT_SIZE};
+use crate::sheaf::{Pcs, MAX_SHEAF_CAPACITY};
 use crate::stats::{CacheStats, ShrinkReport};
 use crate::sys;
 use qpw::{Config, Domain, FlushError, ForkHookHandle, Owner, PerCpu, Standard, WorkSet};
@@ -20,31 +22,6 @@ pub const MAX_ALIGN: usize = 4096;
 pub const DEFAULT_MAX_BYTES: usize = 4 << 30;
 /// With the default, the least reserved when the OS refuses more.
 pub const MIN_FALLBACK_MAX_BYTES: usize = 64 << 20;
-
-/// The default sheaf capacity for objects of `size` bytes: 8 KiB worth of
-/// objects, between 4 and 64 (SLUB, too, gives small objects bigger sheaves).
-pub const fn default_sheaf_capacity(size: usize) -> usize {
-    let c = 8192 / if size == 0 { 1 } else { size };
-    if c < 4 {
-        4
-    } else if c > 64 {
-        64
-    } else {
-        c
-    }
-}
-
-/// The default cap on full sheaves in the depot: about 1 MiB of objects, at least 8.
-/// A zero size or capacity counts as one.
-pub const fn default_depot_max_full(size: usize, capacity: usize) -> usize {
-    let per_sheaf = size.saturating_mul(capacity);
-    let n = (1 << 20) / if per_sheaf == 0 { 1 } else { per_sheaf };
-    if n < 8 {
-        8
-    } else {
-        n
-    }
-}
 
 /// Everything the slots, the drain work and the handle share.
 struct CacheShared<C: Config> {
@@ -422,7 +399,7 @@ impl<C: Config> KmemCache<C> {
         let sh = &*self.shared;
         let cpu = owner.slot();
         let mut pcs = sh.pcs.lock(owner);
-        let (n, slow) = bulk_alloc(&sh.core, &mut pcs, out);
+        let (n, slow) = sh.core.bulk_alloc(&mut pcs, out);
         if slow {
             sh.mark_used(cpu);
         }
@@ -459,7 +436,10 @@ impl<C: Config> KmemCache<C> {
         }
         // SAFETY: NonNull<u8> is a transparent *mut u8; the caller gives the
         // objects up.
-        let slow = unsafe { bulk_free(&sh.core, &mut pcs, ptrs.as_ptr().cast(), ptrs.len()) };
+        let slow = unsafe {
+            sh.core
+                .bulk_free(&mut pcs, ptrs.as_ptr().cast(), ptrs.len())
+        };
         drop(pcs);
         if slow {
             owner.quiescent();
@@ -549,76 +529,4 @@ impl<C: Config> KmemCache<C> {
     pub fn stats(&self) -> CacheStats {
         self.shared.core.stats()
     }
-}
-
-/// Bulk allocation inside a local section; returns (count, took a slow path).
-#[inline]
-pub(crate) fn bulk_alloc(core: &SlabCore, pcs: &mut Pcs, out: &mut [*mut u8]) -> (usize, bool) {
-    let want = out.len();
-    let mut n = 0;
-    let mut slow = false;
-    while n < want {
-        let k = (pcs.main_count as usize).min(want - n);
-        if k > 0 {
-            let top = pcs.main_count as usize;
-            // SAFETY: main holds `top` objects (top > 0 implies main is
-            // attached); the k topmost go to out[n..n + k], in bounds.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    objs(pcs.main).add(top - k),
-                    out.as_mut_ptr().add(n),
-                    k,
-                )
-            };
-            pcs.main_count -= k as u32;
-            n += k;
-            continue;
-        }
-        slow = true;
-        let p = core.alloc_slow(pcs);
-        if p.is_null() {
-            break;
-        }
-        out[n] = p;
-        n += 1;
-    }
-    (n, slow)
-}
-
-/// Bulk free inside a local section; returns whether a slow path was taken.
-///
-/// # Safety
-/// `ptrs[..len]` are allocated objects of `core`'s cache, given up.
-#[inline]
-pub(crate) unsafe fn bulk_free(
-    core: &SlabCore,
-    pcs: &mut Pcs,
-    ptrs: *const *mut u8,
-    len: usize,
-) -> bool {
-    let mut i = 0;
-    let mut slow = false;
-    while i < len {
-        let room = (pcs.main_limit - pcs.main_count) as usize;
-        let k = room.min(len - i);
-        if k > 0 {
-            // SAFETY: room > 0 implies main is attached with room for k more;
-            // ptrs[i..i + k] is inside the caller's slice.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    ptrs.add(i),
-                    objs(pcs.main).add(pcs.main_count as usize),
-                    k,
-                )
-            };
-            pcs.main_count += k as u32;
-            i += k;
-            continue;
-        }
-        slow = true;
-        // SAFETY: i < len.
-        core.free_slow(pcs, unsafe { *ptrs.add(i) });
-        i += 1;
-    }
-    slow
 }

@@ -3,17 +3,18 @@
 //! `(ptr - base) >> span_shift`, and the large-object path beside them.
 //! Routing a request or a pointer to its class, or to the large path.
 
+use crate::depot::SlabCore;
 use crate::error::{FreeError, SlabError};
+use crate::geometry::Geometry;
 use crate::large::Large;
 use crate::size_class::SizeClasses;
-use crate::slab::{Geometry, SlabCore};
 use crate::sys;
 use std::ptr::NonNull;
 
 /// Alignment of the class reservation, and the least span per class: at
 /// least 2 MiB and every class's slab size.
 fn classes_align(table: SizeClasses) -> usize {
-    crate::slab::slab_bytes_for(table.max_size()).max(2 << 20)
+    crate::geometry::slab_bytes_for(table.max_size()).max(2 << 20)
 }
 
 /// The slab caches of every class and the large path, in their own mapping

@@ -13,15 +13,46 @@
 //! signal handler that interrupted a thread holding the lock), and whoever
 //! takes the lock next files them.
 //!
+//! Line-private classes (objects sharing cache lines, see
+//! [`Pcs`](crate::sheaf::Pcs)) have their own slot paths: refills come from
+//! the slot's home slab, a full main gives half its objects back to their
+//! slabs, foreign frees gather in the spare and go back to their slabs a
+//! sheaf at a time, and no sheaf with objects goes from one slot to another
+//! (the depot keeps no full sheaves of them).
+//!
 //! Lock order: a slot's QPW lock, then the depot lock. Drain work takes
 //! only the slot lock; drain callers take the depot lock only after the
 //! drain, never inside a work function.
 
-use crate::sheaf::{objs, sheaf_bytes, Pcs, Sheaf};
-use crate::slab::{bump, SlabCore, Slabs, SHEAF_AREA};
+use crate::geometry::{line_private, Geometry, SHEAF_AREA};
+use crate::lock::Lock;
+use crate::sheaf::{home_of, objs, sheaf_bytes, Pcs, Sheaf, NO_CHECK, NO_HOME};
+use crate::slab::{bump, SlabArena, Slabs, NBUCKETS, RELEASE_BATCH};
+use crate::stack::TakeAllStack;
 use crate::stats::CacheStats;
-use crate::sys::round_up;
+use crate::sys::{self, round_up};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One cache: its memory ([`SlabArena`], reached through `Deref`), and the
+/// depot in front of it under its lock, with the hand-off stack beside it.
+pub(crate) struct SlabCore {
+    arena: SlabArena,
+    pub(crate) cap: u32,
+    pub(crate) max_full: usize,
+    /// Objects share cache lines: slots refill from home slabs only.
+    pub(crate) line_private: bool,
+    pub(crate) depot: Lock<Depot>,
+    pub(crate) handoff: TakeAllStack<Sheaf>,
+}
+
+impl std::ops::Deref for SlabCore {
+    type Target = SlabArena;
+
+    #[inline(always)]
+    fn deref(&self) -> &SlabArena {
+        &self.arena
+    }
+}
 
 /// Everything shared of one cache, under its lock.
 pub(crate) struct Depot {
@@ -67,6 +98,39 @@ impl Depot {
 }
 
 impl SlabCore {
+    /// A cache over `[arena, arena + arena_len)`, a reservation the caller
+    /// made (aligned to the slab size) and keeps alive as long as the core.
+    pub(crate) fn new(g: Geometry, arena: usize, arena_len: usize) -> Result<Self, sys::Errno> {
+        let private = line_private(g.size);
+        Ok(Self {
+            arena: SlabArena::new(g.size, arena, arena_len)?,
+            cap: g.cap as u32,
+            max_full: if private { 0 } else { g.max_full },
+            line_private: private,
+            depot: Lock::new(Depot::new()),
+            handoff: TakeAllStack::new(),
+        })
+    }
+
+    /// The sheaf capacity.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap as usize
+    }
+
+    /// The fork hook's `prepare`: holds the depot lock across `fork`.
+    pub(crate) fn lock_for_fork(&self) {
+        self.depot.lock_raw();
+    }
+
+    /// The fork hook's `parent`/`child`.
+    ///
+    /// # Safety
+    /// After [`lock_for_fork`](Self::lock_for_fork), by the forking thread.
+    pub(crate) unsafe fn unlock_after_fork(&self) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.depot.unlock_raw() };
+    }
+
     // ---- sheaves ---------------------------------------------------------
 
     /// A sheaf to use: an empty one from the depot, or a new one. Null when
@@ -132,10 +196,16 @@ impl SlabCore {
         s
     }
 
-    /// Files a sheaf that came back from a slot.
+    /// Files a sheaf that came back from a slot (giving up the home slab a
+    /// drain recorded in it).
     fn file_sheaf(&self, d: &mut Depot, s: *mut Sheaf) {
         // SAFETY: the caller hands over a live sheaf it holds exclusively.
-        let count = unsafe { (*s).count } as usize;
+        let (count, home) = unsafe { ((*s).count as usize, (*s).home) };
+        if home != NO_CHECK {
+            self.leave_home(&mut d.slabs, home);
+            // SAFETY: as above.
+            unsafe { (*s).home = NO_CHECK };
+        }
         if count == 0 {
             Self::push_empty(d, s);
         } else if d.nr_full < self.max_full {
@@ -168,6 +238,9 @@ impl SlabCore {
     #[inline(never)]
     pub(crate) fn alloc_slow(&self, pcs: &mut Pcs) -> *mut u8 {
         bump(&self.counters.alloc_slow, 1);
+        if self.line_private {
+            return self.alloc_slow_private(pcs);
+        }
         if pcs.spare_count > 0 && !pcs.main.is_null() {
             pcs.swap();
             return pcs.pop().unwrap_or(std::ptr::null_mut());
@@ -205,6 +278,39 @@ impl SlabCore {
         pcs.pop().unwrap_or(std::ptr::null_mut())
     }
 
+    /// [`alloc_slow`](Self::alloc_slow) of a line-private class: main is
+    /// refilled from the slot's home slab (never from the spare, which
+    /// holds foreign objects, nor from the depot's sheaves).
+    fn alloc_slow_private(&self, pcs: &mut Pcs) -> *mut u8 {
+        let mut d = self.depot.lock();
+        if !self.handoff.is_empty() {
+            self.absorb(&mut d);
+        }
+        if pcs.main.is_null() {
+            let s = self.new_sheaf(&mut d);
+            if s.is_null() {
+                return self.alloc_one(&mut d);
+            }
+            pcs.main = s;
+            pcs.main_count = 0;
+            pcs.main_limit = self.cap;
+            pcs.home = NO_HOME;
+        }
+        let n = pcs.main_count as usize;
+        // SAFETY: main has room for `cap` pointers; the lock is held.
+        pcs.main_count = unsafe {
+            self.refill_home(
+                &mut d.slabs,
+                &mut pcs.home,
+                objs(pcs.main),
+                n,
+                self.cap as usize,
+            )
+        } as u32;
+        drop(d);
+        pcs.pop().unwrap_or(std::ptr::null_mut())
+    }
+
     /// One object straight from a slab (no sheaf available).
     fn alloc_one(&self, d: &mut Depot) -> *mut u8 {
         let mut p = std::ptr::null_mut();
@@ -219,6 +325,9 @@ impl SlabCore {
     #[inline(never)]
     pub(crate) fn free_slow(&self, pcs: &mut Pcs, p: *mut u8) {
         bump(&self.counters.free_slow, 1);
+        if self.line_private {
+            return self.free_slow_private(pcs, p);
+        }
         if !pcs.main.is_null() && !pcs.spare.is_null() && pcs.spare_count < self.cap {
             pcs.swap();
             let pushed = pcs.push(p);
@@ -274,21 +383,170 @@ impl SlabCore {
         debug_assert!(pushed);
     }
 
+    /// [`free_slow`](Self::free_slow) of a line-private class: an object of
+    /// the slot's home with main full sends main's older half back to the
+    /// slabs; any other object is foreign and waits in the spare, whose
+    /// objects go back to their slabs a sheaf at a time.
+    fn free_slow_private(&self, pcs: &mut Pcs, p: *mut u8) {
+        if pcs.main.is_null() {
+            let mut d = self.depot.lock();
+            let s = self.new_sheaf(&mut d);
+            if s.is_null() {
+                return self.to_slab(&mut d.slabs, p);
+            }
+            pcs.main = s;
+            pcs.main_count = 0;
+            pcs.main_limit = self.cap;
+            pcs.home = NO_HOME;
+        }
+        if home_of(p) == pcs.home {
+            // Main is full (else the fast path had taken it).
+            let half = (pcs.main_count as usize).div_ceil(2);
+            // SAFETY: main is attached (checked above).
+            let m = unsafe { objs(pcs.main) };
+            {
+                let mut d = self.depot.lock();
+                // SAFETY: main's first `half` entries are free objects of
+                // this cache; the lock is held.
+                unsafe { self.objs_to_slabs(&mut d.slabs, m, half) };
+            }
+            let keep = pcs.main_count as usize - half;
+            // SAFETY: both ranges lie inside main's `main_count` entries.
+            unsafe { std::ptr::copy(m.add(half), m, keep) };
+            pcs.main_count = keep as u32;
+            let pushed = pcs.push(p);
+            debug_assert!(pushed);
+            return;
+        }
+        if pcs.spare.is_null() || pcs.spare_count == self.cap {
+            let mut d = self.depot.lock();
+            if pcs.spare.is_null() {
+                let s = self.new_sheaf(&mut d);
+                if s.is_null() {
+                    return self.to_slab(&mut d.slabs, p);
+                }
+                pcs.spare = s;
+                pcs.spare_count = 0;
+            } else {
+                // SAFETY: the spare holds `spare_count` free objects.
+                unsafe {
+                    self.objs_to_slabs(&mut d.slabs, objs(pcs.spare), pcs.spare_count as usize)
+                };
+                pcs.spare_count = 0;
+            }
+        }
+        // SAFETY: spare_count < cap, the spare's capacity.
+        unsafe { *objs(pcs.spare).add(pcs.spare_count as usize) = p };
+        pcs.spare_count += 1;
+    }
+
+    // ---- bulk --------------------------------------------------------------
+
+    /// Bulk allocation inside a local section; returns (count, took a slow path).
+    #[inline]
+    pub(crate) fn bulk_alloc(&self, pcs: &mut Pcs, out: &mut [*mut u8]) -> (usize, bool) {
+        let want = out.len();
+        let mut n = 0;
+        let mut slow = false;
+        while n < want {
+            let k = (pcs.main_count as usize).min(want - n);
+            if k > 0 {
+                let top = pcs.main_count as usize;
+                // SAFETY: main holds `top` objects (top > 0 implies main is
+                // attached); the k topmost go to out[n..n + k], in bounds.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        objs(pcs.main).add(top - k),
+                        out.as_mut_ptr().add(n),
+                        k,
+                    )
+                };
+                pcs.main_count -= k as u32;
+                n += k;
+                continue;
+            }
+            slow = true;
+            let p = self.alloc_slow(pcs);
+            if p.is_null() {
+                break;
+            }
+            out[n] = p;
+            n += 1;
+        }
+        (n, slow)
+    }
+
+    /// Bulk free inside a local section; returns whether a slow path was taken.
+    ///
+    /// # Safety
+    /// `ptrs[..len]` are allocated objects of this cache, given up.
+    #[inline]
+    pub(crate) unsafe fn bulk_free(&self, pcs: &mut Pcs, ptrs: *const *mut u8, len: usize) -> bool {
+        let mut i = 0;
+        let mut slow = false;
+        if pcs.home != NO_CHECK {
+            // Line-private: each object to main or, if foreign, the spare.
+            while i < len {
+                // SAFETY: i < len.
+                let p = unsafe { *ptrs.add(i) };
+                if !pcs.push(p) {
+                    slow = true;
+                    self.free_slow(pcs, p);
+                }
+                i += 1;
+            }
+            return slow;
+        }
+        while i < len {
+            let room = (pcs.main_limit - pcs.main_count) as usize;
+            let k = room.min(len - i);
+            if k > 0 {
+                // SAFETY: room > 0 implies main is attached with room for k more;
+                // ptrs[i..i + k] is inside the caller's slice.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        ptrs.add(i),
+                        objs(pcs.main).add(pcs.main_count as usize),
+                        k,
+                    )
+                };
+                pcs.main_count += k as u32;
+                i += k;
+                continue;
+            }
+            slow = true;
+            // SAFETY: i < len.
+            self.free_slow(pcs, unsafe { *ptrs.add(i) });
+            i += 1;
+        }
+        slow
+    }
+
     /// The drain work: hands the slot's sheaves with objects to the depot.
     /// Lock-free and allocation-free: it may run in a signal handler that
     /// interrupted a thread holding the depot lock.
+    /// A line-private class's slot also gives up its home slab: main goes
+    /// even when empty, naming the home for whoever files it.
     pub(crate) fn drain_pcs(&self, pcs: &mut Pcs) {
-        if pcs.main_count > 0 {
+        let home = if pcs.home == NO_HOME {
+            NO_CHECK
+        } else {
+            pcs.home
+        };
+        if pcs.main_count > 0 || home != NO_CHECK {
             let m = pcs.main;
-            // SAFETY: main is live and held by this slot; after the push the
-            // depot owns it and the slot forgets it.
+            // SAFETY: main is live and held by this slot (a home implies
+            // main is attached); after the push the depot owns it and the
+            // slot forgets it.
             unsafe {
                 (*m).count = pcs.main_count;
+                (*m).home = home;
                 self.handoff.push(m);
             }
             pcs.main = std::ptr::null_mut();
             pcs.main_count = 0;
             pcs.main_limit = 0;
+            pcs.home = NO_CHECK;
             bump(&self.counters.handed_off, 1);
         }
         if pcs.spare_count > 0 {
@@ -308,6 +566,9 @@ impl SlabCore {
     /// cache is being torn down): objects to slabs, sheaves to the empty list.
     pub(crate) fn reclaim_pcs(&self, pcs: &mut Pcs) {
         let mut d = self.depot.lock();
+        if pcs.home != NO_CHECK {
+            self.leave_home(&mut d.slabs, pcs.home);
+        }
         for (s, count) in [(pcs.main, pcs.main_count), (pcs.spare, pcs.spare_count)] {
             if !s.is_null() {
                 // SAFETY: the sheaf is live and held by this slot.
@@ -423,6 +684,33 @@ impl SlabCore {
         }
     }
 
+    /// Gives the pages of empty slabs back to the OS: those a decay pass saw
+    /// empty at least `min_passes` passes ago, or every empty slab with
+    /// `min_passes == 0`. Takes the lock per batch and releases outside it.
+    /// Returns (slabs released, bytes released).
+    pub(crate) fn release_empty(&self, min_passes: u32) -> (usize, usize) {
+        let mut total = (0, 0);
+        loop {
+            let mut batch = [0u32; RELEASE_BATCH];
+            let (n, more) =
+                self.arena
+                    .take_ripe(&mut self.depot.lock().slabs, min_passes, &mut batch);
+            if n == 0 {
+                return total;
+            }
+            let mut ok = [true; RELEASE_BATCH];
+            self.arena.release_batch(&batch[..n], &mut ok);
+            let (slabs, bytes) =
+                self.arena
+                    .finish_release(&mut self.depot.lock().slabs, &batch[..n], &ok);
+            total.0 += slabs;
+            total.1 += bytes;
+            if !more {
+                return total;
+            }
+        }
+    }
+
     /// Returns every sheaf's objects in the depot to their slabs (after a
     /// drain-all, that is every free object), then gives wholly free slabs'
     /// pages back to the OS. Returns (slabs released, bytes released).
@@ -473,7 +761,7 @@ impl SlabCore {
     pub(crate) fn stats(&self) -> CacheStats {
         let d = self.depot.lock();
         let (active, free_in_slabs, released) = self.slab_counts(&d.slabs);
-        let lens = Self::list_lens(&d.slabs);
+        let lens = SlabArena::list_lens(&d.slabs);
         let shared = if d.shared.is_null() {
             0
         } else {
@@ -490,7 +778,7 @@ impl SlabCore {
             slabs_carved: d.slabs.carved as usize,
             slabs_active: active,
             slabs_released: released,
-            slabs_empty: lens[crate::slab::NBUCKETS],
+            slabs_empty: lens[NBUCKETS],
             active_slab_bytes: active * self.slab_bytes,
             objects_out_of_slabs: active * self.objs_per_slab as usize - free_in_slabs,
             depot_full_sheaves: d.nr_full,

@@ -399,7 +399,7 @@ impl<C: Config> Kmalloc<C> {
         let mut g = sh.pcs.lock(owner);
         // SAFETY: class indices are below the table's length, at most MAX_CLASSES.
         let pcs = unsafe { g.0.get_unchecked_mut(c) };
-        let (n, slow) = crate::cache::bulk_alloc(sh.classes().core(c), pcs, out);
+        let (n, slow) = sh.classes().core(c).bulk_alloc(pcs, out);
         drop(g);
         if slow {
             self.after_slow_path(owner);

@@ -93,6 +93,7 @@ pub mod decay;
 mod depot;
 mod error;
 mod fork;
+mod geometry;
 mod global;
 mod kmalloc;
 mod large;
@@ -115,6 +116,7 @@ pub use cache::{
     MAX_ALIGN, MIN_FALLBACK_MAX_BYTES,
 };
 pub use error::{DestroyError, FreeError, SlabError};
+pub use geometry::MAX_OBJECT_SIZE;
 pub use global::{GlobalMode, QpwAlloc, DEFAULT_GLOBAL_NR_CPUS};
 pub use kmalloc::{Kmalloc, KmallocBuilder, DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES};
 pub use lru::Lru;
@@ -123,6 +125,5 @@ pub use size_class::{
     size_class, SizeClasses, FINE_MAX_SIZE, FINE_NCLASSES, FINE_SIZES, KMALLOC_MAX_CACHE_SIZE,
     KMALLOC_SIZES, NCLASSES,
 };
-pub use slab::MAX_OBJECT_SIZE;
 pub use stats::{CacheStats, KmallocStats, SharedPathStats, ShrinkReport};
 pub use stock::Stock;

@@ -6,7 +6,10 @@
 use crate::classes::Classes;
 use crate::decay::{Decay, DEFAULT_DECAY};
 use crate::fork::ForkLocks;
-use crate::sheaf::Pcs;
+use crate::sheaf::{Pcs, NO_CHECK};
+
+// `KShared::new` zeroes the slots' `Pcs` instead of writing `Pcs::new()`.
+const _: () = assert!(NO_CHECK == 0);
 use crate::size_class::{SizeClasses, MAX_CLASSES};
 use qpw::{Config, Domain, PerCpu};
 use std::ptr::NonNull;
@@ -75,7 +78,7 @@ impl<C: Config> KShared<C> {
         let cl = unsafe { classes.as_ref() };
         KShared {
             // SAFETY: an all-zero `KPcs` is `Pcs::new()` in every class (null
-            // sheaves, zero counts). Zeroed, not written: 1,024 slots of 56
+            // sheaves, zero counts, `home` is `NO_CHECK`, 0: asserted below). Zeroed, not written: 1,024 slots of 56
             // classes would make about 2 MiB resident before any is used.
             pcs: unsafe { PerCpu::new_zeroed(domain) },
             base: cl.base,

@@ -28,11 +28,32 @@ pub(crate) struct Sheaf {
     pub(crate) count: u32,
     /// How many object pointers fit.
     pub(crate) cap: u32,
+    /// Set by a drain of a line-private class's slot: the slot's home slab
+    /// ([`Pcs::home`]), which whoever files the sheaf gives up (the drain
+    /// cannot: it takes no lock). [`NO_CHECK`] otherwise.
+    pub(crate) home: u32,
+    _pad: u32,
 }
 
 /// Bytes of the header, before the object pointers.
 pub(crate) const SHEAF_HDR: usize = std::mem::size_of::<Sheaf>();
-const _: () = assert!(SHEAF_HDR == 16);
+const _: () = assert!(SHEAF_HDR == 24);
+
+/// [`Pcs::home`] of a class whose objects never share a cache line (sizes
+/// that are multiples of 64): frees are not checked.
+pub(crate) const NO_CHECK: u32 = 0;
+/// [`Pcs::home`] of a line-private class's slot that has no home slab yet:
+/// every free is foreign (no address is `u32::MAX << HOME_SHIFT`).
+pub(crate) const NO_HOME: u32 = u32::MAX;
+/// A home is named by `address >> HOME_SHIFT`: line-private classes have
+/// slabs of exactly this many bytes ([`MIN_SLAB_BYTES`](crate::geometry::MIN_SLAB_BYTES)), aligned.
+pub(crate) const HOME_SHIFT: u32 = 16;
+
+/// The home name of the slab holding `p` (line-private classes).
+#[inline(always)]
+pub(crate) fn home_of(p: *mut u8) -> u32 {
+    ((p as usize) >> HOME_SHIFT) as u32
+}
 
 /// The largest sheaf capacity a cache may ask for.
 pub const MAX_SHEAF_CAPACITY: usize = 256;
@@ -44,6 +65,8 @@ impl Sheaf {
             next: AtomicPtr::new(std::ptr::null_mut()),
             count: 0,
             cap,
+            home: NO_CHECK,
+            _pad: 0,
         }
     }
 }
@@ -78,7 +101,17 @@ pub(crate) unsafe fn objs(s: *mut Sheaf) -> *mut *mut u8 {
 ///
 /// Invariants (kept under the slot's QPW lock): `main_count <= main_limit`;
 /// `main_limit > 0` iff `main` is non-null; `spare_count == 0` when `spare`
-/// is null; a non-null `spare` has the cache's capacity.
+/// is null; a non-null `spare` has the cache's capacity; `home` is
+/// [`NO_CHECK`] while `main` is null.
+///
+/// *Line-private* classes (objects smaller than a cache line, which share
+/// it with neighbours; see [`line_private`](crate::geometry::line_private)) keep two slots from ever handing out
+/// objects of one line at the same time: each slot takes objects only from
+/// its own *home* slab, which no other slot refills from, and `home` names
+/// it (`address >> HOME_SHIFT`). Main holds only objects of the slot's home
+/// (present or past); a free of any other object (another thread's, say)
+/// is *foreign* and goes to the spare, which for these classes holds
+/// objects on their way back to their slabs and is never allocated from.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Pcs {
@@ -87,7 +120,9 @@ pub(crate) struct Pcs {
     pub(crate) main_limit: u32,
     pub(crate) spare: *mut Sheaf,
     pub(crate) spare_count: u32,
-    _pad: u32,
+    /// [`NO_CHECK`]; or, for a line-private class, the home slab's name
+    /// ([`home_of`]) or [`NO_HOME`].
+    pub(crate) home: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Pcs>() == 32);
@@ -113,7 +148,7 @@ impl Pcs {
             main_limit: 0,
             spare: std::ptr::null_mut(),
             spare_count: 0,
-            _pad: 0,
+            home: NO_CHECK,
         }
     }
 
@@ -129,11 +164,16 @@ impl Pcs {
         Some(unsafe { *objs(self.main).add(self.main_count as usize) })
     }
 
-    /// Pushes `obj` onto main, if it has room. Returns `false` when it is
-    /// full or not attached.
+    /// Pushes `obj` onto main, if it has room and may go there. Returns
+    /// `false` when main is full or not attached, or `obj` is foreign (a
+    /// line-private class's object from outside the slot's home slab).
     #[inline(always)]
     pub(crate) fn push(&mut self, obj: *mut u8) -> bool {
-        if self.main_count >= self.main_limit {
+        // Non-short-circuit `&`/`|`: one branch, taken on the rare slow
+        // case, rather than one on whether the class is line-private,
+        // which workloads of mixed sizes mispredict.
+        let foreign = (self.home != NO_CHECK) & (home_of(obj) != self.home);
+        if (self.main_count >= self.main_limit) | foreign {
             return false;
         }
         // SAFETY: main_limit > main_count >= 0 implies main is attached with

@@ -3,7 +3,7 @@
 //! table of the global allocator (8 B .. 256 KiB, classes at most 25% apart
 //! from 64 B on), and their geometry (sheaf capacity, depot cap).
 
-use crate::cache::{default_depot_max_full, default_sheaf_capacity};
+use crate::geometry::{default_depot_max_full, default_sheaf_capacity};
 
 /// The size classes, as the kernel's `kmalloc-8` .. `kmalloc-8k` caches.
 pub const KMALLOC_SIZES: [usize; NCLASSES] = [

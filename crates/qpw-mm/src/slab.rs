@@ -1,7 +1,9 @@
-//! Slab carving: the memory of a cache, cut into slabs of objects, and the
-//! slab lists (partial slabs bucketed by fullness, wholly free slabs,
-//! released slabs). The sheaves in front of the slabs are the depot's
-//! ([`depot`](crate::depot)).
+//! Slab carving: the memory of a cache ([`SlabArena`]), cut into slabs of
+//! objects, and the slab lists ([`Slabs`]: partial slabs bucketed by
+//! fullness, wholly free slabs, released slabs, and the *home* slabs of
+//! line-private classes' slots). The sheaves in front of the slabs, and the
+//! lock over both, are the depot's ([`depot`](crate::depot), the layer
+//! above: this file never names it).
 //!
 //! # Memory
 //!
@@ -36,25 +38,14 @@
 //! no list, so nothing reaches it meanwhile. A failed release is counted
 //! and the slab goes back to the empty list, not counted as released.
 
-use crate::depot::Depot;
 use crate::error::FreeError;
-use crate::lock::Lock;
-use crate::sheaf::Sheaf;
-use crate::stack::TakeAllStack;
+use crate::geometry::{slab_bytes_for, SHEAF_AREA};
 use crate::sys::{self, round_up};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// The smallest slab.
-pub(crate) const MIN_SLAB_BYTES: usize = 64 << 10;
-/// Objects a slab holds at least (the slab grows to fit them).
-const MIN_OBJS_PER_SLAB: usize = 16;
-/// The largest object a cache supports.
-pub const MAX_OBJECT_SIZE: usize = 1 << 20;
-/// The largest slab (for [`MAX_OBJECT_SIZE`] objects).
+/// The largest slab (for [`MAX_OBJECT_SIZE`](crate::geometry::MAX_OBJECT_SIZE) objects).
 #[cfg(test)]
-const MAX_SLAB_BYTES: usize = slab_bytes_for(MAX_OBJECT_SIZE);
-/// Address space reserved for the sheaves of one cache.
-pub(crate) const SHEAF_AREA: usize = 32 << 20;
+const MAX_SLAB_BYTES: usize = slab_bytes_for(crate::geometry::MAX_OBJECT_SIZE);
 /// Arena and metadata are made usable in chunks of at least this many bytes.
 const COMMIT_CHUNK: usize = 4 << 20;
 /// Partial lists, by fullness: list 0 holds the fullest slabs.
@@ -67,22 +58,15 @@ const NLISTS: usize = NBUCKETS + 2;
 /// On no list: wholly allocated, or being released.
 const NO_LIST: u8 = u8::MAX;
 /// Slabs released per batch (one lock hold collects them).
-const RELEASE_BATCH: usize = 256;
-
-/// The slab size for objects of `size` bytes.
-pub(crate) const fn slab_bytes_for(size: usize) -> usize {
-    let want = (size * MIN_OBJS_PER_SLAB).next_power_of_two();
-    if want > MIN_SLAB_BYTES {
-        want
-    } else {
-        MIN_SLAB_BYTES
-    }
-}
+pub(crate) const RELEASE_BATCH: usize = 256;
 
 // A slab's state; zeroed metadata (never carved) reads as neither.
 const ACTIVE: u8 = 1;
 const RELEASED: u8 = 2;
 const RELEASING: u8 = 3;
+/// A line-private class's slot's home: active, on no list whatever its
+/// free count, refilled from by that slot only.
+const HOME: u8 = 4;
 
 /// One slab's bookkeeping (touched only under the depot lock).
 #[repr(C)]
@@ -158,19 +142,10 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Where a cache's memory is and how it is cut.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Geometry {
-    /// Object size (a multiple of `align`).
-    pub(crate) size: usize,
-    /// Sheaf capacity.
-    pub(crate) cap: usize,
-    /// Cap on the depot's full sheaves.
-    pub(crate) max_full: usize,
-}
-
-/// The shared part of one cache: its slabs and its depot.
-pub(crate) struct SlabCore {
+/// One cache's memory: the arena of slabs, their metadata and bitmaps, and
+/// the sheaf area. Its list state ([`Slabs`]) lives under the depot's lock;
+/// every method that changes slabs takes it as `&mut Slabs`.
+pub(crate) struct SlabArena {
     pub(crate) size: usize,
     pub(crate) slab_bytes: usize,
     slab_shift: u32,
@@ -178,8 +153,6 @@ pub(crate) struct SlabCore {
     /// Free counts at which a slab moves to the next partial list.
     thresholds: [u32; NBUCKETS - 1],
     words: usize,
-    pub(crate) cap: u32,
-    pub(crate) max_full: usize,
     /// `Some(shift)` when `size` is a power of two.
     pow2: Option<u32>,
     /// ceil(2^64 / size), for division by multiplication.
@@ -194,25 +167,23 @@ pub(crate) struct SlabCore {
     pub(crate) sheaf_off: usize,
     /// `carved`, readable without the lock (debug checks of frees).
     carved_pub: AtomicU32,
-    pub(crate) depot: Lock<Depot>,
-    pub(crate) handoff: TakeAllStack<Sheaf>,
     pub(crate) counters: Counters,
 }
 
-// SAFETY: every mutable part of a SlabCore is behind its lock (the depot,
-// slab metadata and bitmaps, which are only touched with the lock held) or
-// atomic (counters, the hand-off stack, debug bitmaps); the raw addresses
-// are its own mappings, valid as long as it lives. Send: nothing in it is
-// tied to a thread.
-unsafe impl Send for SlabCore {}
+// SAFETY: every mutable part of a SlabArena is reached only with its
+// `Slabs` borrowed mutably (slab metadata and bitmaps: the depot lock
+// holds both) or atomic (counters, debug bitmaps); the raw addresses are
+// its own mappings, valid as long as it lives. Send: nothing in it is tied
+// to a thread.
+unsafe impl Send for SlabArena {}
 // SAFETY: as above: shared access goes through the lock or atomics.
-unsafe impl Sync for SlabCore {}
+unsafe impl Sync for SlabArena {}
 
-impl SlabCore {
-    /// A cache over `[arena, arena + arena_len)`, a reservation the caller
-    /// made (aligned to the slab size) and keeps alive as long as the core.
-    pub(crate) fn new(g: Geometry, arena: usize, arena_len: usize) -> Result<Self, sys::Errno> {
-        let size = g.size;
+impl SlabArena {
+    /// The memory of a cache of `size`-byte objects over
+    /// `[arena, arena + arena_len)`, a reservation the caller made
+    /// (aligned to the slab size) and keeps alive as long as this.
+    pub(crate) fn new(size: usize, arena: usize, arena_len: usize) -> Result<Self, sys::Errno> {
         let slab_bytes = slab_bytes_for(size);
         debug_assert!(arena % slab_bytes == 0);
         let objs_per_slab = slab_bytes / size;
@@ -242,8 +213,6 @@ impl SlabCore {
             objs_per_slab: objs_per_slab as u32,
             thresholds,
             words,
-            cap: g.cap as u32,
-            max_full: g.max_full,
             pow2: size.is_power_of_two().then(|| size.trailing_zeros()),
             recip: if size.is_power_of_two() {
                 0
@@ -259,8 +228,6 @@ impl SlabCore {
             live_off,
             sheaf_off,
             carved_pub: AtomicU32::new(0),
-            depot: Lock::new(Depot::new()),
-            handoff: TakeAllStack::new(),
             counters: Counters::default(),
         })
     }
@@ -279,11 +246,6 @@ impl SlabCore {
     #[inline]
     pub(crate) fn size(&self) -> usize {
         self.size
-    }
-
-    /// The sheaf capacity.
-    pub(crate) fn capacity(&self) -> usize {
-        self.cap as usize
     }
 
     /// The slab size.
@@ -461,6 +423,9 @@ impl SlabCore {
     fn relist(&self, sl: &mut Slabs, s: usize) {
         // SAFETY: `s` is carved; the lock is held.
         let m = unsafe { self.meta_of(s) };
+        if m.state == HOME {
+            return;
+        }
         let want = self.list_for(m.free);
         if want != m.list {
             self.unlink(sl, s);
@@ -590,34 +555,45 @@ impl SlabCore {
             let Some(s) = self.refill_source(sl) else {
                 break;
             };
-            // SAFETY: slabs on a list are carved; the lock is held.
-            let m = unsafe { self.meta_of(s) };
-            // SAFETY: as above.
-            let bm = unsafe { self.bitmap_of(s) };
-            let base = self.arena + (s << self.slab_shift);
-            let mut wi = m.hint as usize;
-            while n < want && m.free > 0 {
-                // SAFETY: a slab with free objects has a set bit at or above
-                // `hint`, so `wi` stays below `words`.
-                let mut w = unsafe { *bm.add(wi) };
-                if w == 0 {
-                    wi += 1;
-                    continue;
-                }
-                while w != 0 && n < want {
-                    let b = w.trailing_zeros() as usize;
-                    w &= w - 1;
-                    // SAFETY: n < want, within the caller's array.
-                    unsafe { *objs.add(n) = (base + (wi * 64 + b) * self.size) as *mut u8 };
-                    n += 1;
-                    m.free -= 1;
-                }
-                // SAFETY: as above.
-                unsafe { *bm.add(wi) = w };
-            }
-            m.hint = wi as u32;
+            // SAFETY: forwarded; slabs on a list are carved.
+            n = unsafe { self.take_from(s, objs, n, want) };
             self.relist(sl, s);
         }
+        n
+    }
+
+    /// Takes free objects of slab `s` into `objs[n..want]` (lowest
+    /// addresses first); returns the new count. Does not relist `s`.
+    ///
+    /// # Safety
+    /// `s` is carved, `objs` has room for `want` pointers, the lock is held.
+    unsafe fn take_from(&self, s: usize, objs: *mut *mut u8, mut n: usize, want: usize) -> usize {
+        // SAFETY: forwarded to the caller.
+        let m = unsafe { self.meta_of(s) };
+        // SAFETY: as above.
+        let bm = unsafe { self.bitmap_of(s) };
+        let base = self.arena + (s << self.slab_shift);
+        let mut wi = m.hint as usize;
+        while n < want && m.free > 0 {
+            // SAFETY: a slab with free objects has a set bit at or above
+            // `hint`, so `wi` stays below `words`.
+            let mut w = unsafe { *bm.add(wi) };
+            if w == 0 {
+                wi += 1;
+                continue;
+            }
+            while w != 0 && n < want {
+                let b = w.trailing_zeros() as usize;
+                w &= w - 1;
+                // SAFETY: n < want, within the caller's array.
+                unsafe { *objs.add(n) = (base + (wi * 64 + b) * self.size) as *mut u8 };
+                n += 1;
+                m.free -= 1;
+            }
+            // SAFETY: as above.
+            unsafe { *bm.add(wi) = w };
+        }
+        m.hint = wi as u32;
         n
     }
 
@@ -655,90 +631,159 @@ impl SlabCore {
 
     // ---- releasing -------------------------------------------------------
 
-    /// Gives the pages of empty slabs back to the OS: those a decay pass saw
-    /// empty at least `min_passes` passes ago, or every empty slab with
-    /// `min_passes == 0`. Takes the lock per batch and releases outside it.
-    /// Returns (slabs released, bytes released).
-    pub(crate) fn release_empty(&self, min_passes: u32) -> (usize, usize) {
-        let mut total = (0, 0);
-        loop {
-            let mut batch = [0u32; RELEASE_BATCH];
-            let mut n = 0;
-            let mut more = false;
-            {
-                let mut d = self.depot.lock();
-                let sl = &mut d.slabs;
-                let pass = sl.pass;
-                let mut cur = sl.heads[EMPTY as usize];
-                while cur != 0 {
-                    let s = cur as usize - 1;
-                    // SAFETY: listed slabs are carved; the lock is held.
-                    let m = unsafe { self.meta_of(s) };
-                    cur = m.next;
-                    let ripe = min_passes == 0
-                        || (m.stamp != 0 && pass.wrapping_sub(m.stamp) >= min_passes);
-                    if !ripe {
-                        continue;
-                    }
-                    if n == RELEASE_BATCH {
-                        more = true;
-                        break;
-                    }
-                    self.unlink(sl, s);
-                    // SAFETY: as above.
-                    unsafe { self.meta_of(s) }.state = RELEASING;
-                    sl.releasing += 1;
-                    batch[n] = s as u32;
-                    n += 1;
-                }
+    /// The first step of a release (lock held): takes up to
+    /// [`RELEASE_BATCH`] empty slabs off the empty list into `batch` (sorted)
+    /// and marks them being released: those a decay pass saw empty at least
+    /// `min_passes` passes ago, or every empty slab with `min_passes == 0`.
+    /// Returns how many, and whether more were left.
+    pub(crate) fn take_ripe(
+        &self,
+        sl: &mut Slabs,
+        min_passes: u32,
+        batch: &mut [u32; RELEASE_BATCH],
+    ) -> (usize, bool) {
+        let mut n = 0;
+        let pass = sl.pass;
+        let mut cur = sl.heads[EMPTY as usize];
+        while cur != 0 {
+            let s = cur as usize - 1;
+            // SAFETY: listed slabs are carved; the lock is held.
+            let m = unsafe { self.meta_of(s) };
+            cur = m.next;
+            let ripe =
+                min_passes == 0 || (m.stamp != 0 && pass.wrapping_sub(m.stamp) >= min_passes);
+            if !ripe {
+                continue;
             }
-            if n == 0 {
-                return total;
+            if n == RELEASE_BATCH {
+                batch[..n].sort_unstable();
+                return (n, true);
             }
-            let batch = &mut batch[..n];
-            batch.sort_unstable();
-            let mut ok = [true; RELEASE_BATCH];
-            let mut i = 0;
-            while i < n {
-                let mut j = i + 1;
-                while j < n && batch[j] == batch[j - 1] + 1 {
-                    j += 1;
-                }
-                let addr = self.arena + ((batch[i] as usize) << self.slab_shift);
-                let len = (j - i) * self.slab_bytes;
-                bump(&self.counters.release_calls, 1);
-                if sys::release(addr, len).is_err() {
-                    bump(&self.counters.release_errors, 1);
-                    ok[i..j].fill(false);
-                }
-                i = j;
+            self.unlink(sl, s);
+            // SAFETY: as above.
+            unsafe { self.meta_of(s) }.state = RELEASING;
+            sl.releasing += 1;
+            batch[n] = s as u32;
+            n += 1;
+        }
+        batch[..n].sort_unstable();
+        (n, false)
+    }
+
+    /// The second step (no lock: the slabs are on no list): gives the pages
+    /// of `batch` (sorted) back to the OS, one call per run of adjacent
+    /// slabs; `ok[i]` tells whether slab `batch[i]`'s call succeeded.
+    pub(crate) fn release_batch(&self, batch: &[u32], ok: &mut [bool; RELEASE_BATCH]) {
+        let n = batch.len();
+        let mut i = 0;
+        while i < n {
+            let mut j = i + 1;
+            while j < n && batch[j] == batch[j - 1] + 1 {
+                j += 1;
             }
-            let mut released = 0;
-            {
-                let mut d = self.depot.lock();
-                let sl = &mut d.slabs;
-                for (k, &s) in batch.iter().enumerate() {
-                    let s = s as usize;
-                    sl.releasing -= 1;
-                    // SAFETY: carved; the lock is held.
-                    unsafe { self.meta_of(s) }.state = if ok[k] { RELEASED } else { ACTIVE };
-                    if ok[k] {
-                        released += 1;
-                        self.link(sl, s, RELEASED_LIST);
-                    } else {
-                        self.link(sl, s, EMPTY);
-                    }
-                }
+            let addr = self.arena + ((batch[i] as usize) << self.slab_shift);
+            let len = (j - i) * self.slab_bytes;
+            bump(&self.counters.release_calls, 1);
+            let good = sys::release(addr, len).is_ok();
+            if !good {
+                bump(&self.counters.release_errors, 1);
             }
-            let bytes = released * self.slab_bytes;
-            bump(&self.counters.slabs_released, released as u64);
-            bump(&self.counters.bytes_released, bytes as u64);
-            total.0 += released;
-            total.1 += bytes;
-            if !more {
-                return total;
+            ok[i..j].fill(good);
+            i = j;
+        }
+    }
+
+    /// The last step (lock held): released slabs to the released list,
+    /// failed ones back to the empty list. Returns (slabs, bytes) released.
+    pub(crate) fn finish_release(
+        &self,
+        sl: &mut Slabs,
+        batch: &[u32],
+        ok: &[bool; RELEASE_BATCH],
+    ) -> (usize, usize) {
+        let mut released = 0;
+        for (k, &s) in batch.iter().enumerate() {
+            let s = s as usize;
+            sl.releasing -= 1;
+            // SAFETY: carved; the lock is held.
+            unsafe { self.meta_of(s) }.state = if ok[k] { RELEASED } else { ACTIVE };
+            if ok[k] {
+                released += 1;
+                self.link(sl, s, RELEASED_LIST);
+            } else {
+                self.link(sl, s, EMPTY);
             }
         }
+        let bytes = released * self.slab_bytes;
+        bump(&self.counters.slabs_released, released as u64);
+        bump(&self.counters.bytes_released, bytes as u64);
+        (released, bytes)
+    }
+
+    // ---- homes (line-private classes) --------------------------------------
+
+    /// The slab named `home` ([`home_of`](crate::sheaf::home_of) of an
+    /// address in it), if it is a home slab of this arena.
+    fn home_slab(&self, sl: &Slabs, home: u32) -> Option<usize> {
+        let base = (home as usize) << crate::sheaf::HOME_SHIFT;
+        let off = base.wrapping_sub(self.arena);
+        if off >= self.arena_len || self.slab_bytes != 1 << crate::sheaf::HOME_SHIFT {
+            return None;
+        }
+        let s = off >> self.slab_shift;
+        // SAFETY: checked below `carved`; the lock is held.
+        (s < sl.carved as usize && unsafe { self.meta_of(s) }.state == HOME).then_some(s)
+    }
+
+    /// Gives up the home slab named `home` (if it still is one): back on the
+    /// list its free count calls for, where any slot may refill from it.
+    pub(crate) fn leave_home(&self, sl: &mut Slabs, home: u32) {
+        if let Some(s) = self.home_slab(sl, home) {
+            // SAFETY: a home slab is carved; the lock is held.
+            unsafe { self.meta_of(s) }.state = ACTIVE;
+            self.relist(sl, s);
+        }
+    }
+
+    /// Fills `objs[n..want]` for a line-private class's slot whose home is
+    /// `*home`: from the home slab first; when it runs dry, the slot gives
+    /// it up and takes a new home (the fullest partial slab, else an empty,
+    /// released or new one: off every list, so no other slot refills from
+    /// it). Returns the new count, below `want` only when the arena is
+    /// exhausted.
+    ///
+    /// # Safety
+    /// `objs` must have room for `want` pointers; the lock is held (`sl`).
+    pub(crate) unsafe fn refill_home(
+        &self,
+        sl: &mut Slabs,
+        home: &mut u32,
+        objs: *mut *mut u8,
+        mut n: usize,
+        want: usize,
+    ) -> usize {
+        bump(&self.counters.refills, 1);
+        while n < want {
+            let s = match self.home_slab(sl, *home) {
+                // SAFETY: a home slab is carved; the lock is held.
+                Some(s) if unsafe { self.meta_of(s) }.free > 0 => s,
+                _ => {
+                    self.leave_home(sl, *home);
+                    *home = crate::sheaf::NO_HOME;
+                    let Some(s) = self.refill_source(sl) else {
+                        break;
+                    };
+                    self.unlink(sl, s);
+                    // SAFETY: as above.
+                    unsafe { self.meta_of(s) }.state = HOME;
+                    *home = crate::sheaf::home_of((self.arena + (s << self.slab_shift)) as *mut u8);
+                    s
+                }
+            };
+            // SAFETY: forwarded; `s` is carved with free objects.
+            n = unsafe { self.take_from(s, objs, n, want) };
+        }
+        n
     }
 
     /// A decay pass over the empty list: stamps the slabs not seen before.
@@ -765,7 +810,7 @@ impl SlabCore {
         for s in 0..sl.carved as usize {
             // SAFETY: s < carved; the caller holds the lock.
             let m = unsafe { self.meta_of(s) };
-            if m.state == ACTIVE {
+            if m.state == ACTIVE || m.state == HOME {
                 active += 1;
                 free += m.free as usize;
             }
@@ -785,25 +830,12 @@ impl SlabCore {
         out.copy_from_slice(&sl.lens[..=NBUCKETS]);
         out
     }
-
-    /// The fork hook's `prepare`: holds the depot lock across `fork`.
-    pub(crate) fn lock_for_fork(&self) {
-        self.depot.lock_raw();
-    }
-
-    /// The fork hook's `parent`/`child`.
-    ///
-    /// # Safety
-    /// After [`lock_for_fork`](Self::lock_for_fork), by the forking thread.
-    pub(crate) unsafe fn unlock_after_fork(&self) {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.depot.unlock_raw() };
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geometry::{MAX_OBJECT_SIZE, MIN_OBJS_PER_SLAB, MIN_SLAB_BYTES};
 
     #[test]
     fn division_by_multiplication_is_exact() {
@@ -823,16 +855,7 @@ mod tests {
         ] {
             let slab = slab_bytes_for(size);
             let arena = sys::reserve(slab, slab).unwrap();
-            let core = SlabCore::new(
-                Geometry {
-                    size,
-                    cap: 8,
-                    max_full: 4,
-                },
-                arena,
-                slab,
-            )
-            .unwrap();
+            let core = SlabArena::new(size, arena, slab).unwrap();
             for idx in 0..slab / size {
                 for delta in [0usize, 1, size - 1] {
                     let off = idx * size + delta;
@@ -862,21 +885,12 @@ mod tests {
         let size = 1024;
         let slab = slab_bytes_for(size);
         let arena = sys::reserve(slab * 8, slab).unwrap();
-        let core = SlabCore::new(
-            Geometry {
-                size,
-                cap: 8,
-                max_full: 4,
-            },
-            arena,
-            slab * 8,
-        )
-        .unwrap();
+        let core = SlabArena::new(size, arena, slab * 8).unwrap();
         let per = core.objs_per_slab as usize;
         assert_eq!(per, 64);
         {
-            let mut d = core.depot.lock();
-            let sl = &mut d.slabs;
+            let mut slabs = Slabs::new();
+            let sl = &mut slabs;
             // Two slabs wholly allocated.
             let mut a = vec![std::ptr::null_mut(); per * 2];
             // SAFETY: room for 2 * per pointers; the lock is held.
@@ -891,7 +905,7 @@ mod tests {
             for &p in &s1[..4] {
                 core.to_slab(sl, p);
             }
-            let lens = SlabCore::list_lens(sl);
+            let lens = SlabArena::list_lens(sl);
             assert_eq!(lens[0], 1, "slab 1 (4 free) on the fullest list: {lens:?}");
             assert_eq!(lens[NBUCKETS - 1], 1, "slab 0 (60 free): {lens:?}");
             // Refill takes from the fullest slab first: slab 1.
