@@ -7,13 +7,13 @@ use crate::classes::Classes;
 use crate::decay::{Decay, DEFAULT_DECAY};
 use crate::fork::ForkLocks;
 use crate::sheaf::{Pcs, NO_CHECK};
-
-// `KShared::new` zeroes the slots' `Pcs` instead of writing `Pcs::new()`.
-const _: () = assert!(NO_CHECK == 0);
 use crate::size_class::{SizeClasses, MAX_CLASSES};
 use qpw::{Config, Domain, PerCpu};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+// `KShared::new` zeroes the slots' `Pcs` instead of writing `Pcs::new()`.
+const _: () = assert!(NO_CHECK == 0);
 
 /// A new instance's id (the key of its bindings in thread-local storage).
 pub(crate) fn next_id() -> usize {
