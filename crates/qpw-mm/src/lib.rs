@@ -68,7 +68,8 @@
 //! a fork hook keeps every lock consistent across `fork`. It takes an
 //! explicit `&mut Owner`, or binds the calling thread to a free slot on first
 //! use (the `*_local` calls); a thread that finds no slot free uses the
-//! shared path, and exited threads' slots are drained and reused.
+//! shared path, and exited threads' slots are reused (lowest first, their
+//! cached objects still in them; the decay drains a slot nobody takes).
 //! [`QpwAlloc`] makes it a [`GlobalAlloc`](std::alloc::GlobalAlloc):
 //!
 //! ```no_run
