@@ -20,6 +20,16 @@ fn lines(ptrs: &[usize], size: usize) -> BTreeSet<usize> {
         .collect()
 }
 
+/// `remote` where the modes exist; `queue` when qpw is compiled out (what
+/// these tests check holds in every mode).
+fn mode() -> Mode {
+    if cfg!(feature = "qpw") {
+        Mode::Remote
+    } else {
+        Mode::Queue
+    }
+}
+
 /// Slot 0 (this thread) allocates two neighbours; threads on slots 1 and 2
 /// each free one, then allocate: `held` objects kept, and `cycles`
 /// allocate-write-free rounds. Returns every address each thread got.
@@ -27,7 +37,7 @@ fn scratch_kmalloc(table: SizeClasses, size: usize, held: usize, cycles: usize) 
     let km: Arc<Kmalloc> = Arc::new(
         Kmalloc::builder()
             .nr_cpus(3)
-            .mode(Mode::Remote)
+            .mode(mode())
             .size_classes(table)
             .build()
             .unwrap(),
@@ -111,7 +121,7 @@ fn kmalloc_threads_share_no_line_after_cross_frees() {
 fn kmem_cache_threads_share_no_line_after_cross_frees() {
     for size in [8usize, 24, 48, 56] {
         let domain: Domain = Domain::builder()
-            .mode(Mode::Remote)
+            .mode(mode())
             .nr_cpus(3)
             .build()
             .unwrap();
