@@ -120,11 +120,7 @@ fn kmalloc_threads_share_no_line_after_cross_frees() {
 #[test]
 fn kmem_cache_threads_share_no_line_after_cross_frees() {
     for size in [8usize, 24, 48, 56] {
-        let domain: Domain = Domain::builder()
-            .mode(mode())
-            .nr_cpus(3)
-            .build()
-            .unwrap();
+        let domain: Domain = Domain::builder().mode(mode()).nr_cpus(3).build().unwrap();
         let cache = Arc::new(KmemCache::new(&domain, size).unwrap());
         let size = cache.object_size();
         let mut me = domain.bind_unpinned(0).unwrap();
