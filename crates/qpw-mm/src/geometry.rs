@@ -1,8 +1,8 @@
 //! How a cache is cut, as numbers: slab sizes, the sheaf area, default
 //! sheaf capacities and depot caps, and which classes are *line-private*.
-//! The bottom layer of the slab files: [`slab`](crate::slab),
-//! [`depot`](crate::depot), [`cache`](crate::cache) and
-//! [`size_class`](crate::size_class) all read it and it reads none of them.
+//! The bottom layer of the slab files: `slab`, `depot`, `cache` and
+//! `size_class` all read it and it reads none of them (not even in doc
+//! links).
 
 /// The smallest slab.
 pub(crate) const MIN_SLAB_BYTES: usize = 64 << 10;
@@ -28,7 +28,7 @@ pub(crate) const fn slab_bytes_for(size: usize) -> usize {
 /// Whether objects of `size` bytes are *line-private*: smaller than a
 /// cache line, so a whole object shares its line with neighbours, and two
 /// slots must not hand out objects of one slab at once (see
-/// [`Pcs`](crate::sheaf::Pcs)). Sizes above a line that are not multiples
+/// `sheaf::Pcs`). Sizes above a line that are not multiples
 /// of it (80 .. 224 B) share only a boundary line with each neighbour and
 /// are not: making them line-private cost `prod-cons` about a fifth of its
 /// throughput (every free of the other thread's objects went back to its

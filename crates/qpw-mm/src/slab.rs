@@ -2,8 +2,8 @@
 //! objects, and the slab lists ([`Slabs`]: partial slabs bucketed by
 //! fullness, wholly free slabs, released slabs, and the *home* slabs of
 //! line-private classes' slots). The sheaves in front of the slabs, and the
-//! lock over both, are the depot's ([`depot`](crate::depot), the layer
-//! above: this file never names it).
+//! lock over both, are the depot's (`depot.rs`, the layer above: this
+//! file never links to it).
 //!
 //! # Memory
 //!
