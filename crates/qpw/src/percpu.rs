@@ -164,16 +164,8 @@ impl<T, C: Config> PerCpu<T, C> {
     /// Work signalled in the meantime runs when the guard drops.
     #[inline(always)]
     pub fn lock<'a>(&'a self, owner: &'a mut Owner<C>) -> LocalGuard<'a, T, C> {
-        // Another domain's owner would bring another domain's exclusion: unsound.
-        assert!(
-            Arc::ptr_eq(&self.domain.inner, &owner.domain.inner),
-            "qpw: a PerCpu was locked with an owner of another domain"
-        );
-        // SAFETY: `owner.cpu` is below nr_cpus, which is `cells.len()` for
-        // every PerCpu of this (checked) domain.
-        let cell = unsafe { self.cells.get_unchecked(owner.cpu) };
+        let (cell, spin) = self.owner_cell(owner);
         let slot = owner.slot_state();
-        let spin = if C::QPW { owner.use_spin } else { C::RT };
         // The section flag, in every mode: `queue`'s handler reads it, a
         // `remote` caller hands work to an owner that is in a section (and
         // may be preempted there) instead of waiting, and an owner's own
@@ -184,14 +176,27 @@ impl<T, C: Config> PerCpu<T, C> {
             cell.lock
                 .lock_owner(crate::sys::current_tid() as u32, &slot.counters);
         }
-        LocalGuard {
-            ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-            cell,
-            slot,
-            spin,
-            entered,
-            _owner: PhantomData,
-        }
+        LocalGuard::new(cell, slot, spin, entered)
+    }
+
+    /// The owner's cell, and whether its section takes the cell's lock
+    /// (`remote` slots, the RT policy), for [`lock`](Self::lock) and
+    /// [`try_lock`](Self::try_lock).
+    ///
+    /// # Panics
+    /// If `owner` belongs to another domain.
+    #[inline(always)]
+    fn owner_cell(&self, owner: &Owner<C>) -> (&CachePadded<Cell<T>>, bool) {
+        // Another domain's owner would bring another domain's exclusion: unsound.
+        assert!(
+            Arc::ptr_eq(&self.domain.inner, &owner.domain.inner),
+            "qpw: a PerCpu was locked with an owner of another domain"
+        );
+        // SAFETY: `owner.cpu` is below nr_cpus, which is `cells.len()` for
+        // every PerCpu of this (checked) domain.
+        let cell = unsafe { self.cells.get_unchecked(owner.cpu) };
+        let spin = if C::QPW { owner.use_spin } else { C::RT };
+        (cell, spin)
     }
 
     /// Enters the owner's local section like [`lock`](Self::lock), but never
@@ -201,14 +206,8 @@ impl<T, C: Config> PerCpu<T, C> {
     /// which runs it itself once the owner is outside its section.
     #[inline]
     pub fn try_lock<'a>(&'a self, owner: &'a mut Owner<C>) -> Option<LocalGuard<'a, T, C>> {
-        assert!(
-            Arc::ptr_eq(&self.domain.inner, &owner.domain.inner),
-            "qpw: a PerCpu was locked with an owner of another domain"
-        );
-        // SAFETY: as in `lock`.
-        let cell = unsafe { self.cells.get_unchecked(owner.cpu) };
+        let (cell, spin) = self.owner_cell(owner);
         let slot = owner.slot_state();
-        let spin = if C::QPW { owner.use_spin } else { C::RT };
         // In a section before the lock, as in `lock`: a signal arriving
         // between the two must not run work that locks this cell.
         let entered = slot.enter();
@@ -216,14 +215,7 @@ impl<T, C: Config> PerCpu<T, C> {
             slot.leave(entered);
             return None;
         }
-        Some(LocalGuard {
-            ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-            cell,
-            slot,
-            spin,
-            entered,
-            _owner: PhantomData,
-        })
+        Some(LocalGuard::new(cell, slot, spin, entered))
     }
 
     /// Runs `f` in the owner's local section.
@@ -410,6 +402,22 @@ pub struct LocalGuard<'a, T, C: Config> {
     /// The section counter's value before this section.
     entered: u32,
     _owner: PhantomData<&'a mut Owner<C>>,
+}
+
+impl<'a, T, C: Config> LocalGuard<'a, T, C> {
+    /// The guard of a section just entered (`entered`), the cell's lock
+    /// taken if `spin`.
+    #[inline(always)]
+    fn new(cell: &'a Cell<T>, slot: &'a SlotState<C>, spin: bool, entered: u32) -> Self {
+        LocalGuard {
+            ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+            cell,
+            slot,
+            spin,
+            entered,
+            _owner: PhantomData,
+        }
+    }
 }
 
 impl<T, C: Config> Deref for LocalGuard<'_, T, C> {
