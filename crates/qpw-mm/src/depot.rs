@@ -25,7 +25,7 @@
 //! drain, never inside a work function.
 
 use crate::geometry::{line_private, Geometry, SHEAF_AREA};
-use crate::lock::Lock;
+use crate::lock::{Lock, LockGuard};
 use crate::sheaf::{home_of, objs, sheaf_bytes, Pcs, Sheaf, NO_CHECK, NO_HOME};
 use crate::slab::{bump, SlabArena, Slabs, NBUCKETS, RELEASE_BATCH};
 use crate::stack::TakeAllStack;
@@ -217,6 +217,16 @@ impl SlabCore {
         }
     }
 
+    /// Takes the depot lock and files the hand-off stack (drained sheaves)
+    /// first: what every slow path that takes sheaves or objects does.
+    fn lock_absorbed(&self) -> LockGuard<'_, Depot> {
+        let mut d = self.depot.lock();
+        if !self.handoff.is_empty() {
+            self.absorb(&mut d);
+        }
+        d
+    }
+
     /// Files every sheaf on the hand-off stack.
     fn absorb(&self, d: &mut Depot) {
         let mut p = self.handoff.take_all();
@@ -245,10 +255,7 @@ impl SlabCore {
             pcs.swap();
             return pcs.pop().unwrap_or(std::ptr::null_mut());
         }
-        let mut d = self.depot.lock();
-        if !self.handoff.is_empty() {
-            self.absorb(&mut d);
-        }
+        let mut d = self.lock_absorbed();
         if pcs.main.is_null() {
             let s = self.new_sheaf(&mut d);
             if s.is_null() {
@@ -282,10 +289,7 @@ impl SlabCore {
     /// refilled from the slot's home slab (never from the spare, which
     /// holds foreign objects, nor from the depot's sheaves).
     fn alloc_slow_private(&self, pcs: &mut Pcs) -> *mut u8 {
-        let mut d = self.depot.lock();
-        if !self.handoff.is_empty() {
-            self.absorb(&mut d);
-        }
+        let mut d = self.lock_absorbed();
         if pcs.main.is_null() {
             let s = self.new_sheaf(&mut d);
             if s.is_null() {
@@ -591,10 +595,7 @@ impl SlabCore {
     /// under the depot lock. Null when memory is exhausted.
     pub(crate) fn alloc_shared(&self) -> *mut u8 {
         bump(&self.counters.shared_allocs, 1);
-        let mut d = self.depot.lock();
-        if !self.handoff.is_empty() {
-            self.absorb(&mut d);
-        }
+        let mut d = self.lock_absorbed();
         let mut s = d.shared;
         if s.is_null() {
             s = self.new_sheaf(&mut d);
