@@ -305,21 +305,11 @@ impl<T, C: Config> PerCpu<T, C> {
                 {
                     return Err(timed_out());
                 }
-                return Ok(RemoteGuard {
-                    ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-                    cell,
-                    slot,
-                    hold: Some(hold),
-                });
+                return Ok(RemoteGuard::new(cell, slot, Some(hold)));
             }
         }
         if slot.try_take() {
-            return Ok(RemoteGuard {
-                ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-                cell,
-                slot,
-                hold: None,
-            });
+            return Ok(RemoteGuard::new(cell, slot, None));
         }
         Err(Error::OwnerOnline { cpu })
     }
@@ -344,12 +334,7 @@ impl<T, C: Config> PerCpu<T, C> {
                 if !cell.lock.try_lock_remote() {
                     return Err(Error::WouldBlock { cpu });
                 }
-                return Ok(RemoteGuard {
-                    ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-                    cell,
-                    slot,
-                    hold: Some(hold),
-                });
+                return Ok(RemoteGuard::new(cell, slot, Some(hold)));
             }
         }
         // A few looks: the state may change between one and the next (that
@@ -363,12 +348,7 @@ impl<T, C: Config> PerCpu<T, C> {
                 return Err(Error::WouldBlock { cpu });
             }
             if slot.try_take() {
-                return Ok(RemoteGuard {
-                    ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
-                    cell,
-                    slot,
-                    hold: None,
-                });
+                return Ok(RemoteGuard::new(cell, slot, None));
             }
         }
         Err(Error::WouldBlock { cpu })
@@ -516,6 +496,20 @@ pub struct RemoteGuard<'a, T, C: Config> {
     slot: &'a SlotState<C>,
     /// `remote` mode: the cell's lock is held, and the slot counts us.
     hold: Option<RemoteHold<'a>>,
+}
+
+impl<'a, T, C: Config> RemoteGuard<'a, T, C> {
+    /// The guard of slot `slot`'s cell, taken under `hold` (`remote` mode:
+    /// the cell's lock) or by taking the absent owner's slot (`None`).
+    #[inline]
+    fn new(cell: &'a Cell<T>, slot: &'a SlotState<C>, hold: Option<RemoteHold<'a>>) -> Self {
+        RemoteGuard {
+            ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
+            cell,
+            slot,
+            hold,
+        }
+    }
 }
 
 impl<T, C: Config> Deref for RemoteGuard<'_, T, C> {
