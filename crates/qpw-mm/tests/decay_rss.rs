@@ -5,7 +5,9 @@
 //! assertion is on the amount of memory, not on speed. One test per binary:
 //! the program's global allocator is `QpwAlloc`, default decay delay (1 s).
 
+mod rss;
 use qpw_mm::QpwAlloc;
+use rss::rss_bytes;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -17,19 +19,6 @@ const PER_THREAD: usize = 110 * MIB / 100;
 /// How long the test waits for the decay at most (the default delay is
 /// 1 s; the goal is 2 s; this only bounds a hang).
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn rss_bytes() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: usize = s
-        .split_whitespace()
-        .nth(1)
-        .expect("resident field")
-        .parse()
-        .expect("a number");
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    pages * page
-}
 
 #[test]
 fn freed_memory_goes_back_without_any_call() {

@@ -2,8 +2,10 @@
 //! resident set (from /proc/self/statm) falls by most of what the objects
 //! used. One test per binary, so no other test's memory moves the figure.
 
+mod rss;
 use qpw::{Domain, Mode};
 use qpw_mm::{Kmalloc, KmemCache};
+use rss::rss_bytes;
 use std::ptr::NonNull;
 
 /// `remote` where the modes exist; `queue` when qpw is compiled out (only
@@ -14,19 +16,6 @@ fn remote() -> Mode {
     } else {
         Mode::Queue
     }
-}
-
-fn rss_bytes() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: usize = s
-        .split_whitespace()
-        .nth(1)
-        .expect("resident field")
-        .parse()
-        .expect("a number");
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    pages * page
 }
 
 const MIB: usize = 1 << 20;
