@@ -525,16 +525,27 @@ fn sleep_until(deadline: Instant) {
     }
 }
 
-/// Runs one mode: baseline, then drained, then the conservation check.
-pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, String> {
+/// The domain of one mode's run, with the owner's CPU (the last one this
+/// process may use: an isolated CPU under `auto`) and the drainer's (another
+/// one, if any). `what` names the benchmark in the error.
+pub fn mode_domain(
+    mode: BenchMode,
+    what: &str,
+) -> Result<(Domain<Standard>, usize, Option<usize>), String> {
     let allowed = util::allowed_cpus();
     let owner_cpu = *allowed.last().ok_or("this process may run on no CPU")?;
     let drainer_cpu = allowed.iter().copied().find(|&c| c != owner_cpu);
-    let domain: Domain<Standard> = Domain::builder()
+    let domain = Domain::builder()
         .mode(mode.to_mode(vec![owner_cpu]))
         .flush_timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| format!("isolation ({}): {e}", mode.name()))?;
+        .map_err(|e| format!("{what} ({}): {e}", mode.name()))?;
+    Ok((domain, owner_cpu, drainer_cpu))
+}
+
+/// Runs one mode: baseline, then drained, then the conservation check.
+pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, String> {
+    let (domain, owner_cpu, drainer_cpu) = mode_domain(mode, "isolation")?;
     let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
     let total = Arc::new(AtomicU64::new(0));
     let drain = Arc::new(domain.work_all({

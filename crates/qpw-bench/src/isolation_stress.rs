@@ -17,14 +17,13 @@
 //!
 //! Each mode runs a baseline first (same owner, hog and loop, no drains).
 
-use crate::isolation::{Drainer, IsolationArgs, Pace, Phases};
+use crate::isolation::{mode_domain, Drainer, IsolationArgs, Pace, Phases};
 use crate::tsc;
 use crate::util::{self, BenchMode, Percentiles};
-use qpw::{Domain, PerCpu, SlotStats, Standard};
+use qpw::{PerCpu, SlotStats};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The drain work's default hold, in nanoseconds.
 pub const DEFAULT_HOLD_NS: u64 = 20_000;
@@ -494,14 +493,7 @@ fn run_mode(
     o: Opts,
     rt_throttling: &str,
 ) -> Result<StressResult, String> {
-    let allowed = util::allowed_cpus();
-    let owner_cpu = *allowed.last().ok_or("this process may run on no CPU")?;
-    let drainer_cpu = allowed.iter().copied().find(|&c| c != owner_cpu);
-    let domain: Domain<Standard> = Domain::builder()
-        .mode(mode.to_mode(vec![owner_cpu]))
-        .flush_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("isolation --stress ({}): {e}", mode.name()))?;
+    let (domain, owner_cpu, drainer_cpu) = mode_domain(mode, "isolation --stress")?;
     let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
     let total = Arc::new(AtomicU64::new(0));
     let expected_drains = (a.rate as f64 * a.seconds) as usize + 1024;
