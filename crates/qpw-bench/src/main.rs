@@ -11,6 +11,7 @@
 //! | `drain` | the latency of one drain-all against the number of CPUs |
 //! | `locks` | cycles per lock+unlock pair of the owner's local lock, against std and parking_lot |
 //! | `alloc` | allocator workloads under `QpwAlloc` (`queue`, `remote`), mimalloc, jemalloc and glibc, one process each |
+//! | `realprog` | unmodified C programs, python3, sqlite3 and redis under `LD_PRELOAD`: glibc, mimalloc, jemalloc, qpw (`QPW=0`, `QPW=1`) |
 //! | `report` | short versions of all five, tables, JSON and plots |
 //! | `soak` | every consumer in every mode under churn, with conservation checks |
 //!
@@ -27,6 +28,7 @@ mod kmalloc;
 mod locks;
 mod machine;
 mod plots;
+mod realprog;
 mod report;
 mod soak;
 mod tsc;
@@ -61,6 +63,8 @@ enum Command {
     Locks(locks::LocksArgs),
     /// Allocator workloads under QpwAlloc (queue, remote), mimalloc, jemalloc and glibc, one process each.
     Alloc(alloc::AllocArgs),
+    /// Unmodified programs under LD_PRELOAD: glibc, mimalloc, jemalloc, qpw (QPW=0, QPW=1).
+    Realprog(realprog::RealprogArgs),
     /// One allocator workload in this process (started by `alloc`).
     #[command(hide = true)]
     AllocWorker(alloc::worker::WorkerArgs),
@@ -88,6 +92,7 @@ fn main() {
         Some(Command::Locks(a)) => locks::main(&a),
         Some(Command::Alloc(a)) => alloc::main(&a),
         Some(Command::AllocWorker(a)) => alloc::worker::main(&a),
+        Some(Command::Realprog(a)) => realprog::main(&a),
         Some(Command::Report(a)) => report::main(&a),
         Some(Command::Soak(a)) => soak::main(&a),
         None => report::main(&report::ReportArgs::default()),
