@@ -42,6 +42,13 @@ const RUNS: [(u64, u64, u64); 4] = [
     (4096, 16, 40_000),
 ];
 
+/// Requests per test: `n` at scale 1, at least 1,000 per pipeline slot
+/// (fewer can end within redis-benchmark's millisecond clock: `inf` per
+/// second).
+fn requests(n: u64, pipeline: u64, scale: f64) -> u64 {
+    scaled(n, scale, 1_000 * pipeline)
+}
+
 /// What it does at `scale`.
 pub fn describe(scale: f64) -> String {
     let runs: Vec<String> = RUNS
@@ -50,7 +57,7 @@ pub fn describe(scale: f64) -> String {
             format!(
                 "{} B values pipelined {p} deep, {} requests per test",
                 d,
-                crate::util::thousands(scaled(n, scale, 100))
+                crate::util::thousands(requests(n, p, scale))
             )
         })
         .collect();
@@ -179,14 +186,20 @@ fn parse_csv(out: &str) -> Result<Vec<(String, f64)>, String> {
         .filter_map(|l| {
             let mut f = l.split(',').map(|x| x.trim().trim_matches('"'));
             let test = f.next()?;
+            // `inf` parses: refused below with its own message.
             let rps = f.next()?.parse::<f64>().ok()?;
             Some((test.to_string(), rps))
         })
         .collect();
-    if rows.is_empty() || rows.iter().any(|(_, r)| !(r.is_finite() && *r > 0.0)) {
+    if rows.is_empty() {
         return Err(format!(
             "no figures in redis-benchmark's output: {:?}",
             out.trim()
+        ));
+    }
+    if let Some((t, r)) = rows.iter().find(|(_, r)| !(r.is_finite() && *r > 0.0)) {
+        return Err(format!(
+            "redis-benchmark gave {t} {r} requests per second: too few requests to time (raise --scale)"
         ));
     }
     Ok(rows)
@@ -201,7 +214,7 @@ pub fn run(a: &Ready, ctx: &Ctx) -> Result<Vec<Sample>, String> {
     let mut samples = Vec::new();
     let mut total = Duration::ZERO;
     for (d, p, n) in RUNS {
-        let n = scaled(n, ctx.scale, 100);
+        let n = requests(n, p, ctx.scale);
         let mut cmd = Command::new(BENCHMARK);
         cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", TESTS])
             .args([
@@ -274,5 +287,8 @@ mod tests {
         );
         assert!(super::parse_csv("\"test\",\"rps\"\n").is_err());
         assert!(super::parse_csv("\"SET\",\"0\"\n").is_err());
+        assert!(super::parse_csv("\"SET\",\"inf\"\n")
+            .unwrap_err()
+            .contains("too few requests"));
     }
 }

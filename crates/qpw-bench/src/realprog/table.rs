@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(r.means[2].geomean_programs, None);
         let md = markdown(&r);
         assert!(
-            md.contains("| random1 | 25.0 ns (2.50×) | 10.0 ns (1.00×) | 5.00 ns (0.50×) |"),
+            md.contains("| random1 | 25.0 ns * (2.50×) | 10.0 ns (1.00×) | 5.00 ns (0.50×) |"),
             "{md}"
         );
         assert!(md.contains("qpw-queue (QPW=0)"), "{md}");
