@@ -12,7 +12,7 @@
 //! | `locks` | cycles per lock+unlock pair of the owner's local lock, against std and parking_lot |
 //! | `alloc` | allocator workloads under `QpwAlloc` (`queue`, `remote`), mimalloc, jemalloc and glibc, one process each |
 //! | `realprog` | unmodified C programs, python3, sqlite3 and redis under `LD_PRELOAD`: glibc, mimalloc, jemalloc, qpw (`QPW=0`, `QPW=1`) |
-//! | `report` | short versions of all five, tables, JSON and plots |
+//! | `report` | short versions of all six, tables, JSON and plots |
 //! | `soak` | every consumer in every mode under churn, with conservation checks |
 //!
 //! Cycles everywhere are TSC ticks (see [`tsc`]).

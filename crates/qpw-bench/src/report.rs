@@ -624,6 +624,7 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
     let method = Method::new(plan, &machine);
     let mut tables = tables(plan, &method, &k, &iso, &drains, &lock_rows, &al);
     tables.push_str(&stress_table(&stress, &fifo, &method));
+    tables.push_str(&crate::realprog::report_section(plan.preset)?);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let md = format!(
         "# qpw-bench report\n\nMachine: {}\n\nCommand: `{}` (preset `{}`)\n\n{}.\n\n{}\n## kmalloc: every row, and its goals\n\n{}",

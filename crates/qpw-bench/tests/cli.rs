@@ -471,6 +471,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "## Lock cost",
         "## Isolation under stress",
         "## Allocator workloads",
+        "## Real programs under LD_PRELOAD",
     ] {
         assert!(
             stdout.contains(heading),
@@ -505,6 +506,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "## Drain scaling",
         "## Lock cost",
         "## Allocator workloads",
+        "## Real programs under LD_PRELOAD",
     ] {
         assert!(md.contains(heading), "report.md lacks {heading}");
     }

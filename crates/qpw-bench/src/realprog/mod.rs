@@ -240,6 +240,46 @@ pub fn run(a: &RealprogArgs, step: &mut dyn FnMut(&str)) -> Result<RealprogRepor
     ))
 }
 
+/// The report's run for its preset (`quick`, `default`, `full`): every
+/// program and allocator, (rounds, scale) = (1, 0.02), (1, 0.1) or (3, 1),
+/// the qpw library built as `realprog` builds it.
+pub fn report_args(preset: &str) -> RealprogArgs {
+    let (rounds, scale) = match preset {
+        "quick" => (1, 0.02),
+        "full" => (3, 1.0),
+        _ => (1, 0.1),
+    };
+    RealprogArgs {
+        rounds,
+        scale,
+        timeout: 120.0,
+        ..RealprogArgs::default()
+    }
+}
+
+/// The report's section: runs [`report_args`] and returns its heading,
+/// what it ran, and its tables.
+pub fn report_section(preset: &str) -> Result<String, String> {
+    let a = report_args(preset);
+    eprintln!(
+        "qpw-bench: report: real programs under LD_PRELOAD ({} round(s), scale {}; `qpw-bench realprog` runs the full sizes)",
+        a.rounds, a.scale
+    );
+    let r = run(&a, &mut |_| {})?;
+    Ok(format!(
+        "## Real programs under LD_PRELOAD: qpw against glibc, mimalloc and jemalloc
+
+         The report's preset `{preset}` runs {} round(s) at scale {} (`qpw-bench realprog --rounds {} --scale {}`);          `qpw-bench realprog` alone runs 3 rounds at scale 1.
+
+{}",
+        a.rounds,
+        a.scale,
+        a.rounds,
+        a.scale,
+        table::markdown(&r)
+    ))
+}
+
 /// Runs `qpw-bench realprog`.
 pub fn main(a: &RealprogArgs) -> Result<(), String> {
     use std::io::IsTerminal;
@@ -287,5 +327,8 @@ mod tests {
         };
         assert_eq!(a.qpw_lib(), QpwLib::Locate);
         assert_eq!(RealprogArgs::default().qpw_lib(), QpwLib::Build);
+        assert_eq!(report_args("quick").scale, 0.02);
+        assert_eq!(report_args("full").rounds, 3);
+        assert_eq!(report_args("default").qpw_lib(), QpwLib::Build);
     }
 }
