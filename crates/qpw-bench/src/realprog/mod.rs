@@ -146,7 +146,7 @@ impl Drop for Scratch {
 pub fn method(a: &RealprogArgs) -> String {
     format!(
         "each (program, allocator) run is its own process, the allocator preloaded with LD_PRELOAD (glibc: none; \
-         qpw: QPW=0 or QPW=1 beside it); {} interleaved rounds (every program under every allocator, the \
+         qpw: QPW=0 or QPW=1 beside it); {} interleaved round(s) (every program under every allocator, the \
          allocators' order rotated each round), median reported; work scale {}; our C programs and the Python \
          script time their own work and read their own VmHWM, then free everything and read VmRSS; sqlite3 is \
          timed from start to exit; a run over {} s is killed and counted failed",
