@@ -79,8 +79,32 @@ pub fn run(cmd: &mut Command, input: &[u8], limit: Duration) -> Result<Finished,
 }
 
 /// Starts `cmd` in a process group of its own, its standard output and
-/// error piped unless the caller set them.
+/// error piped. Out of our group, a terminal's Ctrl-C would not reach it:
+/// it is killed instead when the thread that started it ends
+/// (`PR_SET_PDEATHSIG`), so call this from a thread that lives as long as
+/// the program should (realprog's main thread).
 pub fn start_group(cmd: &mut Command, stdin: Stdio) -> Result<Child, String> {
+    let parent = std::process::id();
+    let die_with_parent = move || -> std::io::Result<()> {
+        // SAFETY: prctl with an integer option and a signal number.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: getppid has no preconditions. The parent may have died
+        // before prctl: then the child must not run on.
+        if unsafe { libc::getppid() } as u32 != parent {
+            // SAFETY: _exit ends the forked child at once, running nothing
+            // of the parent's (no atexit handlers, no buffers flushed).
+            unsafe { libc::_exit(1) };
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes only prctl, getppid and
+    // _exit, and allocates nothing (an OS error is a plain code).
+    unsafe {
+        cmd.pre_exec(die_with_parent);
+    }
     cmd.process_group(0)
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -132,6 +156,29 @@ mod tests {
         assert!(e.contains("timed out"), "{e}");
         // The group was killed: the background sleep holds no pipe open.
         assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::thread::spawn(|| {
+            start_group(Command::new("sleep").arg("30"), Stdio::null()).unwrap()
+        })
+        .join()
+        .unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                kill_group(child.id());
+                let _ = child.wait();
+                panic!("the child outlived the thread that started it by 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
     #[test]
