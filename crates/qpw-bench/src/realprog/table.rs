@@ -540,10 +540,19 @@ mod tests {
     }
 
     #[test]
-    fn a_program_that_never_ran_has_one_failed_row() {
+    fn a_program_that_never_ran_has_one_failed_row_and_skips_are_printed() {
         let al = [AllocName::Glibc];
+        let mut inp = inputs(&al);
+        inp.skipped_allocators.push(Skip {
+            name: "jemalloc".into(),
+            reason: "libjemalloc.so.2 not found".into(),
+        });
+        inp.skipped_programs.push(Skip {
+            name: "redis".into(),
+            reason: "/usr/bin/redis-server not found".into(),
+        });
         let r = summarise(
-            inputs(&al),
+            inp,
             &[Program::Sqlite],
             &[vec![vec![]]],
             &[vec![(2, Some("killed".into()))]],
@@ -552,5 +561,16 @@ mod tests {
         assert_eq!(r.rows[0].row, "sqlite");
         assert_eq!(r.rows[0].cells[0].failures, 2);
         assert_eq!(r.reference, Some("glibc"));
+        // Nothing missing goes unsaid.
+        let md = markdown(&r);
+        assert!(
+            md.contains("- **skipped allocator** jemalloc: libjemalloc.so.2 not found"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- **skipped program** redis: /usr/bin/redis-server not found"),
+            "{md}"
+        );
+        assert!(md.contains("| sqlite | failed (2) |"), "{md}");
     }
 }
