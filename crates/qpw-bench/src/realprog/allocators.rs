@@ -164,10 +164,13 @@ fn find_system_lib(soname: &str) -> Option<PathBuf> {
     })
 }
 
-/// The target directory this program was built into (`<target>/<profile>/qpw-bench`).
+/// The cargo target directory this program runs from
+/// (`<target>/<profile>/qpw-bench`; cargo marks it with `CACHEDIR.TAG`),
+/// `None` for a copy installed elsewhere.
 fn target_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.to_path_buf())
+    let t = exe.parent()?.parent()?;
+    t.join("CACHEDIR.TAG").is_file().then(|| t.to_path_buf())
 }
 
 /// The workspace this program was built from, if it is still there.
@@ -183,7 +186,10 @@ fn qpw_library(how: &QpwLib) -> Result<(PathBuf, String), String> {
     let built = || {
         target_dir()
             .map(|t| t.join("release/libqpw_malloc.so"))
-            .ok_or_else(|| "cannot tell this program's target directory".to_string())
+            .ok_or_else(|| {
+                "this program does not run from a cargo target directory: give --qpw-lib"
+                    .to_string()
+            })
     };
     match how {
         QpwLib::Given(p) => Ok((p.clone(), "given with --qpw-lib".to_string())),
