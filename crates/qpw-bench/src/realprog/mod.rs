@@ -28,6 +28,7 @@ pub mod spawn;
 pub mod sqlite;
 pub mod table;
 
+use crate::alloc::dedup_or;
 use crate::alloc::dispatch::AllocName;
 use crate::util;
 use allocators::QpwLib;
@@ -104,16 +105,6 @@ impl RealprogArgs {
             (None, false) => QpwLib::Build,
         }
     }
-}
-
-fn dedup_or<T: Copy + PartialEq>(given: &[T], all: &[T]) -> Vec<T> {
-    let mut v: Vec<T> = Vec::new();
-    for x in if given.is_empty() { all } else { given } {
-        if !v.contains(x) {
-            v.push(*x);
-        }
-    }
-    v
 }
 
 /// The load average (1, 5 and 15 minutes), as `/proc/loadavg` gives it.

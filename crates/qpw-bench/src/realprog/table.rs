@@ -4,6 +4,7 @@
 
 use super::programs::{Program, Sample, Unit};
 use crate::alloc::dispatch::AllocName;
+use crate::alloc::summary::{geomean, median_u64};
 use crate::util::{self, Summary};
 use serde::Serialize;
 
@@ -133,15 +134,6 @@ pub struct Inputs<'a> {
     pub load_start: String,
     /// Load average after.
     pub load_end: String,
-}
-
-fn median_u64(mut v: Vec<u64>) -> Option<u64> {
-    v.sort_unstable();
-    v.get(v.len().wrapping_sub(1) / 2).copied()
-}
-
-fn geomean(v: &[f64]) -> Option<f64> {
-    (!v.is_empty()).then(|| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
 }
 
 /// The rows of one program: the labels its samples carry, in order of
