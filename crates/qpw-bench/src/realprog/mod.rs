@@ -148,7 +148,6 @@ pub fn method(a: &RealprogArgs) -> String {
 /// Runs every program under every allocator; `step` is told before each
 /// run starts.
 pub fn run(a: &RealprogArgs, step: &mut dyn FnMut(&str)) -> Result<RealprogReport, String> {
-    let load_start = loadavg();
     let resolved = allocators::resolve(&a.allocators(), &a.qpw_lib())?;
     let scratch = Scratch::new()?;
     let limit = Duration::from_secs_f64(a.timeout);
@@ -180,6 +179,8 @@ pub fn run(a: &RealprogArgs, step: &mut dyn FnMut(&str)) -> Result<RealprogRepor
     };
     let ready = &resolved.ready;
     let n = ready.len();
+    // After the build and the compiles: the load the runs start under.
+    let load_start = loadavg();
     // [program][allocator]: the samples of every round, and the failures.
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); n]; programs.len()];
     let mut failures: Vec<Vec<(usize, Option<String>)>> = vec![vec![(0, None); n]; programs.len()];
