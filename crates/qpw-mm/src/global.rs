@@ -26,7 +26,7 @@ use crate::kmalloc::{Kmalloc, DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES};
 use crate::size_class::SizeClasses;
 use crate::stats::{KmallocStats, ShrinkReport};
 use crate::sys;
-use qpw::{Config, Domain, FlushError, Mode, Standard};
+use qpw::{Config, FlushError, Mode, Standard};
 use std::alloc::{GlobalAlloc, Layout};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
@@ -273,7 +273,7 @@ impl<C: Config> QpwAlloc<C> {
         // From here other threads and our own re-entrant calls use the
         // shared path on these classes.
         self.classes.store(classes.as_ptr(), Ordering::Release);
-        let mut b = Domain::<C>::builder().nr_cpus(self.nr_cpus);
+        let mut b = qpw::Builder::<C>::new().nr_cpus(self.nr_cpus);
         if let Some(m) = self.mode.mode() {
             b = b.mode(m);
         }
@@ -284,7 +284,7 @@ impl<C: Config> QpwAlloc<C> {
                 sys::write_stderr(&e.to_string());
                 if self.mode == GlobalMode::FromEnv {
                     sys::write_stderr("; using mode queue\n");
-                    Domain::<C>::builder()
+                    qpw::Builder::<C>::new()
                         .nr_cpus(self.nr_cpus)
                         .mode(Mode::Queue)
                         .build()

@@ -152,7 +152,7 @@ impl<C: Config> KmallocBuilder<C> {
         let domain = match self.domain {
             Some(d) => d,
             None => {
-                let mut b = Domain::<C>::builder();
+                let mut b = qpw::Builder::<C>::new();
                 if let Some(n) = self.nr_cpus {
                     b = b.nr_cpus(n);
                 }

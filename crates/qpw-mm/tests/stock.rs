@@ -14,7 +14,7 @@ const OPS: usize = 20_000;
 const LIMIT: u64 = 2000;
 
 fn domain<C: Config>(mode: Mode, nr_cpus: usize) -> Domain<C> {
-    Domain::<C>::builder()
+    qpw::Builder::<C>::new()
         .mode(mode)
         .nr_cpus(nr_cpus)
         .flush_timeout(Duration::from_secs(60))
