@@ -27,7 +27,9 @@ mod kmalloc;
 mod locks;
 mod machine;
 mod plots;
+mod progress;
 mod report;
+mod setting;
 mod soak;
 mod tsc;
 mod util;
@@ -71,6 +73,12 @@ enum Command {
 }
 
 fn main() {
+    // First, before any thread exists: every thread created after this
+    // inherits SIGINT, SIGTERM and SIGHUP blocked (see `setting`).
+    if let Err(e) = setting::watch_signals() {
+        eprintln!("qpw-bench: error: {e}");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     let worker = matches!(cli.command, Some(Command::AllocWorker(_)));
     if !worker && std::env::var_os(alloc::dispatch::ENV).is_some() {
