@@ -2,7 +2,8 @@
 //!
 //! A bare `cargo run --release` runs `report`: short versions of every
 //! benchmark, as Markdown tables on stdout, with `report.md`, `results.json`
-//! and SVG plots written to `target/qpw-report/`.
+//! and SVG plots written to `target/qpw-report/` (`$CARGO_TARGET_DIR/qpw-report/`
+//! when that is set). It changes no system setting unless asked (`--fifo`).
 //!
 //! | subcommand | what it measures |
 //! |---|---|

@@ -1,7 +1,7 @@
 //! `qpw-bench report`: short versions of every benchmark, as one report.
 //!
 //! Markdown tables on stdout; in the output directory (default
-//! `target/qpw-report/`): `report.md` (the tables, the machine and how each
+//! `target/qpw-report/`, or `$CARGO_TARGET_DIR/qpw-report/`): `report.md` (the tables, the machine and how each
 //! figure was measured), `results.json` (everything, machine-readable) and
 //! the SVG plots. Options are checked and the output directory prepared
 //! before anything runs; the files are written into a temporary directory

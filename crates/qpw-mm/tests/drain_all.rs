@@ -3,16 +3,19 @@
 //! `drain_all_stock`, `flush_all`) are the same call. And the statistics a
 //! user prints explain their table.
 
-use qpw::{Domain, Mode};
+use qpw::{Config, Domain, Mode, Standard};
 use qpw_mm::{lru::Lru, stock::Stock, Kmalloc, KmemCache};
 use std::alloc::Layout;
 
+/// `remote` where qpw is compiled in, else `queue` (CI runs the tests
+/// with `--no-default-features` too).
 fn domain() -> Domain {
-    Domain::builder()
-        .mode(Mode::Remote)
-        .nr_cpus(2)
-        .build()
-        .unwrap()
+    let mode = if Standard::QPW {
+        Mode::Remote
+    } else {
+        Mode::Queue
+    };
+    Domain::builder().mode(mode).nr_cpus(2).build().unwrap()
 }
 
 #[test]
