@@ -48,9 +48,11 @@ pub fn default_out() -> PathBuf {
 }
 
 /// How long each preset runs, for `--help` (the README says the same).
-pub const DURATIONS: &str = "How long it runs, on the project's 2-CPU virtual machine with nothing else \
+pub const DURATIONS: &str =
+    "How long it runs, on the project's 2-CPU virtual machine with nothing else \
 running: the default preset about 1.5 minutes (85 s measured, before the SCHED_FIFO runs became \
-opt-in with --fifo); --quick and --full: see the README. Progress lines with an estimate of the time \
+opt-in with --fifo); --quick 20 s (measured on a busy machine: an upper bound); --full: several \
+times the default, not measured yet. Progress lines with an estimate of the time \
 left go to stderr.";
 
 /// Options of `qpw-bench report`. The presets set every size; the options
@@ -59,7 +61,7 @@ left go to stderr.";
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(after_help = DURATIONS)]
 pub struct ReportArgs {
-    /// Shorter runs, fewer drain points.
+    /// Shorter runs, fewer drain points (20 s on a 2-CPU VM).
     #[arg(long, conflicts_with = "full")]
     pub quick: bool,
     /// Longer runs, every drain point of `qpw-bench drain`, 1,000 forks per allocator.
