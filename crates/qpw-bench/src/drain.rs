@@ -220,24 +220,7 @@ fn run_with(
 }
 
 fn delta(a: &SlotStats, b: &SlotStats) -> SlotStats {
-    SlotStats {
-        signals_sent: a.signals_sent - b.signals_sent,
-        works_in_handler: a.works_in_handler - b.works_in_handler,
-        works_at_section_end: a.works_at_section_end - b.works_at_section_end,
-        works_at_quiescent: a.works_at_quiescent - b.works_at_quiescent,
-        works_remote: a.works_remote - b.works_remote,
-        lock_contended: a.lock_contended - b.lock_contended,
-        works_panicked: a.works_panicked - b.works_panicked,
-        signals_failed: a.signals_failed - b.signals_failed,
-        signals_resent_lost: a.signals_resent_lost - b.signals_resent_lost,
-        works_for_absent_owner: a.works_for_absent_owner - b.works_for_absent_owner,
-        lock_timeouts: a.lock_timeouts - b.lock_timeouts,
-        drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,
-        owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
-        owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
-        fork_waits_expired: a.fork_waits_expired - b.fork_waits_expired,
-        mode_waits_expired: a.mode_waits_expired - b.mode_waits_expired,
-    }
+    a.since(b)
 }
 
 struct Measured {

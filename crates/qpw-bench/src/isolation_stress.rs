@@ -18,6 +18,7 @@
 //! Each mode runs a baseline first (same owner, hog and loop, no drains).
 
 use crate::isolation::{mode_domain, Drainer, IsolationArgs, Pace, Phases};
+use crate::setting::Changed;
 use crate::tsc;
 use crate::util::{self, BenchMode, Percentiles};
 use qpw::{PerCpu, SlotStats};
@@ -38,6 +39,16 @@ pub const LONG_STALL_NS: u64 = 1_000_000;
 pub const WAKE_WINDOW_NS: u64 = 200_000;
 
 const RT_RUNTIME: &str = "/proc/sys/kernel/sched_rt_runtime_us";
+
+/// Names a file that stands in for [`RT_RUNTIME`], for tests: they check
+/// what a run does to the setting without changing the machine's.
+pub const RT_RUNTIME_ENV: &str = "QPW_BENCH_RT_RUNTIME_FILE";
+
+/// The real-time throttling setting's file ([`RT_RUNTIME`] unless
+/// [`RT_RUNTIME_ENV`] names another).
+fn rt_runtime() -> std::path::PathBuf {
+    std::env::var_os(RT_RUNTIME_ENV).map_or_else(|| RT_RUNTIME.into(), Into::into)
+}
 
 /// One mode's result under stress; the `--json` line.
 #[derive(Debug, Clone, Serialize)]
@@ -157,53 +168,45 @@ pub fn check_fifo(prio: i32) -> Result<(), String> {
     }
 }
 
-/// Real-time throttling off for a run, restored on drop.
+/// Real-time throttling off for a run, restored on drop, and on SIGINT,
+/// SIGTERM or SIGHUP by [`crate::setting`]'s signal thread.
 pub struct RtThrottle {
     /// What the run had: `off`, `off for the run (was N, restored after)` or `on (...)`.
     pub state: String,
-    restore: Option<String>,
+    _restore: Option<Changed>,
 }
 
 impl RtThrottle {
     /// Turns throttling off if it is on and the process may; says what it did.
     pub fn off() -> RtThrottle {
-        let was = match std::fs::read_to_string(RT_RUNTIME) {
+        let path = rt_runtime();
+        let was = match std::fs::read_to_string(&path) {
             Ok(s) => s.trim().to_string(),
             Err(e) => {
                 return RtThrottle {
-                    state: format!("unknown ({RT_RUNTIME}: {e})"),
-                    restore: None,
+                    state: format!("unknown ({}: {e})", path.display()),
+                    _restore: None,
                 }
             }
         };
         if was == "-1" {
             return RtThrottle {
                 state: "off".into(),
-                restore: None,
+                _restore: None,
             };
         }
-        match std::fs::write(RT_RUNTIME, "-1") {
-            Ok(()) => RtThrottle {
-                state: format!("off for the run (sched_rt_runtime_us was {was}, restored after)"),
-                restore: Some(was),
+        match Changed::set(&path, "-1") {
+            Ok(c) => RtThrottle {
+                state: format!(
+                    "off for the run (sched_rt_runtime_us was {}, restored after)",
+                    c.was
+                ),
+                _restore: Some(c),
             },
             Err(e) => RtThrottle {
-                state: format!(
-                    "on (sched_rt_runtime_us = {was}; could not turn it off: {e}): \
-                     a spinning SCHED_FIFO owner is throttled"
-                ),
-                restore: None,
+                state: format!("on ({e}): a spinning SCHED_FIFO owner is throttled"),
+                _restore: None,
             },
-        }
-    }
-}
-
-impl Drop for RtThrottle {
-    fn drop(&mut self) {
-        if let Some(was) = self.restore.take() {
-            if let Err(e) = std::fs::write(RT_RUNTIME, &was) {
-                eprintln!("qpw-bench: could not restore {RT_RUNTIME} to {was}: {e}");
-            }
         }
     }
 }

@@ -179,7 +179,7 @@ struct QpwRow<C: Config> {
 
 impl<C: Config> QpwRow<C> {
     fn new(name: &'static str, mode: Mode, cpu: Option<usize>, bulk: bool) -> Result<Self, String> {
-        let domain = Domain::<C>::builder()
+        let domain = qpw::Builder::<C>::new()
             .mode(mode)
             .build()
             .map_err(|e| format!("{name}: {e}"))?;
@@ -348,7 +348,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The last CPU this process may run on (from a throwaway domain's view).
 fn last_cpu() -> Option<usize> {
-    let d: Domain<NoQpw> = Domain::builder()
+    let d: Domain<NoQpw> = qpw::Builder::new()
         .mode(Mode::Queue)
         .nr_cpus(1)
         .build()

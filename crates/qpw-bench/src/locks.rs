@@ -110,7 +110,7 @@ fn measure(iters: u64, reps: u64, mut f: impl FnMut(u64)) -> Summary {
 
 fn qpw_row<C: Config>(mode: Mode, cpu: usize, a: &LocksArgs) -> Result<(Summary, Summary), String> {
     let name = format!("{} {}", C::NAME, mode);
-    let domain: Domain<C> = Domain::builder()
+    let domain: Domain<C> = qpw::Builder::new()
         .mode(mode)
         .build()
         .map_err(|e| format!("locks ({name}): {e}"))?;

@@ -18,7 +18,14 @@ pub struct Machine {
     pub tsc_hz: f64,
     /// When the report was made, UTC, ISO 8601.
     pub date_utc: String,
+    /// The 1-minute load average when the report started, before its own
+    /// threads ran (`None`: `/proc/loadavg` unreadable).
+    pub load_average: Option<f64>,
 }
+
+/// A load average at or above this share of the CPUs (other programs
+/// running on half the machine) makes the report's figures unreliable.
+pub const BUSY_LOAD_PER_CPU: f64 = 0.5;
 
 impl Machine {
     /// Reads the machine's description.
@@ -42,7 +49,22 @@ impl Machine {
             kernel,
             tsc_hz: tsc::hz(),
             date_utc: utc_now(),
+            load_average: load_average(),
         }
+    }
+
+    /// A warning to print above the figures and goals when the machine was
+    /// busy as the report started.
+    pub fn busy_warning(&self) -> Option<String> {
+        let load = self.load_average?;
+        (load >= BUSY_LOAD_PER_CPU * self.cores as f64).then(|| {
+            format!(
+                "**Warning: the load average was {load:.2} on {} CPUs when this report started: other programs \
+                 were competing for the CPUs, so the figures below are not reliable and neither is whether a goal \
+                 is met. Run it again on an idle machine.**",
+                self.cores
+            )
+        })
     }
 
     /// One line for a report.
@@ -57,6 +79,16 @@ impl Machine {
             self.date_utc
         )
     }
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The current time, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -93,6 +125,30 @@ pub fn format_utc(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn machine(cores: usize, load: Option<f64>) -> Machine {
+        Machine {
+            cpu_model: "test".into(),
+            cores,
+            allowed_cpus: "0-1".into(),
+            kernel: "6".into(),
+            tsc_hz: 1e9,
+            date_utc: utc_now(),
+            load_average: load,
+        }
+    }
+
+    #[test]
+    fn a_busy_machine_is_warned_about() {
+        assert!(machine(2, Some(0.2)).busy_warning().is_none());
+        assert!(machine(2, None).busy_warning().is_none());
+        let w = machine(2, Some(3.5)).busy_warning().unwrap();
+        assert!(
+            w.contains("3.50 on 2 CPUs") && w.contains("not reliable"),
+            "{w}"
+        );
+        assert!(load_average().is_some_and(|l| l >= 0.0));
+    }
 
     #[test]
     fn dates_format_as_iso_8601() {

@@ -2,7 +2,8 @@
 //!
 //! A bare `cargo run --release` runs `report`: short versions of every
 //! benchmark, as Markdown tables on stdout, with `report.md`, `results.json`
-//! and SVG plots written to `target/qpw-report/`.
+//! and SVG plots written to `target/qpw-report/` (`$CARGO_TARGET_DIR/qpw-report/`
+//! when that is set). It changes no system setting unless asked (`--fifo`).
 //!
 //! | subcommand | what it measures |
 //! |---|---|
@@ -28,8 +29,10 @@ mod kmalloc;
 mod locks;
 mod machine;
 mod plots;
+mod progress;
 mod realprog;
 mod report;
+mod setting;
 mod soak;
 mod tsc;
 mod util;
@@ -75,6 +78,12 @@ enum Command {
 }
 
 fn main() {
+    // First, before any thread exists: every thread created after this
+    // inherits SIGINT, SIGTERM and SIGHUP blocked (see `setting`).
+    if let Err(e) = setting::watch_signals() {
+        eprintln!("qpw-bench: error: {e}");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     let worker = matches!(cli.command, Some(Command::AllocWorker(_)));
     if !worker && std::env::var_os(alloc::dispatch::ENV).is_some() {

@@ -2,7 +2,7 @@
 //! the owner's loop-gap distribution per mode against its baseline, and the
 //! allocator workloads' cost relative to mimalloc.
 
-use crate::alloc::AllocReport;
+use crate::alloc::{AllocReport, AllocRow};
 use crate::drain::{self, DrainPoint};
 use crate::isolation::IsolationRun;
 use plotters::prelude::*;
@@ -51,9 +51,81 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     format!("drawing a plot: {e}")
 }
 
+/// How one legend entry is drawn.
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    /// A line of this width.
+    Line(RGBColor, u32),
+    /// An x.
+    Cross(RGBColor),
+    /// A filled triangle.
+    Triangle(RGBColor),
+    /// A filled box (a bar).
+    Bar(RGBColor),
+}
+
+/// Height of a legend strip holding `n` entries in `cols` columns.
+fn legend_height(n: usize, cols: usize) -> u32 {
+    (n.div_ceil(cols.max(1)) as u32) * 18 + 12
+}
+
+/// Draws `entries` in `cols` columns into `area`, a strip of its own below
+/// the plot, so the legend never covers data.
+fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    entries: &[(String, Mark)],
+    cols: usize,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, _) = area.dim_in_pixel();
+    let cols = cols.max(1);
+    let col_w = (w as i32 - 20) / cols as i32;
+    for (i, (label, mark)) in entries.iter().enumerate() {
+        let x = 10 + (i % cols) as i32 * col_w;
+        let y = 12 + (i / cols) as i32 * 18;
+        match *mark {
+            Mark::Line(c, width) => area.draw(&PathElement::new(
+                vec![(x, y), (x + 22, y)],
+                c.stroke_width(width),
+            )),
+            Mark::Cross(c) => area.draw(&Cross::new((x + 11, y), 4, c.stroke_width(2))),
+            Mark::Triangle(c) => area.draw(&TriangleMarker::new((x + 11, y), 4, c.filled())),
+            Mark::Bar(c) => area.draw(&Rectangle::new(
+                [(x + 4, y - 5), (x + 18, y + 5)],
+                c.filled(),
+            )),
+        }
+        .map_err(err)?;
+        area.draw(&Text::new(
+            label.clone(),
+            (x + 28, y - 7),
+            ("sans-serif", 13).into_font().color(&BLACK),
+        ))
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The kernel's `drain_all_stock` figures (CPUs, before, after) at the CPU
+/// counts inside the measured range `lo..=hi`: a marker outside the data
+/// would stretch the axes past it.
+fn kernel_in(lo: usize, hi: usize) -> Vec<(f64, f64, f64)> {
+    [1usize, 8, 128]
+        .iter()
+        .filter(|&&c| (lo..=hi).contains(&c))
+        .filter_map(|&c| {
+            drain::kernel_drain_all_stock(c).map(|(b, a)| (c as f64, b as f64, a as f64))
+        })
+        .collect()
+}
+
 /// Drain-all latency (cycles) against CPUs, one panel per owner behaviour
 /// (`spin`, `yield`), one line per mode (p50 thick, p99 thin), with the
-/// kernel's `drain_all_stock` figures as markers. Returns the SVG text.
+/// kernel's `drain_all_stock` figures as markers where the measured CPU
+/// counts reach them (before and after side by side). The legend sits
+/// below each panel. Returns the SVG text.
 pub fn drain_latency(points: &[DrainPoint]) -> Result<String, String> {
     let mut loops: Vec<&str> = Vec::new();
     for p in points {
@@ -64,10 +136,29 @@ pub fn drain_latency(points: &[DrainPoint]) -> Result<String, String> {
     if loops.is_empty() {
         loops.push("spin");
     }
+    let measured = || points.iter().filter(|p| p.drains > 0);
+    let kernel = match (
+        measured().map(|p| p.cpus).min(),
+        measured().map(|p| p.cpus).max(),
+    ) {
+        (Some(lo), Some(hi)) => kernel_in(lo, hi),
+        _ => Vec::new(),
+    };
+    let modes_of = |owners: &str| {
+        let mut modes: Vec<&str> = Vec::new();
+        for p in points.iter().filter(|p| p.owners == owners) {
+            if !modes.contains(&p.mode) {
+                modes.push(p.mode);
+            }
+        }
+        modes
+    };
+    let most_modes = loops.iter().map(|o| modes_of(o).len()).max().unwrap_or(0);
+    let legend_h = legend_height(2 * most_modes + 2, 2);
     let mut svg = String::new();
     {
         let width = 700 * loops.len() as u32;
-        let root = SVGBackend::with_string(&mut svg, (width, 600)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (width, 600 + legend_h)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let (title, body) = root.split_vertically(40);
         title
@@ -77,25 +168,16 @@ pub fn drain_latency(points: &[DrainPoint]) -> Result<String, String> {
             )
             .map_err(err)?;
         let panels = body.split_evenly((1, loops.len()));
-        let kernel: Vec<(f64, f64, f64)> = [1usize, 8, 128]
-            .iter()
-            .filter_map(|&c| {
-                drain::kernel_drain_all_stock(c).map(|(b, a)| (c as f64, b as f64, a as f64))
-            })
-            .collect();
-        let measured = || points.iter().filter(|p| p.drains > 0);
-        let xs = log_range(
-            measured()
-                .map(|p| p.cpus as f64)
-                .chain(kernel.iter().map(|k| k.0)),
-        );
+        let xs = log_range(measured().map(|p| p.cpus as f64));
         let ys = log_range(
             measured()
                 .flat_map(|p| [p.latency_cycles.p50, p.latency_cycles.p99])
                 .chain(kernel.iter().flat_map(|k| [k.1, k.2])),
         );
-        for (owners, area) in loops.iter().zip(panels.iter()) {
-            let mut chart = ChartBuilder::on(area)
+        for (owners, panel) in loops.iter().zip(panels.iter()) {
+            let h = panel.dim_in_pixel().1;
+            let (area, strip) = panel.split_vertically(h.saturating_sub(legend_h));
+            let mut chart = ChartBuilder::on(&area)
                 .caption(
                     match *owners {
                         "spin" => "owners spinning in local operations",
@@ -116,13 +198,8 @@ pub fn drain_latency(points: &[DrainPoint]) -> Result<String, String> {
                 .y_label_formatter(&|v| sci(*v))
                 .draw()
                 .map_err(err)?;
-            let mut modes: Vec<&str> = Vec::new();
-            for p in points.iter().filter(|p| p.owners == *owners) {
-                if !modes.contains(&p.mode) {
-                    modes.push(p.mode);
-                }
-            }
-            for m in modes {
+            let mut entries: Vec<(String, Mark)> = Vec::new();
+            for m in modes_of(owners) {
                 let c = mode_color(m);
                 let mut pts: Vec<&DrainPoint> = points
                     .iter()
@@ -139,44 +216,41 @@ pub fn drain_latency(points: &[DrainPoint]) -> Result<String, String> {
                     .collect();
                 chart
                     .draw_series(LineSeries::new(p50.clone(), c.stroke_width(2)))
-                    .map_err(err)?
-                    .label(format!("{m} p50"))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                    });
+                    .map_err(err)?;
                 chart
                     .draw_series(p50.iter().map(|&xy| Circle::new(xy, 3, c.filled())))
                     .map_err(err)?;
                 chart
                     .draw_series(LineSeries::new(p99, c.stroke_width(1)))
                     .map_err(err)?;
+                entries.push((format!("{m} p50"), Mark::Line(c, 2)));
+                entries.push((format!("{m} p99"), Mark::Line(c, 1)));
             }
-            let grey = RGBColor(90, 90, 90);
-            chart
-                .draw_series(
-                    kernel
-                        .iter()
-                        .map(|k| Cross::new((k.0, k.1), 6, grey.stroke_width(2))),
-                )
-                .map_err(err)?
-                .label("kernel drain_all_stock, before QPW")
-                .legend(move |(x, y)| Cross::new((x + 10, y), 5, grey.stroke_width(2)));
-            chart
-                .draw_series(
-                    kernel
-                        .iter()
-                        .map(|k| TriangleMarker::new((k.0, k.2), 6, BLACK.filled())),
-                )
-                .map_err(err)?
-                .label("kernel drain_all_stock, after QPW")
-                .legend(|(x, y)| TriangleMarker::new((x + 10, y), 5, BLACK.filled()));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
+            if !kernel.is_empty() {
+                let grey = RGBColor(90, 90, 90);
+                // Before to the left of the CPU count, after to the right:
+                // at 1 and 8 CPUs the two figures are 12% apart.
+                chart
+                    .draw_series(kernel.iter().map(|k| {
+                        EmptyElement::at((k.0, k.1)) + Cross::new((-5, 0), 4, grey.stroke_width(2))
+                    }))
+                    .map_err(err)?;
+                chart
+                    .draw_series(kernel.iter().map(|k| {
+                        EmptyElement::at((k.0, k.2))
+                            + TriangleMarker::new((5, 0), 4, BLACK.filled())
+                    }))
+                    .map_err(err)?;
+                entries.push((
+                    "kernel drain_all_stock, before QPW".into(),
+                    Mark::Cross(grey),
+                ));
+                entries.push((
+                    "kernel drain_all_stock, after QPW".into(),
+                    Mark::Triangle(BLACK),
+                ));
+            }
+            legend(&strip, &entries, 2)?;
         }
         root.present().map_err(err)?;
     }
@@ -192,7 +266,7 @@ pub fn isolation_gaps(runs: &[IsolationRun]) -> Result<String, String> {
         let cols = if n > 1 { 2 } else { 1 };
         let rows = n.div_ceil(cols);
         let root =
-            SVGBackend::with_string(&mut svg, (1000, 380 * rows as u32 + 40)).into_drawing_area();
+            SVGBackend::with_string(&mut svg, (1000, 410 * rows as u32 + 40)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let (title, body) = root.split_vertically(40);
         title
@@ -214,10 +288,13 @@ pub fn isolation_gaps(runs: &[IsolationRun]) -> Result<String, String> {
                 .chain(r.baseline_gap_ccdf.iter())
                 .map(|p| p.1)
         }));
-        for (run, area) in runs.iter().zip(panels.iter()) {
+        let legend_h = legend_height(3, 3);
+        for (run, panel) in runs.iter().zip(panels.iter()) {
+            let h = panel.dim_in_pixel().1;
+            let (area, strip) = panel.split_vertically(h.saturating_sub(legend_h));
             let r = &run.result;
             let c = mode_color(r.mode);
-            let mut chart = ChartBuilder::on(area)
+            let mut chart = ChartBuilder::on(&area)
                 .caption(
                     format!(
                         "{}: {} drains, {} signals, gaps > {} ns: {} (baseline {})",
@@ -249,21 +326,17 @@ pub fn isolation_gaps(runs: &[IsolationRun]) -> Result<String, String> {
                     run.baseline_gap_ccdf.clone(),
                     grey.stroke_width(2),
                 ))
-                .map_err(err)?
-                .label("baseline (no drains)")
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
-                });
+                .map_err(err)?;
             chart
                 .draw_series(LineSeries::new(
                     run.owner_gap_ccdf.clone(),
                     c.stroke_width(2),
                 ))
-                .map_err(err)?
-                .label(format!("{} drains/s", r.rate))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+                .map_err(err)?;
+            let mut entries = vec![
+                ("baseline (no drains)".to_string(), Mark::Line(grey, 2)),
+                (format!("{} drains/s", r.rate), Mark::Line(c, 2)),
+            ];
             let t = r.threshold_ns as f64;
             if xs.contains(&t) {
                 chart
@@ -271,19 +344,10 @@ pub fn isolation_gaps(runs: &[IsolationRun]) -> Result<String, String> {
                         vec![(t, ys.start), (t, ys.end)],
                         BLACK.stroke_width(1),
                     ))
-                    .map_err(err)?
-                    .label("threshold")
-                    .legend(|(x, y)| {
-                        PathElement::new(vec![(x + 10, y - 6), (x + 10, y + 6)], BLACK)
-                    });
+                    .map_err(err)?;
+                entries.push(("threshold".to_string(), Mark::Line(BLACK, 1)));
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
+            legend(&strip, &entries, 3)?;
         }
         root.present().map_err(err)?;
     }
@@ -300,50 +364,43 @@ fn alloc_color(name: &str) -> RGBColor {
     }
 }
 
-/// The allocator workloads: one group of bars per workload (and the
-/// geometric mean), one bar per allocator, its median cost relative to the
-/// reference's (log scale; 1 is the reference). Returns the SVG text.
-pub fn alloc_relative_cost(r: &AllocReport) -> Result<String, String> {
-    // (label, [(allocator, relative cost)]) per group of bars.
-    type Group<'a> = (String, Vec<(&'a str, Option<f64>)>);
-    let mut groups: Vec<Group> = r
-        .workloads
-        .iter()
-        .map(|w| {
-            (
-                w.workload.to_string(),
-                w.rows.iter().map(|x| (x.allocator, x.rel_cost)).collect(),
-            )
-        })
-        .collect();
-    groups.push((
-        "geomean".to_string(),
-        r.summary
-            .iter()
-            .map(|x| (x.allocator, x.geomean_rel_cost))
-            .collect(),
-    ));
+/// One bar: its height and, when known, its spread (low, high).
+type Bar = (f64, Option<(f64, f64)>);
+
+/// One group of bars: its label, then (allocator, bar) per allocator.
+type Group<'a> = (String, Vec<(&'a str, Option<Bar>)>);
+
+/// Grouped bars on a log scale, one colour per allocator, whiskers where a
+/// bar has a spread, a line at `reference` if given, the legend below.
+fn grouped_bars(
+    title: &str,
+    y_desc: &str,
+    allocators: &[&str],
+    groups: &[Group],
+    reference: Option<f64>,
+) -> Result<String, String> {
     let ys = log_range(
         groups
             .iter()
-            .flat_map(|g| g.1.iter().filter_map(|b| b.1))
-            .chain([1.0]),
+            .flat_map(|g| {
+                g.1.iter()
+                    .filter_map(|b| b.1)
+                    .flat_map(|(v, spread)| [Some(v), spread.map(|s| s.0), spread.map(|s| s.1)])
+            })
+            .flatten()
+            .chain(reference),
     );
-    let n = groups.len();
-    let per = r.allocators.len().max(1);
+    let n = groups.len().max(1);
+    let per = allocators.len().max(1);
+    let legend_h = legend_height(per, per.min(5));
     let mut svg = String::new();
     {
-        let root =
-            SVGBackend::with_string(&mut svg, (90 * n as u32 + 160, 520)).into_drawing_area();
+        let width = (90 * n as u32 + 160).max(700);
+        let root = SVGBackend::with_string(&mut svg, (width, 520 + legend_h)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!(
-                    "allocator workloads: median cost relative to {} (lower is better, log scale)",
-                    r.reference
-                ),
-                ("sans-serif", 17),
-            )
+        let (area, strip) = root.split_vertically(520);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(title, ("sans-serif", 17))
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -353,37 +410,51 @@ pub fn alloc_relative_cost(r: &AllocReport) -> Result<String, String> {
             .configure_mesh()
             .disable_x_mesh()
             .disable_x_axis()
-            .y_desc("cost / reference's")
-            .y_label_formatter(&|v| format!("{v:.2}"))
+            .y_desc(y_desc)
+            .y_label_formatter(&|v| sci_or_fraction(*v))
             .draw()
             .map_err(err)?;
         let width = 0.8 / per as f64;
-        for (ai, name) in r.allocators.iter().enumerate() {
+        let mut entries = Vec::new();
+        for (ai, name) in allocators.iter().enumerate() {
             let c = alloc_color(name);
+            let bar = |gi: usize, g: &Group| -> Option<(f64, Bar)> {
+                let b = g.1.iter().find(|b| b.0 == *name)?.1?;
+                Some((gi as f64 + 0.1 + ai as f64 * width, b))
+            };
             let bars: Vec<Rectangle<(f64, f64)>> = groups
                 .iter()
                 .enumerate()
-                .filter_map(|(gi, g)| {
-                    let v = g.1.iter().find(|b| b.0 == *name)?.1?;
-                    let x0 = gi as f64 + 0.1 + ai as f64 * width;
-                    Some(Rectangle::new(
-                        [(x0, ys.start), (x0 + width * 0.9, v)],
-                        c.filled(),
+                .filter_map(|(gi, g)| bar(gi, g))
+                .map(|(x0, (v, _))| {
+                    Rectangle::new([(x0, ys.start), (x0 + width * 0.9, v)], c.filled())
+                })
+                .collect();
+            chart.draw_series(bars).map_err(err)?;
+            let whiskers: Vec<PathElement<(f64, f64)>> = groups
+                .iter()
+                .enumerate()
+                .filter_map(|(gi, g)| bar(gi, g))
+                .filter_map(|(x0, (_, spread))| {
+                    let (lo, hi) = spread?;
+                    let x = x0 + width * 0.45;
+                    Some(PathElement::new(
+                        vec![(x, lo), (x, hi)],
+                        BLACK.stroke_width(1),
                     ))
                 })
                 .collect();
-            chart
-                .draw_series(bars)
-                .map_err(err)?
-                .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+            chart.draw_series(whiskers).map_err(err)?;
+            entries.push((name.to_string(), Mark::Bar(c)));
         }
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, 1.0), (n as f64, 1.0)],
-                BLACK.stroke_width(1),
-            ))
-            .map_err(err)?;
+        if let Some(r) = reference {
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(0.0, r), (n as f64, r)],
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(err)?;
+        }
         chart
             .draw_series(groups.iter().enumerate().map(|(gi, g)| {
                 EmptyElement::at((gi as f64 + 0.5, ys.start))
@@ -394,16 +465,82 @@ pub fn alloc_relative_cost(r: &AllocReport) -> Result<String, String> {
                     )
             }))
             .map_err(err)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
+        legend(&strip, &entries, per.min(5))?;
         root.present().map_err(err)?;
     }
     Ok(svg)
+}
+
+/// A label for a log axis that may go below 1: two decimals there.
+fn sci_or_fraction(v: f64) -> String {
+    if v < 1.0 {
+        format!("{v:.2}")
+    } else {
+        sci(v)
+    }
+}
+
+/// The allocator workloads: one group of bars per workload (and the
+/// geometric mean), one bar per allocator, its median cost relative to the
+/// reference's (log scale; 1 is the reference), with a whisker from its
+/// fastest to its slowest repetition on the same scale. Returns the SVG text.
+pub fn alloc_relative_cost(r: &AllocReport) -> Result<String, String> {
+    let mut groups = per_workload(r, |x| {
+        x.rel_cost.map(|rel| {
+            // rel = median / reference's median: the same factor puts min
+            // and max on the bar's scale.
+            let spread = x
+                .cost
+                .as_ref()
+                .filter(|c| c.median > 0.0)
+                .map(|c| (rel * c.min / c.median, rel * c.max / c.median));
+            (rel, spread)
+        })
+    });
+    groups.push((
+        "geomean".to_string(),
+        r.summary
+            .iter()
+            .map(|x| (x.allocator, x.geomean_rel_cost.map(|g| (g, None))))
+            .collect(),
+    ));
+    grouped_bars(
+        &format!(
+            "allocator workloads: median cost relative to {} (lower is better, log scale; whiskers: fastest to slowest run)",
+            r.reference
+        ),
+        "cost / reference's",
+        &r.allocators,
+        &groups,
+        Some(1.0),
+    )
+}
+
+/// One group per workload, one bar per allocator's row, by `bar`.
+fn per_workload<'a>(r: &'a AllocReport, bar: impl Fn(&AllocRow) -> Option<Bar>) -> Vec<Group<'a>> {
+    r.workloads
+        .iter()
+        .map(|w| {
+            (
+                w.workload.to_string(),
+                w.rows.iter().map(|x| (x.allocator, bar(x))).collect(),
+            )
+        })
+        .collect()
+}
+
+/// The allocator workloads' memory: one group of bars per workload, one
+/// bar per allocator, the worker process's median peak RSS (`VmHWM`) in
+/// MiB, log scale. Returns the SVG text.
+pub fn alloc_rss(r: &AllocReport) -> Result<String, String> {
+    let groups = per_workload(r, |x| x.max_rss_kib.map(|k| (k as f64 / 1024.0, None)));
+    grouped_bars(
+        "allocator workloads: peak RSS of the worker process (median, MiB, lower is better, log scale)",
+        "peak RSS, MiB",
+        &r.allocators,
+        &groups,
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -422,6 +559,15 @@ mod tests {
         assert_eq!(log_range(std::iter::empty()), 1.0..10.0);
         let r = log_range([0.0, 5.0].into_iter());
         assert!(r.start > 0.0 && r.end > r.start);
+    }
+
+    #[test]
+    fn kernel_markers_stay_within_the_measured_cpus() {
+        let cpus = |v: Vec<(f64, f64, f64)>| v.iter().map(|k| k.0).collect::<Vec<_>>();
+        assert_eq!(cpus(kernel_in(1, 2)), [1.0]);
+        assert_eq!(cpus(kernel_in(1, 32)), [1.0, 8.0]);
+        assert_eq!(cpus(kernel_in(2, 256)), [8.0, 128.0]);
+        assert!(kernel_in(2, 4).is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `qpw-bench report`: short versions of every benchmark, as one report.
 //!
 //! Markdown tables on stdout; in the output directory (default
-//! `target/qpw-report/`): `report.md` (the tables, the machine and how each
+//! `target/qpw-report/`, or `$CARGO_TARGET_DIR/qpw-report/`): `report.md` (the tables, the machine and how each
 //! figure was measured), `results.json` (everything, machine-readable) and
 //! the SVG plots. Options are checked and the output directory prepared
 //! before anything runs; the files are written into a temporary directory
@@ -16,12 +16,10 @@ use crate::kmalloc::{self, KmallocArgs, KmallocReport};
 use crate::locks::{self, LockRow, LocksArgs};
 use crate::machine::Machine;
 use crate::plots;
+use crate::progress::Progress;
 use crate::util::{self, BenchMode};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 fn parse_kmalloc_count(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -37,20 +35,40 @@ fn parse_kmalloc_count(s: &str) -> Result<usize, String> {
 /// The version of `results.json`'s layout.
 pub const SCHEMA: &str = "qpw-bench-results/2";
 
-/// The default output directory, relative to the working directory.
+/// The default output directory, relative to the working directory, when
+/// `CARGO_TARGET_DIR` is not set (with it: `$CARGO_TARGET_DIR/qpw-report`).
 pub const DEFAULT_OUT: &str = "target/qpw-report";
+
+/// Where the report goes without `--out`: beside cargo's build output.
+pub fn default_out() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) if !t.is_empty() => PathBuf::from(t).join("qpw-report"),
+        _ => PathBuf::from(DEFAULT_OUT),
+    }
+}
+
+/// How long each preset runs, for `--help` (the README says the same).
+pub const DURATIONS: &str =
+    "How long it runs, on the project's 2-CPU virtual machine with nothing else \
+running: the default preset about 1.5 minutes (85 s measured, before the SCHED_FIFO runs became \
+opt-in with --fifo); --quick 20 s (measured on a busy machine: an upper bound); --full: several \
+times the default, not measured yet. Progress lines with an estimate of the time \
+left go to stderr.";
 
 /// Options of `qpw-bench report`. The presets set every size; the options
 /// below them override one each.
+/// How long each preset runs: [`DURATIONS`].
 #[derive(clap::Args, Debug, Clone, Default)]
+#[command(after_help = DURATIONS)]
 pub struct ReportArgs {
-    /// Shorter runs, fewer drain points (about a minute).
+    /// Shorter runs, fewer drain points (20 s on a 2-CPU VM).
     #[arg(long, conflicts_with = "full")]
     pub quick: bool,
     /// Longer runs, every drain point of `qpw-bench drain`, 1,000 forks per allocator.
     #[arg(long)]
     pub full: bool,
-    /// Directory for report.md, results.json and the plots [default: target/qpw-report].
+    /// Directory for report.md, results.json and the plots [default:
+    /// $CARGO_TARGET_DIR/qpw-report, or target/qpw-report without it].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Isolation: seconds of each phase (baseline, drained) per mode.
@@ -74,10 +92,12 @@ pub struct ReportArgs {
     /// Locks: repetitions per figure.
     #[arg(long, value_parser = util::parse_positive, allow_negative_numbers = true)]
     pub reps: Option<u64>,
-    /// Isolation under stress: skip the runs with a SCHED_FIFO owner (they
-    /// turn real-time throttling off for their length, where permitted).
+    /// Isolation under stress: also run the owner SCHED_FIFO 50. Changes a
+    /// system setting: real-time throttling (sched_rt_runtime_us) is turned
+    /// off for those runs and restored after, on an error, and on Ctrl-C
+    /// (SIGINT), SIGTERM and SIGHUP. Needs root, CAP_SYS_NICE or RLIMIT_RTPRIO.
     #[arg(long)]
-    pub no_fifo: bool,
+    pub fifo: bool,
     /// kmalloc: allocations per repetition (16 to 50,000,000).
     #[arg(long, value_parser = parse_kmalloc_count, allow_negative_numbers = true)]
     pub kmalloc_count: Option<usize>,
@@ -113,9 +133,9 @@ pub struct Plan {
     /// Locks options.
     #[serde(skip)]
     pub locks: LocksArgs,
-    /// Whether to skip the stress runs with a `SCHED_FIFO` owner.
+    /// Whether to make the stress runs with a `SCHED_FIFO` owner (`--fifo`).
     #[serde(skip)]
-    pub no_fifo: bool,
+    pub fifo: bool,
     /// kmalloc options.
     #[serde(skip)]
     pub kmalloc: KmallocArgs,
@@ -218,7 +238,7 @@ impl Plan {
                 reps: a.reps.unwrap_or(reps),
                 json: false,
             },
-            no_fifo: a.no_fifo,
+            fifo: a.fifo,
             kmalloc: KmallocArgs {
                 iterations: a.kmalloc_count.unwrap_or(k_iters),
                 reps: k_reps,
@@ -237,7 +257,11 @@ impl Plan {
     fn steps(&self) -> u64 {
         let modes = BenchMode::ALL.len() as u64;
         let loops = drain::owner_loops(&self.drain.owners).len() as u64;
-        1 + 3 * modes + loops * modes * self.drain.cpus.len() as u64 + 11 + self.alloc.processes()
+        let stress_runs = if self.fifo { 2 } else { 1 };
+        1 + (1 + stress_runs) * modes
+            + loops * modes * self.drain.cpus.len() as u64
+            + 11
+            + self.alloc.processes()
     }
 }
 
@@ -480,12 +504,13 @@ pub struct Results {
 }
 
 /// The files a report writes.
-pub const FILES: [&str; 5] = [
+pub const FILES: [&str; 6] = [
     "report.md",
     "results.json",
     "drain_latency.svg",
     "isolation_gaps.svg",
     "alloc_relative_cost.svg",
+    "alloc_rss.svg",
 ];
 
 /// Checks `--out` and makes the temporary directory the files go into
@@ -543,25 +568,14 @@ fn commit_out(tmp: &Path, out: &Path) -> Result<(), String> {
     }
 }
 
-fn progress(total: u64) -> ProgressBar {
-    let pb = if std::io::stderr().is_terminal() {
-        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.enable_steady_tick(Duration::from_millis(250));
-    pb
-}
-
 /// Runs `qpw-bench report`.
 pub fn main(a: &ReportArgs) -> Result<(), String> {
     let plan = Plan::from_args(a);
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
+    if plan.fifo {
+        // Asked for: refuse now, before anything runs, if it cannot be done.
+        isolation_stress::check_fifo(REPORT_FIFO_PRIO).map_err(|e| format!("--fifo: {e}"))?;
+    }
+    let out = a.out.clone().unwrap_or_else(default_out);
     let tmp = prepare_out(&out)?;
     let r = run_into(&plan, &tmp);
     match r {
@@ -587,44 +601,41 @@ pub fn main(a: &ReportArgs) -> Result<(), String> {
 /// Runs everything, writes the files into `dir`, returns the stdout tables.
 fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
     let machine = Machine::detect();
-    let pb = progress(plan.steps());
-    let mut started = false;
-    let mut step = |msg: &str| {
-        if started {
-            pb.inc(1);
-        }
-        started = true;
-        pb.set_message(msg.to_string());
-    };
+    let mut pb = Progress::new(plan.steps());
+    let mut step = |msg: &str| pb.step(msg);
     let result = (|| {
         step("kmalloc");
         let k = kmalloc::run(&plan.kmalloc)?;
         let iso = crate::isolation::run(&plan.isolation, &mut step)?;
         let mut stress = isolation_stress::run(&plan.stress, &mut step)?;
-        let fifo = match isolation_stress::check_fifo(REPORT_FIFO_PRIO) {
-            _ if plan.no_fifo => "not run: --no-fifo".to_string(),
-            Ok(()) => {
-                let a = IsolationArgs {
-                    owner_fifo: Some(REPORT_FIFO_PRIO),
-                    ..plan.stress.clone()
-                };
-                stress.extend(isolation_stress::run(&a, &mut step)?);
-                format!("SCHED_FIFO {REPORT_FIFO_PRIO}")
-            }
-            Err(e) => format!("not run: {e}"),
+        let fifo = if plan.fifo {
+            let a = IsolationArgs {
+                owner_fifo: Some(REPORT_FIFO_PRIO),
+                ..plan.stress.clone()
+            };
+            stress.extend(isolation_stress::run(&a, &mut step)?);
+            format!("SCHED_FIFO {REPORT_FIFO_PRIO}")
+        } else {
+            "not run (they turn real-time throttling off system-wide for their length: pass --fifo to run them)"
+                .to_string()
         };
         let drains = drain::run(&plan.drain, &mut step)?;
         let lock_rows = locks::run(&plan.locks, &mut step)?;
         let al = alloc::run(&plan.alloc, &mut step)?;
         Ok::<_, String>((k, iso, (fifo, stress), drains, lock_rows, al))
     })();
-    pb.finish_and_clear();
+    pb.finish();
     let (k, iso, (fifo, stress), drains, lock_rows, al) = result?;
 
     let method = Method::new(plan, &machine);
     let mut tables = tables(plan, &method, &k, &iso, &drains, &lock_rows, &al);
     tables.push_str(&stress_table(&stress, &fifo, &method));
     tables.push_str(&crate::realprog::report_section(plan.preset)?);
+    if let Some(w) = machine.busy_warning() {
+        // Above every figure and goal, on stdout and in report.md.
+        tables = format!("{w}\n\n{tables}");
+        eprintln!("qpw-bench: {}", w.trim_matches('*'));
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let md = format!(
         "# qpw-bench report\n\nMachine: {}\n\nCommand: `{}` (preset `{}`)\n\n{}.\n\n{}\n## kmalloc: every row, and its goals\n\n{}",
@@ -638,6 +649,7 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
     let drain_svg = plots::drain_latency(&drains)?;
     let gaps_svg = plots::isolation_gaps(&iso)?;
     let alloc_svg = plots::alloc_relative_cost(&al)?;
+    let rss_svg = plots::alloc_rss(&al)?;
     let results = Results {
         schema: SCHEMA,
         command,
@@ -688,6 +700,7 @@ fn run_into(plan: &Plan, dir: &Path) -> Result<String, String> {
     write("drain_latency.svg", &drain_svg)?;
     write("isolation_gaps.svg", &gaps_svg)?;
     write("alloc_relative_cost.svg", &alloc_svg)?;
+    write("alloc_rss.svg", &rss_svg)?;
     Ok(tables)
 }
 

@@ -287,7 +287,7 @@ fn round<C: Config>(
     totals: &mut ConfigTotals,
     violations: &mut Vec<String>,
 ) -> Result<(), String> {
-    let domain: Domain<C> = Domain::builder()
+    let domain: Domain<C> = qpw::Builder::new()
         .mode(mode.clone())
         .nr_cpus(args.nr_cpus as usize)
         .flush_timeout(Duration::from_secs(10))

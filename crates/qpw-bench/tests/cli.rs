@@ -8,11 +8,47 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qpw-bench"))
-        .args(args)
+    bench_env(args, &[])
+}
+
+/// `bench` with these environment variables set (and `CARGO_TARGET_DIR`
+/// removed unless set here: the default `--out` depends on it).
+fn bench_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qpw-bench"));
+    c.args(args)
         .env_remove("QPW")
-        .output()
-        .expect("qpw-bench runs")
+        .env_remove("CARGO_TARGET_DIR");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("qpw-bench runs")
+}
+
+/// Every `<text>` of an SVG whose content is `label`, by its y.
+fn text_ys(doc: &roxmltree::Document, label: &str) -> Vec<f64> {
+    doc.descendants()
+        .filter(|n| n.has_tag_name("text") && n.text().map(str::trim) == Some(label))
+        .filter_map(|n| n.attribute("y")?.parse().ok())
+        .collect()
+}
+
+/// Whether height `y` lies inside a plotted area: between the top and the
+/// bottom of some line that is not flat (`polyline`: the data series and
+/// the axes; flat ones are legend marks and ticks).
+fn inside_a_plot(doc: &roxmltree::Document, y: f64) -> bool {
+    doc.descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .any(|n| {
+            let ys: Vec<f64> = n
+                .attribute("points")
+                .unwrap_or("")
+                .split_whitespace()
+                .filter_map(|xy| xy.split(',').nth(1)?.parse().ok())
+                .collect();
+            let lo = ys.iter().copied().fold(f64::MAX, f64::min);
+            let hi = ys.iter().copied().fold(f64::MIN, f64::max);
+            lo < y && y < hi
+        })
 }
 
 fn text(b: &[u8]) -> String {
@@ -51,6 +87,7 @@ machine.allowed_cpus string
 machine.kernel string
 machine.tsc_hz number
 machine.date_utc string
+machine.load_average number|null
 method object
 method.cycles string
 method.kmalloc string
@@ -424,40 +461,46 @@ fn check_schema(json: &Value) {
 #[test]
 fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
     let dir = scratch("report");
-    let out = dir.join("out");
-    let o = bench(&[
-        "report",
-        "--quick",
-        "--out",
-        out.to_str().unwrap(),
-        "--seconds",
-        "0.2",
-        "--rate",
-        "200",
-        "--cpus",
-        "1,2",
-        "--drains",
-        "5",
-        "--budget",
-        "0.05",
-        "--lock-iterations",
-        "10000",
-        "--reps",
-        "3",
-        "--kmalloc-count",
-        "10000",
-        // A test does not turn real-time throttling off.
-        "--no-fifo",
-        "--alloc-seconds",
-        "0.03",
-        "--alloc-scale",
-        "0.02",
-        "--alloc-reps",
-        "1",
-        "--alloc-forks",
-        "5",
-    ]);
+    let out = dir.join("qpw-report");
+    // Stands in for sched_rt_runtime_us: without --fifo nothing writes it.
+    let rt = dir.join("rt_runtime");
+    std::fs::write(&rt, "950000\n").unwrap();
+    let rt_mtime = std::fs::metadata(&rt).unwrap().modified().unwrap();
+    let o = bench_env(
+        &[
+            "report",
+            "--quick",
+            "--out",
+            out.to_str().unwrap(),
+            "--seconds",
+            "0.2",
+            "--rate",
+            "200",
+            "--cpus",
+            "1,2",
+            "--drains",
+            "5",
+            "--budget",
+            "0.05",
+            "--lock-iterations",
+            "10000",
+            "--reps",
+            "3",
+            "--kmalloc-count",
+            "10000",
+            "--alloc-seconds",
+            "0.03",
+            "--alloc-scale",
+            "0.02",
+            "--alloc-reps",
+            "1",
+            "--alloc-forks",
+            "5",
+        ],
+        &[("QPW_BENCH_RT_RUNTIME_FILE", &rt)],
+    );
     let stdout = text(&o.stdout);
+    let stderr = text(&o.stderr);
     assert!(
         o.status.success(),
         "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
@@ -485,12 +528,32 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
     );
     assert!(stdout.contains("| qpw=1 / qpw=0 | 1.118 |"), "{stdout}");
 
+    // stderr is a pipe here: a progress line per step, with an estimate.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("qpw-bench: ["))
+        .collect();
+    assert!(lines.len() > 10, "{stderr}");
+    assert!(
+        lines[0].starts_with("qpw-bench: [1/") && lines[0].ends_with(": kmalloc"),
+        "{stderr}"
+    );
+    assert!(lines.iter().any(|l| l.contains(" left: ")), "{stderr}");
+    // No SCHED_FIFO runs without --fifo, and throttling untouched.
+    assert!(stdout.contains("pass --fifo to run them"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&rt).unwrap(), "950000\n");
+    assert_eq!(
+        std::fs::metadata(&rt).unwrap().modified().unwrap(),
+        rt_mtime
+    );
+
     // Only the report directory appears: no temporary or old directory left.
-    assert_eq!(entries(&dir), ["out"]);
+    assert_eq!(entries(&dir), ["qpw-report", "rt_runtime"]);
     assert_eq!(
         entries(&out),
         [
             "alloc_relative_cost.svg",
+            "alloc_rss.svg",
             "drain_latency.svg",
             "isolation_gaps.svg",
             "report.md",
@@ -554,6 +617,7 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
         "drain_latency.svg",
         "isolation_gaps.svg",
         "alloc_relative_cost.svg",
+        "alloc_rss.svg",
     ] {
         let s = std::fs::read_to_string(out.join(svg)).unwrap();
         let doc =
@@ -566,39 +630,72 @@ fn a_tiny_quick_report_writes_every_file_and_matches_the_schema() {
             "{svg} draws no line"
         );
     }
+    // Legends sit below the data; p99 lines are in it.
+    let s = std::fs::read_to_string(out.join("drain_latency.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&s).unwrap();
+    for label in ["remote p50", "remote p99", "queue p99"] {
+        let ys = text_ys(&doc, label);
+        assert!(!ys.is_empty(), "drain_latency.svg: no legend entry {label}");
+        assert!(
+            !ys.iter().any(|&y| inside_a_plot(&doc, y)),
+            "drain_latency.svg: {label} at {ys:?} is inside a plot"
+        );
+    }
+    let s = std::fs::read_to_string(out.join("isolation_gaps.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&s).unwrap();
+    let ys = text_ys(&doc, "baseline (no drains)");
+    assert!(
+        !ys.is_empty() && !ys.iter().any(|&y| inside_a_plot(&doc, y)),
+        "isolation_gaps.svg: a legend at {ys:?} is inside a plot"
+    );
+    // Every bar with its spread: one whisker per measured bar.
+    let s = std::fs::read_to_string(out.join("alloc_relative_cost.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&s).unwrap();
+    let whiskers = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke") == Some("#000000"))
+        .count();
+    assert!(
+        whiskers >= 10 * 5,
+        "{whiskers} black lines: whiskers missing"
+    );
 
-    // A second run replaces the report in place, still leaving nothing else.
-    let o = bench(&[
-        "report",
-        "--quick",
-        "--out",
-        out.to_str().unwrap(),
-        "--seconds",
-        "0.1",
-        "--cpus",
-        "1",
-        "--drains",
-        "3",
-        "--budget",
-        "0.05",
-        "--lock-iterations",
-        "1000",
-        "--reps",
-        "2",
-        "--kmalloc-count",
-        "1000",
-        "--no-fifo",
-        "--alloc-seconds",
-        "0.02",
-        "--alloc-scale",
-        "0.01",
-        "--alloc-reps",
-        "1",
-        "--alloc-forks",
-        "5",
-    ]);
+    // A second run replaces the report in place, still leaving nothing
+    // else; without --out it goes to $CARGO_TARGET_DIR/qpw-report.
+    let o = bench_env(
+        &[
+            "report",
+            "--quick",
+            "--seconds",
+            "0.1",
+            "--cpus",
+            "1",
+            "--drains",
+            "3",
+            "--budget",
+            "0.05",
+            "--lock-iterations",
+            "1000",
+            "--reps",
+            "2",
+            "--kmalloc-count",
+            "1000",
+            "--alloc-seconds",
+            "0.02",
+            "--alloc-scale",
+            "0.01",
+            "--alloc-reps",
+            "1",
+            "--alloc-forks",
+            "5",
+        ],
+        &[
+            ("QPW_BENCH_RT_RUNTIME_FILE", &rt),
+            ("CARGO_TARGET_DIR", &dir),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!(entries(&dir), ["out"]);
+    assert_eq!(entries(&dir), ["qpw-report", "rt_runtime"]);
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["drain"]["cpus"], serde_json::json!([1]));

@@ -165,6 +165,11 @@ impl<C: Config> KmemCacheBuilder<C> {
     }
 
     /// Checks the parameters and makes the cache.
+    ///
+    /// # Errors
+    ///
+    /// A [`SlabError`]: a bad size, alignment, sheaf capacity or memory limit
+    /// (naming the value and the accepted range), or a mapping the OS refused.
     pub fn build(self) -> Result<KmemCache<C>, SlabError> {
         let g = geometry(self.size, self.align, self.capacity, self.max_full)?;
         let slab = slab_bytes_for(g.size);
@@ -291,6 +296,10 @@ impl<C: Config> CacheShared<C> {
 impl<C: Config> KmemCache<C> {
     /// A cache of `size`-byte objects (8-byte aligned) on `domain`'s slots,
     /// with the default parameters.
+    ///
+    /// # Errors
+    ///
+    /// As [`KmemCacheBuilder::build`]: a bad `size`, or a mapping the OS refused.
     pub fn new(domain: &Domain<C>, size: usize) -> Result<Self, SlabError> {
         Self::builder(domain, size).build()
     }
@@ -470,13 +479,29 @@ impl<C: Config> KmemCache<C> {
         unsafe { self.shared.core.free_shared(ptr.as_ptr()) };
     }
 
+    /// The kernel's name (SLUB's) for [`drain_all`](Self::drain_all),
+    /// kept for readers of the kernel: the same call.
+    ///
+    /// # Errors
+    ///
+    /// As [`drain_all`](Self::drain_all).
+    pub fn flush_all(&self) -> Result<(), FlushError> {
+        self.drain_all()
+    }
+
     /// Drains every slot's sheaves into the depot (SLUB's `flush_all`),
     /// through qpw's drain-all: it works in every mode and returns once
     /// every slot was drained.
     ///
     /// Errors: a slot whose owner did not run the work in time (`defer`
     /// mode: an online owner that never reached a quiescent point).
-    pub fn flush_all(&self) -> Result<(), FlushError> {
+    ///
+    /// # Errors
+    ///
+    /// A [`FlushError`] naming a slot whose owner did not run the drain in
+    /// time (see [`qpw::WorkSet::run`]); the other slots are drained all the same.
+    #[doc(alias = "flush_all")]
+    pub fn drain_all(&self) -> Result<(), FlushError> {
         let r = self.drain.run();
         self.shared.core.collect();
         r
@@ -488,8 +513,13 @@ impl<C: Config> KmemCache<C> {
     ///
     /// If the drain failed on some slot, the rest is still shrunk and the
     /// drain's error is returned.
+    ///
+    /// # Errors
+    ///
+    /// The drain's [`FlushError`], as [`drain_all`](Self::drain_all); the rest
+    /// is shrunk all the same.
     pub fn shrink(&self) -> Result<ShrinkReport, FlushError> {
-        let r = self.flush_all();
+        let r = self.drain_all();
         let mut rep = ShrinkReport::default();
         rep.add(self.shared.core.shrink());
         r.map(|()| rep)
@@ -500,8 +530,13 @@ impl<C: Config> KmemCache<C> {
     ///
     /// A leak is reported, not hidden: [`DestroyError::Leaked`] with the
     /// count, and the memory stays mapped so the leaked pointers stay valid.
+    ///
+    /// # Errors
+    ///
+    /// [`DestroyError::Leaked`] when objects are still out (the memory stays
+    /// mapped), or the drain's error.
     pub fn destroy(self) -> Result<(), DestroyError> {
-        self.flush_all().map_err(DestroyError::Flush)?;
+        self.drain_all().map_err(DestroyError::Flush)?;
         let KmemCache {
             shared,
             drain,

@@ -26,7 +26,7 @@ use crate::kmalloc::{Kmalloc, DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES};
 use crate::size_class::SizeClasses;
 use crate::stats::{KmallocStats, ShrinkReport};
 use crate::sys;
-use qpw::{Config, Domain, FlushError, Mode, Standard};
+use qpw::{Config, FlushError, Mode, Standard};
 use std::alloc::{GlobalAlloc, Layout};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
@@ -40,9 +40,10 @@ pub const DEFAULT_GLOBAL_NR_CPUS: usize = 1024;
 /// The mode of the global allocator's domain, chosen at compile time
 /// (`Mode` itself is not `const`-constructible).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GlobalMode {
-    /// From the `QPW` environment variable (default `queue`). A bad value
-    /// is reported on stderr and `queue` is used.
+    /// From the `QPW` environment variable (unset or empty: `queue`). A
+    /// bad value is reported on stderr and `queue` is used.
     FromEnv,
     /// `queue` (`QPW=0`).
     Queue,
@@ -79,6 +80,36 @@ const SHARED_ONLY: u8 = 3;
 const DEAD: u8 = 4;
 
 /// A global allocator on qpw per-CPU slab caches.
+///
+/// # What it does to your process
+///
+/// Nothing until the first allocation. Then, once:
+///
+/// - **Environment**: with [`GlobalMode::FromEnv`] (the default) it reads
+///   `QPW` (`0`/`queue`, `1`/`remote`, `defer`, `auto`, `auto:<cpu-list>`;
+///   unset or empty: `queue`). A bad value is not an error a `malloc` can
+///   return: it prints one line on stderr, `qpw-mm: QpwAlloc: invalid value
+///   ... for environment variable QPW ...; using mode queue`, and the program
+///   runs in `queue` mode. Pick the mode in the code
+///   ([`with_mode`](Self::with_mode)) to read no variable at all.
+/// - **Memory**: it reserves address space for its size classes (slab
+///   arenas and their metadata, committed in 4 MiB chunks as used) and maps
+///   large objects (over 256 KiB) directly. `shrink` gives free memory back;
+///   so does the decay, below.
+/// - **Threads**: each thread that allocates binds one of the domain's
+///   slots ([`DEFAULT_GLOBAL_NR_CPUS`], or [`with_nr_cpus`](Self::with_nr_cpus))
+///   until it exits (a pthread key, not a Rust TLS destructor); threads
+///   beyond the slots take a shared, locked path. Binding pins nothing.
+/// - **Decay**: free memory (empty slabs, idle threads' cached objects,
+///   cached mappings) goes back to the OS after [`decay_delay`](Self::decay_delay)
+///   (default 1 s; [`set_decay`](Self::set_decay)`(None)` turns it off).
+///   How the passes are scheduled is in [`decay`](crate::decay).
+///   <!-- LEAD: malloc15 is removing the decay thread; say here, in one
+///   line, what runs the passes after that change. -->
+/// - **Signals**: whatever the mode's drains use (see the `qpw` crate's
+///   documentation of modes).
+/// - **fork**: it registers a `qpw::ForkHook` that holds its locks across
+///   `fork()`, so a child can allocate at once.
 ///
 /// ```no_run
 /// use qpw_mm::QpwAlloc;
@@ -171,11 +202,21 @@ impl<C: Config> QpwAlloc<C> {
     }
 
     /// Drains every thread's sheaves ([`Kmalloc::flush_all`]).
+    ///
+    /// # Errors
+    ///
+    /// A [`FlushError`] naming a thread's slot that was not drained in time (the
+    /// others are drained all the same). `Ok` before the first allocation.
     pub fn flush_all(&self) -> Result<(), FlushError> {
         self.kmalloc().map_or(Ok(()), |k| k.flush_all())
     }
 
     /// Drains and returns free memory to the OS ([`Kmalloc::shrink`]).
+    ///
+    /// # Errors
+    ///
+    /// The drain's [`FlushError`], as [`flush_all`](Self::flush_all); the rest is
+    /// shrunk all the same.
     pub fn shrink(&self) -> Result<ShrinkReport, FlushError> {
         self.kmalloc()
             .map_or(Ok(ShrinkReport::default()), |k| k.shrink())
@@ -273,7 +314,7 @@ impl<C: Config> QpwAlloc<C> {
         // From here other threads and our own re-entrant calls use the
         // shared path on these classes.
         self.classes.store(classes.as_ptr(), Ordering::Release);
-        let mut b = Domain::<C>::builder().nr_cpus(self.nr_cpus);
+        let mut b = qpw::Builder::<C>::new().nr_cpus(self.nr_cpus);
         if let Some(m) = self.mode.mode() {
             b = b.mode(m);
         }
@@ -284,7 +325,7 @@ impl<C: Config> QpwAlloc<C> {
                 sys::write_stderr(&e.to_string());
                 if self.mode == GlobalMode::FromEnv {
                     sys::write_stderr("; using mode queue\n");
-                    Domain::<C>::builder()
+                    qpw::Builder::<C>::new()
                         .nr_cpus(self.nr_cpus)
                         .mode(Mode::Queue)
                         .build()

@@ -148,11 +148,16 @@ impl<C: Config> KmallocBuilder<C> {
     }
 
     /// Builds the domain (unless given) and the instance.
+    ///
+    /// # Errors
+    ///
+    /// A [`SlabError`]: the domain could not be built ([`SlabError::Qpw`], e.g.
+    /// a bad `QPW` value), or a mapping the OS refused.
     pub fn build(self) -> Result<Kmalloc<C>, SlabError> {
         let domain = match self.domain {
             Some(d) => d,
             None => {
-                let mut b = Domain::<C>::builder();
+                let mut b = qpw::Builder::<C>::new();
                 if let Some(n) = self.nr_cpus {
                     b = b.nr_cpus(n);
                 }
@@ -181,6 +186,10 @@ impl<C: Config> Kmalloc<C> {
     }
 
     /// An instance on an existing domain.
+    ///
+    /// # Errors
+    ///
+    /// A [`SlabError`] when the OS refuses the mappings.
     pub fn new(domain: &Domain<C>) -> Result<Self, SlabError> {
         Self::builder().domain(domain).build()
     }
@@ -608,9 +617,25 @@ impl<C: Config> Kmalloc<C> {
 
     // ---- drains, statistics, teardown --------------------------------------
 
+    /// The kernel's name (SLUB's) for [`drain_all`](Self::drain_all),
+    /// kept for readers of the kernel: the same call.
+    ///
+    /// # Errors
+    ///
+    /// As [`drain_all`](Self::drain_all).
+    pub fn flush_all(&self) -> Result<(), FlushError> {
+        self.drain_all()
+    }
+
     /// Drains every slot's sheaves, all classes, into the depots (drain-all
     /// through qpw; works in every mode).
-    pub fn flush_all(&self) -> Result<(), FlushError> {
+    ///
+    /// # Errors
+    ///
+    /// A [`FlushError`] naming a slot whose owner did not run the drain in
+    /// time (see [`qpw::WorkSet::run`]); the other slots are drained all the same.
+    #[doc(alias = "flush_all")]
+    pub fn drain_all(&self) -> Result<(), FlushError> {
         let r = self.drain.run();
         for core in self.shared.classes().cores() {
             core.collect();
@@ -620,8 +645,13 @@ impl<C: Config> Kmalloc<C> {
 
     /// Drains every slot, returns free objects to their slabs and releases
     /// wholly free slabs to the OS. As [`KmemCache::shrink`](crate::KmemCache::shrink).
+    ///
+    /// # Errors
+    ///
+    /// The drain's [`FlushError`], as [`drain_all`](Self::drain_all); the rest
+    /// is shrunk all the same.
     pub fn shrink(&self) -> Result<ShrinkReport, FlushError> {
-        let r = self.flush_all();
+        let r = self.drain_all();
         let mut rep = ShrinkReport::default();
         for core in self.shared.classes().cores() {
             rep.add(core.shrink());
@@ -673,9 +703,14 @@ impl<C: Config> Kmalloc<C> {
     /// Destroys the instance: unbinds this thread, drains every slot, checks
     /// that every object (large ones too) was freed and unmaps the memory.
     /// A leak is reported ([`DestroyError::Leaked`]) and its memory kept.
+    ///
+    /// # Errors
+    ///
+    /// [`DestroyError::Leaked`] when objects are still out (their memory is
+    /// kept), or the drain's error.
     pub fn destroy(self) -> Result<(), DestroyError> {
         self.unbind_local();
-        self.flush_all().map_err(DestroyError::Flush)?;
+        self.drain_all().map_err(DestroyError::Flush)?;
         let large_live = self.shared.classes().large.stats.live();
         let large_bytes = self
             .shared

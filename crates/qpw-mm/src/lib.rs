@@ -112,6 +112,11 @@ mod sys;
 pub mod lru;
 pub mod stock;
 
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use cache::{
     default_depot_max_full, default_sheaf_capacity, KmemCache, KmemCacheBuilder, DEFAULT_MAX_BYTES,
     MAX_ALIGN, MIN_FALLBACK_MAX_BYTES,

@@ -109,6 +109,7 @@ pub const MAX_BATCH: usize = 1 << 16;
 
 /// A batch size outside `1..=MAX_BATCH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BadBatchSize {
     /// The size given.
     pub size: usize,
@@ -165,6 +166,7 @@ impl<T> Local<T> {
 
 /// Counters, for tests and reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LruStats {
     /// Batches that filled up in [`Lru::add`] and were spilled by their owner.
     pub spills: u64,
@@ -354,6 +356,10 @@ impl<T: Send + 'static, C: Config> Lru<T, C> {
     }
 
     /// An LRU with batches of `batch` items (`1..=MAX_BATCH`).
+    ///
+    /// # Errors
+    ///
+    /// [`BadBatchSize`] when `batch` is 0 or above [`MAX_BATCH`].
     pub fn with_batch(domain: &Domain<C>, batch: usize) -> Result<Self, BadBatchSize> {
         if batch == 0 || batch > MAX_BATCH {
             return Err(BadBatchSize { size: batch });
@@ -491,6 +497,16 @@ impl<T: Send + 'static, C: Config> Lru<T, C> {
         self.inner.fold(|| {});
     }
 
+    /// The kernel's name (`mm/swap.c`) for [`drain_all`](Self::drain_all),
+    /// kept for readers of the kernel: the same call.
+    ///
+    /// # Errors
+    ///
+    /// As [`drain_all`](Self::drain_all).
+    pub fn lru_add_drain_all(&self) -> Result<(), FlushError> {
+        self.drain_all()
+    }
+
     /// Empties every slot's batch into the shared list (`lru_add_drain_all`),
     /// through qpw's drain-all, so it works in every mode.
     ///
@@ -498,7 +514,13 @@ impl<T: Send + 'static, C: Config> Lru<T, C> {
     /// is in the shared list. On a timeout (a `defer` owner that reached no
     /// quiescent point, a `queue` owner that blocks the signal) the other
     /// slots are still drained and folded, and the error names the slot.
-    pub fn lru_add_drain_all(&self) -> Result<(), FlushError> {
+    ///
+    /// # Errors
+    ///
+    /// A [`FlushError`] naming a slot whose owner did not run the drain in
+    /// time (see [`qpw::WorkSet::run`]); the other slots are drained all the same.
+    #[doc(alias = "lru_add_drain_all")]
+    pub fn drain_all(&self) -> Result<(), FlushError> {
         let r = self.drain.run();
         self.inner.fold(|| {});
         r

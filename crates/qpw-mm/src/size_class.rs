@@ -84,6 +84,7 @@ const fn fine_index() -> [u8; FINE_SMALL_MAX / 8 + 1] {
 /// path (and the seed's `kmalloc` benchmark rows, on `Kernel`, measure the
 /// same code as the global allocator).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum SizeClasses {
     /// [`KMALLOC_SIZES`]: the kernel's 13 classes, 8 B .. 8 KiB (powers of
     /// two above 256 B); larger requests are mapped. The default, for

@@ -5,6 +5,7 @@ use std::fmt;
 /// The state and slow-path counters of one cache ([`KmemCache::stats`](crate::KmemCache::stats),
 /// one per size class in [`KmallocStats`]). The fast paths count nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Object size in bytes.
     pub object_size: usize,
@@ -99,6 +100,7 @@ impl CacheStats {
 
 /// What a [`shrink`](crate::KmemCache::shrink) gave back to the OS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShrinkReport {
     /// Wholly free slabs whose pages were released.
     pub slabs_released: usize,
@@ -115,6 +117,7 @@ impl ShrinkReport {
 
 /// Why an operation took the shared path instead of a slot's sheaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SharedPathStats {
     /// The thread found every slot taken.
     pub no_slot: u64,
@@ -148,6 +151,7 @@ impl SharedPathStats {
 
 /// Everything a [`Kmalloc`](crate::Kmalloc) instance counts.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct KmallocStats {
     /// The configuration's name (`qpw`, `no-qpw`, `rt qpw`, ...).
     pub config: &'static str,
@@ -281,6 +285,13 @@ impl fmt::Display for KmallocStats {
             self.work.works_at_section_end,
             self.work.works_at_quiescent,
             self.work.works_remote + self.work.works_for_absent_owner
+        )?;
+        writeln!(
+            f,
+            "per class (classes with no slab yet are left out): class = object size in bytes; slabs = \
+             slabs in use; out = objects not free in their slab (allocated, or cached in a sheaf); \
+             slow a/f = allocations that found the main sheaf empty / frees that found it full; \
+             shared = allocations + frees on the shared path (no slot)"
         )?;
         writeln!(
             f,

@@ -85,6 +85,7 @@ pub const DEFAULT_BATCH: u64 = 64;
 
 /// A charge that does not fit the limit. Nothing was charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChargeError {
     /// The amount asked for.
     pub requested: u64,
@@ -109,6 +110,7 @@ impl std::error::Error for ChargeError {}
 
 /// An uncharge of more than is charged. Nothing was changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UnchargeError {
     /// The amount that was to go back to the shared counter (the uncharge
     /// plus the slot's stock).
@@ -263,6 +265,10 @@ impl<C: Config> Stock<C> {
     /// else by charging the shared counter `max(missing, batch)` and keeping
     /// the rest as stock, else by charging exactly what is missing. On error
     /// nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// [`ChargeError`] when `n` does not fit under the limit; nothing was charged.
     pub fn charge(&self, owner: &mut Owner<C>, n: u64) -> Result<(), ChargeError> {
         if n == 0 {
             return Ok(());
@@ -298,6 +304,11 @@ impl<C: Config> Stock<C> {
     /// slot is drained in every mode) and tries once more: what the kernel's
     /// `try_charge_memcg` does before it gives up. A drain that times out is
     /// not an error here: the second charge decides.
+    ///
+    /// # Errors
+    ///
+    /// [`ChargeError`] when `n` does not fit even after the drain; nothing was
+    /// charged.
     pub fn charge_or_drain(&self, owner: &mut Owner<C>, n: u64) -> Result<(), ChargeError> {
         match self.charge(owner, n) {
             Ok(()) => Ok(()),
@@ -312,6 +323,11 @@ impl<C: Config> Stock<C> {
     /// the batch goes back to the shared counter whole (`refill_stock` +
     /// `drain_stock`). On error (more uncharged than charged, detected when
     /// it reaches the counter) nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// [`UnchargeError`] when more would be uncharged than was charged; nothing
+    /// changed.
     pub fn uncharge(&self, owner: &mut Owner<C>, n: u64) -> Result<(), UnchargeError> {
         if n == 0 {
             return Ok(());
@@ -353,11 +369,27 @@ impl<C: Config> Stock<C> {
         self.inner.return_stock(n);
     }
 
+    /// The kernel's name (`mm/memcontrol.c`) for [`drain_all`](Self::drain_all),
+    /// kept for readers of the kernel: the same call.
+    ///
+    /// # Errors
+    ///
+    /// As [`drain_all`](Self::drain_all).
+    pub fn drain_all_stock(&self) -> Result<(), FlushError> {
+        self.drain_all()
+    }
+
     /// Returns every slot's unused stock to the shared counter
     /// (`drain_all_stock`), through qpw's drain-all, so it works in every
     /// mode. On `Ok`, with no charge or uncharge running meanwhile,
     /// [`usage`](Self::usage) equals the outstanding charges exactly.
-    pub fn drain_all_stock(&self) -> Result<(), FlushError> {
+    ///
+    /// # Errors
+    ///
+    /// A [`FlushError`] naming a slot whose owner did not run the drain in
+    /// time (see [`qpw::WorkSet::run`]); the other slots are drained all the same.
+    #[doc(alias = "drain_all_stock")]
+    pub fn drain_all(&self) -> Result<(), FlushError> {
         self.drain.run()
     }
 

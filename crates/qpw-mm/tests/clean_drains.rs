@@ -135,7 +135,7 @@ fn block_qpw_signal(sig: i32) {
 /// (`Err(_) => SharedReason::NoSlot`), with 4 slots free.
 #[test]
 fn blocked_signal_is_counted_under_its_reason() {
-    let d: Domain<NoQpw> = Domain::builder()
+    let d: Domain<NoQpw> = qpw::Builder::new()
         .mode(Mode::Queue)
         .nr_cpus(4)
         .build()

@@ -316,7 +316,7 @@ fn threads_beyond_the_last_slot_use_the_shared_path() {
 
 #[test]
 fn explicit_and_implicit_calls_mix_and_cross_threads() {
-    let domain: Domain<NoQpw> = Domain::builder().nr_cpus(4).build().unwrap();
+    let domain: Domain<NoQpw> = qpw::Builder::new().nr_cpus(4).build().unwrap();
     let km = Arc::new(Kmalloc::new(&domain).unwrap());
     let mut me = domain.bind_unpinned(0).unwrap();
     let ptrs: Vec<usize> = (0..1000)

@@ -12,7 +12,7 @@ const OWNERS: usize = 8;
 const PER_OWNER: usize = 20_000;
 
 fn domain<C: Config>(mode: Mode, nr_cpus: usize) -> Domain<C> {
-    Domain::<C>::builder()
+    qpw::Builder::<C>::new()
         .mode(mode)
         .nr_cpus(nr_cpus)
         .flush_timeout(Duration::from_secs(60))

@@ -230,7 +230,7 @@ impl<C: Config> Harness<C> {
     /// that short sequences reach owners; they may unbind, exit, rebind).
     fn new(mode: Mode) -> Self {
         let bound = if mode == Mode::Defer { SHORT } else { HANG };
-        let domain = Domain::<C>::builder()
+        let domain = qpw::Builder::<C>::new()
             .mode(mode)
             .nr_cpus(SLOTS)
             .flush_timeout(bound)

@@ -64,7 +64,7 @@ impl Rng {
 /// its free; at the end every allocation was freed once and `destroy` finds
 /// no leak.
 fn conservation<C: Config>(mode: Mode) {
-    let domain = Domain::<C>::builder()
+    let domain = qpw::Builder::<C>::new()
         .mode(mode.clone())
         .nr_cpus(THREADS + 1)
         .flush_timeout(Duration::from_secs(30))

@@ -1,6 +1,7 @@
 //! Compile-time configurations (the `CONFIG_QPW` and `PREEMPT_RT` axes) and
 //! the run-time mode (the `qpw=` boot option).
 
+pub use crate::cpu_list::{format_cpu_list, parse_cpu_list};
 use crate::error::Error;
 use std::fmt;
 
@@ -76,6 +77,7 @@ impl Config for RtNoQpw {
 /// | `Defer` | flag | queued; run at the owner's next quiescent point, or by the caller while the owner is offline | never |
 /// | `Auto` | per slot | `Remote` on isolated CPUs, `Queue` elsewhere | never on isolated CPUs |
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mode {
     /// `queue_work_on` + `flush_work`: the owner runs the work, prompted by a signal.
     Queue,
@@ -91,6 +93,7 @@ pub enum Mode {
 
 /// The mode one slot runs in (an [`Mode::Auto`] domain mixes `Queue` and `Remote`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SlotMode {
     /// Work is run by the owner, prompted by a signal.
     Queue,
@@ -131,6 +134,7 @@ impl SlotMode {
 
 /// Why a slot runs in the mode it does (see [`SlotInfo`](crate::SlotInfo)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ModeReason {
     /// The domain's mode says so (`queue`, `remote`, `defer`, or an `auto`
     /// slot on a CPU that is not isolated).
@@ -267,12 +271,12 @@ impl Mode {
             "defer" => Mode::Defer,
             "auto" => Mode::Auto(None),
             _ => match lower.strip_prefix("auto:") {
-                Some(list) => Mode::Auto(Some(parse_cpu_list(list).map_err(|reason| {
-                    Error::BadMode {
+                Some(list) => {
+                    Mode::Auto(Some(parse_cpu_list(list).map_err(|e| Error::BadMode {
                         value: s.to_string(),
-                        reason,
-                    }
-                })?)),
+                        reason: e.to_string(),
+                    })?))
+                }
                 None => {
                     return Err(Error::BadMode {
                         value: s.to_string(),
@@ -284,10 +288,16 @@ impl Mode {
         Ok(mode)
     }
 
-    /// Reads [`ENV_VAR`]: `Ok(None)` when it is unset, an error naming the
-    /// variable when its value is not one of [`ACCEPTED`].
+    /// Reads [`ENV_VAR`]: `Ok(None)` when it is unset or empty (`QPW=`, as
+    /// a shell script clears it), an error naming the variable when its
+    /// value is not one of [`ACCEPTED`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadMode`] for a value that is not one of [`ACCEPTED`] or not UTF-8.
     pub fn from_env() -> Result<Option<Mode>, Error> {
         match std::env::var(ENV_VAR) {
+            Ok(v) if v.trim().is_empty() => Ok(None),
             Ok(v) => Mode::parse(&v).map(Some),
             Err(std::env::VarError::NotPresent) => Ok(None),
             Err(std::env::VarError::NotUnicode(v)) => Err(Error::BadMode {
@@ -305,79 +315,6 @@ impl fmt::Display for Mode {
             m => f.write_str(m.name()),
         }
     }
-}
-
-/// Parses a kernel-style CPU list (`"0-3,8,10-11"`) into sorted, distinct CPUs.
-/// Overlaps are merged, as the kernel's `cpulist_parse` does; an empty list,
-/// a reversed range or a number above 65535 is an error naming the part.
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
-    const MAX: usize = 65_535;
-    // Ranges first, expanded once merged: memory and time follow the input's
-    // length and the distinct CPUs, not the sum of (overlapping) range lengths.
-    let mut ranges: Vec<(usize, usize)> = Vec::new();
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty CPU list".to_string());
-    }
-    for part in s.split(',') {
-        let part = part.trim();
-        let num = |x: &str| -> Result<usize, String> {
-            let x = x.trim();
-            match x.parse::<usize>() {
-                Ok(n) if n <= MAX => Ok(n),
-                Ok(_) => Err(format!("CPU number `{x}` is above {MAX}")),
-                Err(_) => Err(format!("`{x}` in `{part}` is not a CPU number")),
-            }
-        };
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if a > b {
-                    return Err(format!("range `{part}` is reversed"));
-                }
-                ranges.push((a, b));
-            }
-            None => {
-                let n = num(part)?;
-                ranges.push((n, n));
-            }
-        }
-    }
-    ranges.sort_unstable();
-    let mut cpus = Vec::new();
-    let mut next = 0; // the lowest CPU not emitted yet
-    for (a, b) in ranges {
-        let start = a.max(next);
-        if start <= b {
-            cpus.extend(start..=b);
-            next = b + 1;
-        }
-    }
-    Ok(cpus)
-}
-
-/// Formats CPUs as a kernel-style list with ranges (`[0,1,2,5]` → `"0-2,5"`).
-pub fn format_cpu_list(cpus: &[usize]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let start = cpus[i];
-        let mut end = start;
-        while i + 1 < cpus.len() && cpus[i + 1] == end + 1 {
-            i += 1;
-            end = cpus[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}-{end}"));
-        }
-        i += 1;
-    }
-    out
 }
 
 #[cfg(test)]

@@ -94,6 +94,12 @@ fn next_domain_id() -> usize {
 }
 
 impl<C: Config> Builder<C> {
+    /// A builder for a domain of any [`Config`]: `Builder::<Rt>::new()`.
+    /// For the default config, [`Domain::builder`] needs no annotation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// The number of slots. Default: enough for every CPU this process may
     /// run on (highest such CPU + 1): the CPUs online, within the process's
     /// cgroup cpuset, whatever the calling or main thread's affinity. Larger values model bigger machines:
@@ -240,18 +246,27 @@ fn signal_from_env(range: (i32, i32)) -> Result<Option<i32>, Error> {
     }
 }
 
-impl<C: Config> Domain<C> {
-    /// A builder; [`build`](Builder::build) reads `QPW` unless a mode is set.
-    pub fn builder() -> Builder<C> {
+impl Domain {
+    /// A builder of a [`Standard`] domain (`let d = Domain::builder().build()?`
+    /// needs no annotation); [`build`](Builder::build) reads `QPW` unless a
+    /// mode is set. For another [`Config`]: [`Builder::<Rt>::new()`](Builder::new).
+    pub fn builder() -> Builder {
         Builder::default()
     }
 
-    /// A domain with the defaults: mode from `QPW` (default `queue`), one slot
-    /// per CPU this process may run on.
+    /// A [`Standard`] domain with the defaults: mode from `QPW` (default
+    /// `queue`), one slot per CPU this process may run on. For another
+    /// [`Config`]: `Builder::<Rt>::new().build()`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::build`]: a bad `QPW` value, or the CPUs unreadable.
     pub fn new() -> Result<Self, Error> {
         Self::builder().build()
     }
+}
 
+impl<C: Config> Domain<C> {
     /// The number of slots.
     pub fn nr_cpus(&self) -> usize {
         self.inner.slots.len()

@@ -117,6 +117,10 @@ pub enum Error {
         /// The slot.
         cpu: usize,
     },
+    /// A flush or drain-all did not complete (made by `?` on a
+    /// [`FlushError`], through `From`): the same message, and the same
+    /// [`source`](std::error::Error::source).
+    Flush(FlushError),
 }
 
 impl fmt::Display for Error {
@@ -191,11 +195,53 @@ impl fmt::Display for Error {
                 "slot {cpu} is held by another thread right now; try_remote does not wait \
                  (use remote to wait, or try again later)"
             ),
+            Error::Flush(e) => fmt::Display::fmt(e, f),
         }
     }
 }
 
-impl std::error::Error for Error {}
+/// An `errno` as an error, the [`source`](std::error::Error::source) of
+/// [`Error::Os`]: its `Display` is the system's message (`strerror`).
+#[derive(Debug)]
+#[repr(transparent)]
+struct Errno(i32);
+
+impl Errno {
+    fn from_ref(errno: &i32) -> &Errno {
+        // SAFETY: `Errno` is `repr(transparent)` over `i32`, so the two have
+        // the same layout and validity; the reference keeps the lifetime and
+        // the (shared) mutability of the one given.
+        unsafe { &*(errno as *const i32 as *const Errno) }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&std::io::Error::from_raw_os_error(self.0), f)
+    }
+}
+
+impl std::error::Error for Errno {}
+
+impl std::error::Error for Error {
+    /// [`Error::Os`]: the system's error for its `errno`; [`Error::Flush`]:
+    /// the flush error's own source.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Os { errno, .. } => Some(Errno::from_ref(errno)),
+            Error::Flush(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+impl From<FlushError> for Error {
+    /// Lets `?` turn a [`Work::flush`](crate::Work::flush) or
+    /// [`WorkSet::run`](crate::WorkSet::run) failure into an [`Error`].
+    fn from(e: FlushError) -> Error {
+        Error::Flush(e)
+    }
+}
 
 /// Why a [`Work::flush`](crate::Work::flush) returned without the work having run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -247,6 +247,7 @@
 // implicit; percpu.
 mod cell_lock;
 mod config;
+mod cpu_list;
 mod domain;
 mod error;
 mod fork;
@@ -258,6 +259,7 @@ mod slot;
 mod stats;
 mod sync;
 mod sys;
+mod traits;
 mod work;
 
 #[cfg(all(test, qpw_loom))]
@@ -267,13 +269,14 @@ mod loom_tests;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
 pub use config::{
     format_cpu_list, parse_cpu_list, parse_signal, Config, Mode, ModeReason, NoQpw, Rt, RtNoQpw,
     SlotMode, Standard, ACCEPTED, ENV_VAR, SIGNAL_ACCEPTED, SIGNAL_ENV_VAR,
 };
+pub use cpu_list::{CpuListError, MAX_CPU};
 pub use domain::{Builder, Domain, DEFAULT_FLUSH_TIMEOUT, MAX_CPUS};
 pub use error::{Error, FlushError, SignalTrouble};
 pub use fork::{register_fork_hook, ForkHook, ForkHookHandle};

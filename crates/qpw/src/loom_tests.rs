@@ -16,7 +16,7 @@ use std::time::Duration;
 const FOREVER: Duration = Duration::from_secs(3600);
 
 fn domain<C: Config>(mode: Mode) -> Domain<C> {
-    Domain::<C>::builder()
+    crate::Builder::<C>::new()
         .mode(mode)
         .nr_cpus(2)
         .flush_timeout(FOREVER)

@@ -5,6 +5,7 @@ use crate::sync::{AtomicU64, Ordering};
 
 /// Counters of one slot, readable at any time with [`Domain::stats`](crate::Domain::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct SlotStats {
     /// Signals sent to the slot's owner (queue mode only).
     pub signals_sent: u64,
@@ -115,6 +116,7 @@ impl SlotStats {
 /// How one slot runs now and why, with what drain-alls left alone on it:
 /// [`Domain::slot_info`](crate::Domain::slot_info).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct SlotInfo {
     /// The slot's mode as the domain was built (an `auto` domain resolved per CPU).
     pub configured: SlotMode,

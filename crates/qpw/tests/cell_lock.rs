@@ -28,7 +28,7 @@ impl Pair {
 }
 
 fn domain<C: Config>(mode: Mode) -> Domain<C> {
-    Domain::builder()
+    qpw::Builder::new()
         .mode(mode)
         .nr_cpus(2)
         .flush_timeout(Duration::from_secs(30))

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 const HANG: Duration = Duration::from_secs(20);
 
 fn domain<C: Config>(mode: Mode, nr_cpus: usize) -> Domain<C> {
-    Domain::<C>::builder()
+    qpw::Builder::<C>::new()
         .mode(mode)
         .nr_cpus(nr_cpus)
         .flush_timeout(HANG)

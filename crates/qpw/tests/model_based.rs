@@ -242,7 +242,7 @@ struct Case<C: Config> {
 
 impl<C: Config> Case<C> {
     fn new(mode: Mode) -> Self {
-        let domain = Domain::<C>::builder()
+        let domain = qpw::Builder::<C>::new()
             .mode(mode)
             .nr_cpus(SLOTS)
             .flush_timeout(HANG)

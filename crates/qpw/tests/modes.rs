@@ -15,7 +15,7 @@ const DRAINS: usize = 40;
 /// 8 owner threads increment their slot while a drainer moves slot counts
 /// into a global total; after the final drain the total equals all increments.
 fn conservation<C: Config>(mode: Mode) -> Domain<C> {
-    let domain: Domain<C> = Domain::builder()
+    let domain: Domain<C> = qpw::Builder::new()
         .mode(mode)
         .nr_cpus(OWNERS)
         .flush_timeout(Duration::from_secs(30))
@@ -95,6 +95,7 @@ fn conservation<C: Config>(mode: Mode) -> Domain<C> {
                     "{slot_mode:?} slot {cpu} was signalled: {s:?}"
                 )
             }
+            other => panic!("slot {cpu}: a mode this test does not know: {other}"),
         }
         assert_eq!(
             s.works_run(),
@@ -500,7 +501,7 @@ fn bad_input_gets_clear_errors() {
     } else {
         assert!(matches!(e, Error::ModeNotCompiled { .. }), "{e}");
     }
-    let e = Domain::<NoQpw>::builder()
+    let e = qpw::Builder::<NoQpw>::new()
         .mode(Mode::Remote)
         .build()
         .unwrap_err();
@@ -588,7 +589,7 @@ fn domains_of_different_modes_coexist() {
         .nr_cpus(2)
         .build()
         .unwrap();
-    let r: Domain<Rt> = Domain::builder()
+    let r: Domain<Rt> = qpw::Builder::new()
         .mode(Mode::Remote)
         .nr_cpus(2)
         .build()
@@ -648,7 +649,7 @@ fn modes_are_compiled_out_without_the_feature() {
             .build()
             .unwrap_err();
         assert!(matches!(e, Error::ModeNotCompiled { .. }), "{e}");
-        let e = Domain::<Rt>::builder()
+        let e = qpw::Builder::<Rt>::new()
             .mode(Mode::Remote)
             .build()
             .unwrap_err();

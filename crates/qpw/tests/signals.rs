@@ -24,7 +24,7 @@ use std::time::Duration;
 const HANG: Duration = Duration::from_secs(20);
 
 fn queue_domain<C: qpw::Config>(nr: usize, flush: Duration) -> Domain<C> {
-    Domain::<C>::builder()
+    qpw::Builder::<C>::new()
         .mode(Mode::Queue)
         .nr_cpus(nr)
         .flush_timeout(flush)

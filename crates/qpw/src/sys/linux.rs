@@ -268,9 +268,9 @@ pub(crate) fn isolated_cpus() -> Result<Vec<usize>, Error> {
         if text.is_empty() || text == "(null)" {
             continue;
         }
-        let cpus = crate::config::parse_cpu_list(text).map_err(|reason| Error::BadMode {
+        let cpus = crate::config::parse_cpu_list(text).map_err(|e| Error::BadMode {
             value: format!("auto (from {file}: {text:?})"),
-            reason,
+            reason: e.to_string(),
         })?;
         all.extend(cpus);
     }
