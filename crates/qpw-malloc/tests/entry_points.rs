@@ -226,6 +226,27 @@ fn decay_delay_from_the_environment() {
         r.assert_ok(&format!("decay with QPW_MALLOC_DECAY_MS={v}"));
     }
 
+    // A program that calls no allocator function at all while it waits
+    // gets its memory back only from the decay thread it asks for.
+    let mut cmd = preloaded(&exe);
+    cmd.args(["idle", "20000"])
+        .env("QPW_MALLOC_DECAY_MS", "100")
+        .env("QPW_MALLOC_DECAY_THREAD", "1");
+    let r = run(cmd, None, LIMIT);
+    r.assert_ok("idle decay with QPW_MALLOC_DECAY_THREAD=1");
+    assert!(r.stdout().contains("back:"), "{}", r.stdout());
+
+    let mut cmd = preloaded(&exe);
+    cmd.args(["kept", "10"])
+        .env("QPW_MALLOC_DECAY_THREAD", "yes");
+    let r = run(cmd, None, LIMIT);
+    r.assert_ok("QPW_MALLOC_DECAY_THREAD=yes");
+    assert_eq!(
+        r.stderr(),
+        "qpw-malloc: invalid value \"yes\" for environment variable QPW_MALLOC_DECAY_THREAD \
+         (accepted: 0, 1); using the default, 0 (the decay runs from the program's own calls)\n"
+    );
+
     for bad in ["0", "soon", "-1", "1.5", "86400001"] {
         let mut cmd = preloaded(&exe);
         cmd.args(["kept", "10"]).env("QPW_MALLOC_DECAY_MS", bad);

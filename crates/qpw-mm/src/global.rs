@@ -29,7 +29,7 @@ use crate::sys;
 use qpw::{Config, Domain, FlushError, Mode, Standard};
 use std::alloc::{GlobalAlloc, Layout};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// Default slot count of the global allocator's domain: enough for programs
@@ -101,6 +101,8 @@ pub struct QpwAlloc<C: Config = Standard> {
     /// The decay delay set before the instance existed, in ns
     /// ([`DECAY_UNSET`], or 0 for none).
     decay_ns: AtomicU64,
+    /// Whether a decay thread is asked for (see [`Self::set_decay_thread`]).
+    decay_thread: AtomicBool,
     nr_cpus: usize,
     mode: GlobalMode,
     _c: PhantomData<fn() -> C>,
@@ -133,6 +135,7 @@ impl<C: Config> QpwAlloc<C> {
             km: AtomicPtr::new(std::ptr::null_mut()),
             early_shared: AtomicU64::new(0),
             decay_ns: AtomicU64::new(DECAY_UNSET),
+            decay_thread: AtomicBool::new(false),
             nr_cpus: DEFAULT_GLOBAL_NR_CPUS,
             mode: GlobalMode::FromEnv,
             _c: PhantomData,
@@ -216,11 +219,14 @@ impl<C: Config> QpwAlloc<C> {
 
     /// Sets the decay delay (default [`DEFAULT_DECAY`], 1 s): free slabs,
     /// cached large mappings and idle threads' cached objects go back to
-    /// the OS after about this long unused, by a background thread started
-    /// at the first slow path (see [`decay`](crate::decay)). `None`
-    /// disables the decay (memory then goes back on [`shrink`](Self::shrink)
-    /// only). Delays below [`MIN_DECAY`](crate::decay::MIN_DECAY) act as
-    /// that. Callable at any time, before or after the first allocation.
+    /// the OS after about this long unused. Passes run from the program's
+    /// own slow paths, with no thread of ours (see [`decay`](crate::decay)):
+    /// a program that stops calling the allocator keeps its free memory
+    /// until its next call, unless it asks for a thread
+    /// ([`set_decay_thread`](Self::set_decay_thread)). `None` disables the
+    /// decay (memory then goes back on [`shrink`](Self::shrink) only).
+    /// Delays below [`MIN_DECAY`](crate::decay::MIN_DECAY) act as that.
+    /// Callable at any time, before or after the first allocation.
     pub fn set_decay(&self, delay: Option<Duration>) {
         let ns = match delay {
             None => 0,
@@ -232,6 +238,20 @@ impl<C: Config> QpwAlloc<C> {
         self.decay_ns.store(ns, Ordering::Release);
         if let Some(k) = self.kmalloc() {
             k.set_decay(delay);
+        }
+    }
+
+    /// Runs the decay's passes on a background thread of its own (`true`)
+    /// rather than from the program's slow paths (`false`, the default):
+    /// memory then goes back while the program sleeps too. The thread is
+    /// started at the next slow path (again in a forked child), with every
+    /// signal blocked before it is created; like any thread it keeps the
+    /// process alive after `main` calls `pthread_exit`. Switched off, it
+    /// ends within a pass. Callable at any time.
+    pub fn set_decay_thread(&self, on: bool) {
+        self.decay_thread.store(on, Ordering::Release);
+        if let Some(k) = self.kmalloc() {
+            k.set_decay_thread(on);
         }
     }
 
@@ -303,6 +323,8 @@ impl<C: Config> QpwAlloc<C> {
                 // A `set_decay` that raced with the build: apply the latest.
                 // SAFETY: as above.
                 unsafe { (*km).set_decay(self.pending_decay()) };
+                // SAFETY: as above.
+                unsafe { (*km).set_decay_thread(self.decay_thread.load(Ordering::Acquire)) };
                 self.state.store(READY, Ordering::Release);
             }
             Err(_) => {

@@ -474,11 +474,21 @@ impl<C: Config> Kmalloc<C> {
                 Ok(b) => self.alloc_class(unsafe { &mut (*b).owner }, c),
                 Err(r) => {
                     self.shared.count(r);
-                    self.shared.classes().alloc_shared(size, align)
+                    let p = self.shared.classes().alloc_shared(size, align);
+                    self.decay_tick();
+                    p
                 }
             },
-            None => self.shared.classes().large.alloc(size, align, false),
+            None => self.alloc_large_local(size, align),
         }
+    }
+
+    /// A large block for the global allocator, then the decay's time check.
+    #[inline(never)]
+    fn alloc_large_local(&self, size: usize, align: usize) -> *mut u8 {
+        let p = self.shared.classes().large.alloc(size, align, false);
+        self.decay_tick();
+        p
     }
 
     /// Free with the implicit binding, for the global allocator.
@@ -489,7 +499,7 @@ impl<C: Config> Kmalloc<C> {
     pub(crate) unsafe fn free_local_raw(&self, p: *mut u8) -> Result<(), FreeError> {
         if self.shared.class_of(p).is_none() {
             // SAFETY: forwarded to the caller.
-            return unsafe { self.shared.classes().large.free(p) };
+            return unsafe { self.free_large_local(p) };
         }
         match self.shared.binding() {
             // SAFETY: as in alloc_local_raw; `p` forwarded to the caller.
@@ -497,9 +507,24 @@ impl<C: Config> Kmalloc<C> {
             Err(r) => {
                 self.shared.count(r);
                 // SAFETY: forwarded to the caller.
-                unsafe { self.shared.classes().free_shared(p) }
+                let res = unsafe { self.shared.classes().free_shared(p) };
+                self.decay_tick();
+                res
             }
         }
+    }
+
+    /// Frees a large block (or reports a foreign pointer), then the decay's
+    /// time check.
+    ///
+    /// # Safety
+    /// As [`free_local_raw`](Self::free_local_raw).
+    #[inline(never)]
+    unsafe fn free_large_local(&self, p: *mut u8) -> Result<(), FreeError> {
+        // SAFETY: forwarded to the caller.
+        let r = unsafe { self.shared.classes().large.free(p) };
+        self.decay_tick();
+        r
     }
 
     /// Reallocation with the implicit binding, for the global allocator.
@@ -727,29 +752,53 @@ impl<C: Config> Kmalloc<C> {
     // ---- decay ------------------------------------------------------------
 
     /// After a slot's slow path, outside its section: marks the slot active
-    /// for the decay, starts the decay thread if it is due, and runs the
-    /// slot's queued work (defer mode's quiescent point).
+    /// for the decay, runs the slot's queued work (defer mode's quiescent
+    /// point), then the decay's time check ([`decay_tick`](Self::decay_tick)).
     #[inline]
     pub(crate) fn after_slow_path(&self, owner: &mut Owner<C>) {
+        self.shared.decay.touch(owner.slot());
+        owner.quiescent();
+        self.decay_tick();
+    }
+
+    /// The decay's time check on a slow path (see [`decay`](crate::decay)):
+    /// runs a pass in this thread when one is due, or starts the decay
+    /// thread when it is asked for. A pass allocates nothing, takes no
+    /// slot's section and waits for no owner (the drains it queues run
+    /// without it), so it may run inside any slow path outside a section.
+    #[inline]
+    pub(crate) fn decay_tick(&self) {
         let d = &self.shared.decay;
-        d.touch(owner.slot());
-        if d.wants_thread() {
+        if d.tick_due() {
+            self.ticked_pass();
+        } else if d.wants_thread() {
             self.start_decay_thread();
         }
-        owner.quiescent();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn ticked_pass(&self) {
+        reclaim::decay_pass(&self.shared, &self.drain, false);
+        self.shared.decay.tick_done();
     }
 
     /// Marks the instance as living for the rest of the process (the global
-    /// allocator leaks its own), so slow paths may start a decay thread that
-    /// holds it.
+    /// allocator leaks its own), so its slow paths drive the decay (and may
+    /// start a decay thread that holds it, when asked for).
     ///
     /// # Safety
     /// The instance is never dropped or moved.
     pub(crate) unsafe fn make_forever(&self) {
-        self.shared.forever.store(true, Ordering::Relaxed);
-        if self.shared.decay.delay().is_some() {
-            self.shared.decay.set_auto_thread();
-        }
+        self.shared.decay.set_forever();
+    }
+
+    /// Whether a decay thread (rather than the program's own slow paths)
+    /// runs the passes of this instance (see [`decay`](crate::decay)).
+    /// Only an instance that lives for good (the global allocator's) has
+    /// either; on others this only records the wish.
+    pub(crate) fn set_decay_thread(&self, on: bool) {
+        self.shared.decay.set_want_thread(on);
     }
 
     /// The decay delay now (`None`: decay disabled).
@@ -759,33 +808,29 @@ impl<C: Config> Kmalloc<C> {
 
     /// Sets the decay delay: free slabs, cached large mappings and idle
     /// slots' sheaves go back after about this long unused. `None` disables
-    /// the decay. Callable at any time; a running decay thread picks it up
-    /// at once. Instances without a decay thread apply it in [`decay`](Self::decay).
+    /// the decay. Callable at any time; the next pass uses it. Instances
+    /// made by hand apply it in [`decay`](Self::decay).
     pub fn set_decay(&self, delay: Option<Duration>) {
-        let d = &self.shared.decay;
-        d.set_delay(delay);
-        if delay.is_some() && self.shared.decay_thread_allowed() {
-            d.set_auto_thread();
-        }
+        self.shared.decay.set_delay(delay);
     }
 
-    /// One decay pass (see [`decay`](crate::decay) for what it does); the
-    /// decay thread runs one every quarter of the delay. Returns what went
-    /// back to the OS. Nothing happens while the decay is disabled.
+    /// One decay pass (see [`decay`](crate::decay) for what it does),
+    /// waiting for the idle slots' drains. Returns what went back to the
+    /// OS. Nothing happens while the decay is disabled.
     pub fn decay(&self) -> ShrinkReport {
         if self.shared.decay.delay().is_none() {
             return ShrinkReport::default();
         }
-        reclaim::decay_pass(&self.shared, &self.drain)
+        reclaim::decay_pass(&self.shared, &self.drain, true)
     }
 
     /// Starts the decay thread (once; the slow path saw it due).
     #[cold]
     #[inline(never)]
     fn start_decay_thread(&self) {
-        // SAFETY: slow paths start it only when `wants_thread`, which
-        // `set_auto_thread` arms only for an instance made forever
-        // (`make_forever`: never dropped or moved).
+        // SAFETY: slow paths start it only when `wants_thread`, true only
+        // for an instance made forever (`make_forever`: never dropped or
+        // moved).
         unsafe { decay::start_thread(self) };
     }
 }

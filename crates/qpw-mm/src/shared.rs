@@ -10,7 +10,7 @@ use crate::sheaf::{Pcs, NO_CHECK};
 use crate::size_class::{SizeClasses, MAX_CLASSES};
 use qpw::{Config, Domain, PerCpu};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 // `KShared::new` zeroes the slots' `Pcs` instead of writing `Pcs::new()`.
 const _: () = assert!(NO_CHECK == 0);
@@ -42,9 +42,6 @@ pub(crate) struct KShared<C: Config> {
     pub(crate) threads_unbound: AtomicU64,
     pub(crate) shared_path: [AtomicU64; 6],
     pub(crate) decay: Decay,
-    /// The instance is never freed (the global allocator's): a decay
-    /// thread may hold it.
-    pub(crate) forever: AtomicBool,
 }
 
 // SAFETY: `classes` points to a `Classes`, which is Send and Sync (its caches
@@ -93,7 +90,6 @@ impl<C: Config> KShared<C> {
             threads_unbound: AtomicU64::new(0),
             shared_path: Default::default(),
             decay: Decay::new(domain.nr_cpus(), Some(DEFAULT_DECAY)),
-            forever: AtomicBool::new(false),
         }
     }
 
@@ -142,14 +138,6 @@ impl<C: Config> Drop for KShared<C> {
             // `&mut self` nobody else reaches the classes.
             unsafe { Classes::destroy(self.classes) };
         }
-    }
-}
-
-impl<C: Config> KShared<C> {
-    /// Whether this instance lives for good, so a thread may keep a
-    /// reference to it (the global allocator's).
-    pub(crate) fn decay_thread_allowed(&self) -> bool {
-        self.forever.load(Ordering::Relaxed)
     }
 }
 
