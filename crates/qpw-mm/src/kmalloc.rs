@@ -275,18 +275,46 @@ impl<C: Config> Kmalloc<C> {
         }
     }
 
+    /// Frees a class object or a large one. Every build checks, on a class
+    /// object, that `p` is an object's start in a carved slab (else
+    /// [`FreeError::NotObjectStart`], nothing changed), and catches a
+    /// double free whose first free is still in this slot's sheaves: a
+    /// free stamps the object's first word ([`KShared::stamp`]); a free
+    /// that finds the stamp scans the slot's two sheaves for `p`. Debug
+    /// builds check every free exactly (the slabs' live bits).
     #[inline(always)]
     unsafe fn free_inner(&self, owner: &mut Owner<C>, p: *mut u8) -> Result<(), FreeError> {
         let sh = &*self.shared;
         match sh.class_of(p) {
             Some(c) => {
-                #[cfg(debug_assertions)]
-                sh.classes().core(c).check_free(p)?;
+                let core = sh.classes().core(c);
+                if !core.is_object_start(p as usize) {
+                    return Err(not_object_start(p, core.size));
+                }
+                let stamp = sh.stamp(p);
+                // SAFETY: `p` is an object's start in a carved (committed)
+                // slab, at least 8 bytes, 8-aligned: live (the caller's,
+                // given up now) or free (ours); either way readable.
+                let stamped = unsafe { p.cast::<u64>().read() } == stamp;
                 let mut g = sh.pcs.lock(owner);
                 // SAFETY: class indices are below the table's length, at most MAX_CLASSES.
                 let pcs = unsafe { g.0.get_unchecked_mut(c) };
+                if stamped && pcs.holds(p) {
+                    drop(g);
+                    return Err(FreeError::DoubleFree {
+                        ptr: p as usize,
+                        object_size: core.size,
+                    });
+                }
+                #[cfg(debug_assertions)]
+                if let Err(e) = core.check_free(p) {
+                    drop(g);
+                    return Err(e);
+                }
+                // SAFETY: as above; the object is free now, ours to write.
+                unsafe { p.cast::<u64>().write(stamp) };
                 if !pcs.push(p) {
-                    sh.classes().core(c).free_slow(pcs, p);
+                    core.free_slow(pcs, p);
                     drop(g);
                     self.after_slow_path(owner);
                 }
@@ -539,6 +567,8 @@ impl<C: Config> Kmalloc<C> {
         new_size: usize,
     ) -> Result<*mut u8, FreeError> {
         // SAFETY: forwarded to the caller.
+        unsafe { self.check_realloc_local(p) }?;
+        // SAFETY: forwarded to the caller.
         match unsafe { self.shared.classes().resize(p, align, new_size) }? {
             Resize::Kept(np) => Ok(np),
             Resize::Move(n) => {
@@ -553,6 +583,45 @@ impl<C: Config> Kmalloc<C> {
                 Ok(np)
             }
         }
+    }
+
+    /// A reallocation's checks of a class object, before anything is read
+    /// or moved: as a free's ([`free_inner`](Self::free_inner)), an
+    /// object's start, and not freed already into this thread's sheaves.
+    ///
+    /// # Safety
+    /// As [`free_local_raw`](Self::free_local_raw), except that `p` stays
+    /// allocated.
+    unsafe fn check_realloc_local(&self, p: *mut u8) -> Result<(), FreeError> {
+        let sh = &*self.shared;
+        let Some(c) = sh.class_of(p) else {
+            return Ok(());
+        };
+        let core = sh.classes().core(c);
+        if !core.is_object_start(p as usize) {
+            return Err(not_object_start(p, core.size));
+        }
+        // SAFETY: an object's start in a carved slab: readable (see free_inner).
+        if unsafe { p.cast::<u64>().read() } != sh.stamp(p) {
+            return Ok(());
+        }
+        let freed = match self.shared.binding() {
+            Ok(b) => {
+                // SAFETY: as in alloc_local_raw.
+                let owner = unsafe { &mut (*b).owner };
+                let mut g = sh.pcs.lock(owner);
+                // SAFETY: class indices are below the table's length.
+                unsafe { g.0.get_unchecked_mut(c) }.holds(p)
+            }
+            Err(_) => false,
+        };
+        if freed {
+            return Err(FreeError::DoubleFree {
+                ptr: p as usize,
+                object_size: core.size,
+            });
+        }
+        Ok(())
     }
 
     /// As [`alloc_local_raw`](Self::alloc_local_raw), zeroed.
@@ -832,6 +901,16 @@ impl<C: Config> Kmalloc<C> {
         // for an instance made forever (`make_forever`: never dropped or
         // moved).
         unsafe { decay::start_thread(self) };
+    }
+}
+
+/// The error of a free or reallocation of `p`, inside a class whose
+/// objects are `size` bytes, but not at an object's start.
+#[cold]
+fn not_object_start(p: *mut u8, size: usize) -> FreeError {
+    FreeError::NotObjectStart {
+        ptr: p as usize,
+        object_size: size,
     }
 }
 

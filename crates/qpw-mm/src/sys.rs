@@ -185,6 +185,45 @@ pub(crate) fn write_stderr(msg: &str) {
     }
 }
 
+/// A line for stderr built on the stack (`fmt::Write`, allocating
+/// nothing; cut at 256 bytes), written with one `write` by
+/// [`flush`](Self::flush): for messages printed inside the allocator.
+pub(crate) struct StderrLine {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl StderrLine {
+    pub(crate) const fn new() -> Self {
+        Self {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn flush(&mut self) {
+        let mut b = &self.buf[..self.len];
+        while !b.is_empty() {
+            // SAFETY: `b` is a valid byte slice; fd 2 may be closed, which only fails.
+            let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+            if n <= 0 {
+                break;
+            }
+            b = &b[n as usize..];
+        }
+        self.len = 0;
+    }
+}
+
+impl std::fmt::Write for StderrLine {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
 /// Prints `msg` and aborts: for errors inside the global allocator, which
 /// must not unwind.
 pub(crate) fn abort_with(msg: &str) -> ! {
