@@ -71,3 +71,24 @@ fn child_forked_from_a_thread_joins_its_threads_and_exits() {
         assert!(out.contains("child: exited (status 0)"), "QPW={qpw}: {out}");
     }
 }
+
+/// The library `dlopen`ed by a running program (not preloaded): its
+/// initial-exec TLS slot (the fast path's binding pointer) works in a
+/// thread that existed before the `dlopen`, in the main thread and in a
+/// thread started after, with objects freed across them.
+#[test]
+fn dlopened_library_serves_threads_from_before_and_after() {
+    let exe = compile_c("host", "host", &[]);
+    for qpw in ["0", "1"] {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("dlopen").arg(common::cdylib()).env("QPW", qpw);
+        cmd.env_remove("LD_PRELOAD");
+        let r = run(cmd, None, LIMIT);
+        r.assert_ok(&format!("host dlopen, QPW={qpw}"));
+        assert!(
+            r.stdout().contains("dlopen: ok"),
+            "QPW={qpw}: {}",
+            r.stdout()
+        );
+    }
+}

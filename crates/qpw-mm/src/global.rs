@@ -484,7 +484,7 @@ impl<C: Config> QpwAlloc<C> {
 //   start-up or a thread's (un)binding take the shared path, which itself
 //   allocates nothing.
 unsafe impl<C: Config> GlobalAlloc for QpwAlloc<C> {
-    #[inline]
+    #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let km = self.km.load(Ordering::Acquire);
         if !km.is_null() {

@@ -860,6 +860,11 @@ impl<C: Config> Kmalloc<C> {
     /// The instance is never dropped or moved.
     pub(crate) unsafe fn make_forever(&self) {
         self.shared.decay.set_forever();
+        // The first instance made forever (the global allocator's) keeps
+        // its threads' bindings in initial-exec TLS.
+        if crate::local::claim_primary(self.shared.id) {
+            self.shared.primary.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether a decay thread (rather than the program's own slow paths)

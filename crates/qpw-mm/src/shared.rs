@@ -10,7 +10,7 @@ use crate::sheaf::{Pcs, NO_CHECK};
 use crate::size_class::{SizeClasses, MAX_CLASSES};
 use qpw::{Config, Domain, PerCpu};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 // `KShared::new` zeroes the slots' `Pcs` instead of writing `Pcs::new()`.
 const _: () = assert!(NO_CHECK == 0);
@@ -53,6 +53,9 @@ pub(crate) struct KShared<C: Config> {
     pub(crate) classes: NonNull<Classes>,
     pub(crate) owns_classes: bool,
     pub(crate) id: usize,
+    /// This is the process's primary instance: this thread's binding is
+    /// read from initial-exec TLS (`local::primary_binding`).
+    pub(crate) primary: AtomicBool,
     pub(crate) bind_gen: AtomicU64,
     pub(crate) threads_bound: AtomicU64,
     pub(crate) threads_unbound: AtomicU64,
@@ -102,6 +105,7 @@ impl<C: Config> KShared<C> {
             classes,
             owns_classes,
             id: next_id(),
+            primary: AtomicBool::new(false),
             bind_gen: AtomicU64::new(0),
             threads_bound: AtomicU64::new(0),
             threads_unbound: AtomicU64::new(0),

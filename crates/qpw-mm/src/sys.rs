@@ -226,6 +226,7 @@ impl std::fmt::Write for StderrLine {
 
 /// Prints `msg` and aborts: for errors inside the global allocator, which
 /// must not unwind.
+#[cfg_attr(not(debug_assertions), allow(dead_code))] // debug checks only
 pub(crate) fn abort_with(msg: &str) -> ! {
     write_stderr("qpw-mm: fatal: ");
     write_stderr(msg);

@@ -15,8 +15,16 @@
  *                            allocating threads, joins them, and its
  *                            forking thread returns (pthread_exit): the
  *                            child must exit 0 within 60 s
+ *        host dlopen <lib>   (not preloaded) a thread started before the
+ *                            library is dlopen()ed and one started after
+ *                            allocate and free through its malloc/free,
+ *                            freeing each other's objects too: the
+ *                            library's initial-exec TLS slot must be there
+ *                            and zero in threads that existed before it;
+ *                            prints "dlopen: ok"
  * Exit 0 when the promise held, 1 when it did not, 2 on a setup error. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -147,15 +155,78 @@ static int fork_thread(void) {
     return (int)(long)r;
 }
 
+static void *(*lib_malloc)(size_t);
+static void (*lib_free)(void *);
+static pthread_barrier_t loaded;
+enum { DL_N = 20000 };
+static void *handed[DL_N];
+
+/* Allocates DL_N objects with the library, writes them, frees half and
+ * hands the other half to the caller through `handed` (to free them). */
+static int dl_work(void) {
+    static __thread void *mine[DL_N];
+    for (int i = 0; i < DL_N; i++) {
+        mine[i] = lib_malloc(8 + (i % 50) * 8);
+        if (!mine[i]) return 1;
+        memset(mine[i], i, 8);
+    }
+    for (int i = 0; i < DL_N; i++) {
+        if (*(unsigned char *)mine[i] != (unsigned char)i) return 1;
+        if (i % 2) lib_free(mine[i]);
+        else handed[i] = mine[i];
+    }
+    return 0;
+}
+
+static void *dl_before(void *arg) {
+    (void)arg;
+    churn(2); /* glibc's malloc: this thread exists before the dlopen */
+    pthread_barrier_wait(&loaded);
+    return (void *)(long)dl_work();
+}
+
+static void *dl_after(void *arg) {
+    (void)arg;
+    return (void *)(long)dl_work();
+}
+
+static int dlopen_lib(const char *path) {
+    pthread_t before, after;
+    void *r1, *r2;
+    pthread_barrier_init(&loaded, NULL, 2);
+    if (pthread_create(&before, NULL, dl_before, NULL) != 0) return 2;
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        return 1;
+    }
+    lib_malloc = (void *(*)(size_t))dlsym(h, "malloc");
+    lib_free = (void (*)(void *))dlsym(h, "free");
+    if (!lib_malloc || !lib_free) return 2;
+    pthread_barrier_wait(&loaded);
+    pthread_join(before, &r1);
+    /* Main frees what the first thread kept, then works itself. */
+    for (int i = 0; i < DL_N; i += 2) lib_free(handed[i]);
+    if (dl_work() != 0) return 1;
+    for (int i = 0; i < DL_N; i += 2) lib_free(handed[i]);
+    if (pthread_create(&after, NULL, dl_after, NULL) != 0) return 2;
+    pthread_join(after, &r2);
+    for (int i = 0; i < DL_N; i += 2) lib_free(handed[i]);
+    if (r1 || r2) return 1;
+    printf("dlopen: ok\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: host pthread_exit|signals|fork_thread\n");
+        fprintf(stderr, "usage: host pthread_exit|signals|fork_thread|dlopen <lib>\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (strcmp(argv[1], "pthread_exit") == 0) return pthread_exit_main();
     if (strcmp(argv[1], "signals") == 0) return signals();
     if (strcmp(argv[1], "fork_thread") == 0) return fork_thread();
+    if (strcmp(argv[1], "dlopen") == 0 && argc > 2) return dlopen_lib(argv[2]);
     fprintf(stderr, "unknown mode %s\n", argv[1]);
     return 2;
 }
