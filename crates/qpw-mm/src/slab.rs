@@ -290,12 +290,13 @@ impl SlabArena {
     /// Whether `p` (an address inside this cache's span) is the start of an
     /// object of a slab carved so far: what every build checks of a free
     /// (one multiply, three compares, no branch until the result). Slabs
-    /// are aligned to their size inside the arena; their offsets are far
-    /// below 2^32, as the divisibility test needs.
+    /// follow each other from the arena's start; offsets inside one are
+    /// far below 2^32, as the divisibility test needs.
     #[inline(always)]
     pub(crate) fn is_object_start(&self, p: usize) -> bool {
-        let off = p & (self.slab_bytes - 1);
-        let slab = p.wrapping_sub(self.arena) >> self.slab_shift;
+        let rel = p.wrapping_sub(self.arena);
+        let off = rel & (self.slab_bytes - 1);
+        let slab = rel >> self.slab_shift;
         divides(off, self.divides_c)
             & (off < self.used_bytes)
             & (slab < self.carved_pub.load(Ordering::Acquire) as usize)
