@@ -42,7 +42,7 @@ pub extern "C" fn malloc(size: size_t) -> *mut c_void {
 pub unsafe extern "C" fn free(p: *mut c_void) {
     if !p.is_null() {
         // SAFETY: forwarded to the caller.
-        unsafe { backend::free(p.cast()) }
+        unsafe { backend::free(p.cast(), "free") }
     }
 }
 
@@ -81,7 +81,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
     }
     if size == 0 {
         // SAFETY: forwarded to the caller.
-        unsafe { backend::free(p.cast()) };
+        unsafe { backend::free(p.cast(), "realloc") };
         return std::ptr::null_mut();
     }
     // SAFETY: forwarded to the caller.

@@ -1,8 +1,10 @@
 //! The one allocator behind every entry point, and the C-to-`Layout` bridge:
-//! C calls carry no layout on `free`/`realloc`, so the size comes from the
-//! allocator's own lookup ([`QpwAlloc::usable_size`]), never from a header
-//! of ours. Every function here returns null for "no memory" and leaves
-//! `errno` to the entry points.
+//! C calls carry no layout on `free`/`realloc`, and the allocator needs
+//! none (it finds an object's class or mapping from its address), so they
+//! go to its checked calls (`QpwAlloc::free_checked`, `realloc_checked`),
+//! whose detected misuses abort here with a message naming the C call.
+//! Every function here returns null for "no memory" and leaves `errno` to
+//! the entry points.
 
 use qpw_mm::QpwAlloc;
 use std::alloc::{GlobalAlloc, Layout};
@@ -58,46 +60,45 @@ pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     }
 }
 
-/// The usable size of a live allocation (0 for null).
+/// The name this library's abort messages start with.
+const WHO: &str = "qpw-malloc";
+
+/// The usable size of a live allocation (0 for null). A pointer the
+/// allocator finds wrong aborts with a message naming `malloc_usable_size`.
 ///
 /// # Safety
 /// `p` is null or live, from [`ALLOC`].
 #[inline]
 pub(crate) unsafe fn usable_size(p: *mut u8) -> usize {
-    // SAFETY: forwarded to the caller; a foreign pointer aborts there.
-    unsafe { ALLOC.usable_size(p) }
+    // SAFETY: forwarded to the caller.
+    match unsafe { ALLOC.usable_size_checked(p) } {
+        Ok(n) => n,
+        Err(e) => e.abort(WHO, "malloc_usable_size"),
+    }
 }
 
-/// The layout a live object `p` fits: its usable size (what the allocator
-/// itself reports) at byte alignment. `QpwAlloc` finds an object's class or
-/// mapping from its address alone; passing the usable size keeps this
-/// correct even if it ever routes frees by size.
+/// Frees `p` (non-null) for the C call `call` (`free`, `realloc`). The
+/// allocator needs no size to free (an object's class comes from its
+/// address, a large block's mapping from its header), so nothing is looked
+/// up first. A misuse the free path detects (a pointer inside an object
+/// or not from here, a double free it can see: see
+/// `QpwAlloc::free_checked`) aborts with glibc's kind of message:
+/// `qpw-malloc: free(): double free detected: 0x...`.
 ///
 /// # Safety
-/// `p` is live, from [`ALLOC`].
+/// `p` is live, from [`ALLOC`], and not used afterwards.
 #[inline(always)]
-unsafe fn layout_of(p: *mut u8) -> Layout {
+pub(crate) unsafe fn free(p: *mut u8, call: &str) {
     // SAFETY: forwarded to the caller.
-    let n = unsafe { usable_size(p) };
-    // SAFETY: a usable size of a live object fits in isize; align 1 is valid.
-    unsafe { Layout::from_size_align_unchecked(n, 1) }
-}
-
-/// Frees `p` (non-null).
-///
-/// # Safety
-/// `p` is live, from [`ALLOC`], and not used afterwards. A double free or a
-/// foreign pointer that the allocator detects aborts the process with a
-/// message (debug builds detect more).
-#[inline]
-pub(crate) unsafe fn free(p: *mut u8) {
-    // SAFETY: forwarded to the caller.
-    unsafe { ALLOC.dealloc(p, layout_of(p)) }
+    if let Err(e) = unsafe { ALLOC.free_checked(p) } {
+        e.abort(WHO, call);
+    }
 }
 
 /// Resizes `p` (non-null) to `new_size` (non-zero) bytes aligned as
 /// `malloc(new_size)` is. Null when out of memory, and then `p` is
-/// untouched and still allocated.
+/// untouched and still allocated. A misuse aborts as [`free`]'s, naming
+/// `realloc`, before anything is read or moved.
 ///
 /// # Safety
 /// `p` is live, from [`ALLOC`]; on success it must not be used again.
@@ -107,12 +108,10 @@ pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     if layout(new_size, align).is_none() {
         return std::ptr::null_mut();
     }
-    // SAFETY: `p` is live from ALLOC (the caller); its usable size is a
-    // layout it fits. QpwAlloc's realloc gives the new object `align`, the
-    // old layout's alignment; `new_size` rounded up to it fits in isize
-    // (checked above).
-    unsafe {
-        let n = usable_size(p);
-        ALLOC.realloc(p, Layout::from_size_align_unchecked(n, align), new_size)
+    // SAFETY: `p` is live from ALLOC (the caller); `new_size` rounded up to
+    // `align` fits in isize (checked above).
+    match unsafe { ALLOC.realloc_checked(p, align, new_size) } {
+        Ok(np) => np,
+        Err(e) => e.abort(WHO, "realloc"),
     }
 }

@@ -30,8 +30,10 @@
 //!
 //! See [`options`]: `QPW` (the mode, read by qpw), `QPW_MALLOC_STATS=1`
 //! (statistics on stderr at exit), `QPW_MALLOC_DECAY_MS` (how long free
-//! memory stays cached before it goes back to the OS by itself, or `off`). A
-//! bad value is reported on one line of stderr and the default used.
+//! memory stays cached before it goes back to the OS by itself, or `off`),
+//! `QPW_MALLOC_DECAY_THREAD=1` (run that decay on a background thread, not
+//! from the program's own calls). A bad value is reported on one line of
+//! stderr and the default used. By default the library starts no thread.
 //!
 //! # Start-up, threads, fork
 //!

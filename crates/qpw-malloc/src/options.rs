@@ -9,7 +9,26 @@
 //! | `QPW` | qpw's modes: `0`/`queue`, `1`/`remote`, `defer`, `auto`, `auto:<cpu-list>` (read by qpw itself when the allocator starts) | `queue` |
 //! | `QPW_MALLOC_STATS` | `0`, `1` | `0` |
 //! | `QPW_MALLOC_DECAY_MS` | `off`, or whole milliseconds from 1 to 86,400,000 | qpw-mm's default (1 s) |
-
+//! | `QPW_MALLOC_DECAY_THREAD` | `0`, `1` | `0` |
+//!
+//! What each does:
+//!
+//! - `QPW` picks how a thread's cached objects are reclaimed from another
+//!   thread (qpw's mode; see the `qpw` crate).
+//! - `QPW_MALLOC_STATS=1` prints the allocator's statistics on stderr when
+//!   the process exits.
+//! - `QPW_MALLOC_DECAY_MS` is how long free memory stays cached before it
+//!   goes back to the OS by itself; `off` keeps it until `malloc_trim`.
+//!   The decay runs from the program's own allocator calls (their slow
+//!   paths check the time), with no thread of the allocator's: a program
+//!   that stops calling `malloc`/`free` keeps its cached memory until its
+//!   next call.
+//! - `QPW_MALLOC_DECAY_THREAD=1` runs the decay on a background thread
+//!   instead, so memory goes back while the program sleeps too. The thread
+//!   blocks every signal before it is created (it never takes one of the
+//!   program's), but, being a thread, it keeps the process alive after
+//!   `main` calls `pthread_exit` while the program's other threads have
+//!   ended; a forked child gets its own at its first slow path.
 use crate::backend::ALLOC;
 use crate::sys;
 use std::ffi::CStr;
@@ -21,6 +40,8 @@ pub(crate) const STATS_VAR: &CStr = c"QPW_MALLOC_STATS";
 /// The decay delay: how long free memory stays cached before it goes back
 /// to the OS by itself (`QpwAlloc::set_decay`).
 pub(crate) const DECAY_VAR: &CStr = c"QPW_MALLOC_DECAY_MS";
+/// Run the decay on a thread of its own (`QpwAlloc::set_decay_thread`).
+pub(crate) const DECAY_THREAD_VAR: &CStr = c"QPW_MALLOC_DECAY_THREAD";
 /// The longest decay delay accepted: a day.
 const MAX_DECAY_MS: u64 = 86_400_000;
 
@@ -53,6 +74,18 @@ pub(crate) fn parse_stats(v: &[u8]) -> Result<bool, Refused> {
         _ => Err(Refused {
             accepted: "0, 1",
             default: "0 (no statistics)",
+        }),
+    }
+}
+
+/// Parses `QPW_MALLOC_DECAY_THREAD`.
+pub(crate) fn parse_decay_thread(v: &[u8]) -> Result<bool, Refused> {
+    match v.trim_ascii() {
+        b"0" => Ok(false),
+        b"1" => Ok(true),
+        _ => Err(Refused {
+            accepted: "0, 1",
+            default: "0 (the decay runs from the program's own calls)",
         }),
     }
 }
@@ -102,6 +135,12 @@ pub(crate) fn load() -> Options {
                 Err(r) => report_bad(DECAY_VAR, v, r),
             }
         }
+        if let Some(v) = sys::getenv(DECAY_THREAD_VAR) {
+            match parse_decay_thread(v) {
+                Ok(on) => ALLOC.set_decay_thread(on),
+                Err(r) => report_bad(DECAY_THREAD_VAR, v, r),
+            }
+        }
         sys::set_errno(saved);
         STATE.store(DONE, Ordering::Release);
     }
@@ -142,6 +181,15 @@ mod tests {
         assert_eq!(parse_stats(b" 0 "), Ok(false));
         for bad in [&b""[..], b"yes", b"2", b"01", b"1 1", b"\xff"] {
             assert!(parse_stats(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn decay_thread_values() {
+        assert_eq!(parse_decay_thread(b"1"), Ok(true));
+        assert_eq!(parse_decay_thread(b"0\n"), Ok(false));
+        for bad in [&b""[..], b"on", b"2", b"true"] {
+            assert!(parse_decay_thread(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -70,6 +70,7 @@ impl<C: Config> KShared<C> {
         }
         let found = local::find(sh.id);
         if !found.is_null() {
+            local::note_found(sh.id, found);
             return Ok(found.cast());
         }
         if local::is_busy(sh.id) {
@@ -132,7 +133,11 @@ impl<C: Config> KShared<C> {
     #[inline(always)]
     pub(crate) fn binding(self: &Arc<Self>) -> Result<*mut Binding<C>, SharedReason> {
         let sh = &**self;
-        let b = local::lookup(sh.id, local::hint_of(sh.id));
+        let b = if sh.primary.load(Ordering::Relaxed) {
+            local::primary_binding()
+        } else {
+            local::lookup(sh.id, local::hint_of(sh.id))
+        };
         if !b.is_null() {
             return Ok(b.cast());
         }

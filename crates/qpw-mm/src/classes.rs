@@ -238,6 +238,12 @@ impl Classes {
     pub(crate) unsafe fn free_shared(&self, p: *mut u8) -> Result<(), FreeError> {
         match self.class_of(p) {
             Some(c) => {
+                if !self.core(c).is_object_start(p as usize) {
+                    return Err(FreeError::NotObjectStart {
+                        ptr: p as usize,
+                        object_size: self.core(c).size,
+                    });
+                }
                 self.core(c).check_free(p)?;
                 // SAFETY: forwarded to the caller.
                 unsafe { self.core(c).free_shared(p) };

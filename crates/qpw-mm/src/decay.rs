@@ -1,5 +1,5 @@
 //! Memory that goes back by itself: the time-based decay of one `kmalloc`
-//! instance, and the optional thread that runs it.
+//! instance, and what drives it.
 //!
 //! # What a pass does
 //!
@@ -13,10 +13,13 @@
 //!    active for the delay is drained through qpw's own drain (its work in
 //!    the instance's [`WorkSet`](qpw::WorkSet)): in `remote` mode the pass
 //!    runs it under the slot's lock and never interrupts the owner; in
-//!    `queue` mode the owner runs it (one signal, once per idle period, and
-//!    only if it may hold sheaves); in `defer` mode the owner runs it at its
-//!    next quiescent point (the pass waits at most the flush timeout,
-//!    counted in [`KmallocStats::decay_drain_timeouts`](crate::KmallocStats)).
+//!    `queue` mode the owner runs it (once per idle period, and only if it
+//!    may hold sheaves); in `defer` mode the owner runs it at its next
+//!    quiescent point. A slot nobody binds any more is drained by the pass
+//!    itself. A pass called by hand or run by the optional thread waits for
+//!    the drains (at most the flush timeout each, counted in
+//!    [`KmallocStats::decay_drain_timeouts`](crate::KmallocStats)); a pass
+//!    run from a program's allocation queues them and returns.
 //! 2. **Depots.** A depot whose full sheaves nobody took or gave for half
 //!    the delay returns their objects to their slabs.
 //! 3. **Slabs.** Slabs that have been wholly free for the delay are given
@@ -26,13 +29,30 @@
 //!
 //! # Who runs it
 //!
-//! [`QpwAlloc`](crate::QpwAlloc) starts a thread for it lazily, at the first
-//! slow path after it is ready (and again in a forked child, where the
-//! thread does not exist). It is a bare pthread (no Rust runtime), it
-//! allocates nothing and binds no slot, and it sleeps on a futex between
-//! passes. A program's threads pay nothing on their fast paths; a slot that
-//! goes idle holding sheaves is drained once, as a `flush_all` would.
-//! Instances of [`Kmalloc`](crate::Kmalloc) made by hand have no thread:
+//! [`QpwAlloc`](crate::QpwAlloc) runs passes from the program's own calls,
+//! with no thread of its own (as jemalloc's decay ticks and mimalloc's
+//! purge checks do): every slow path (a sheaf refilled or flushed, a large
+//! block mapped or freed, a call on the shared path) reads the coarse
+//! monotonic clock (the vDSO, no system call) and, once a quarter of the
+//! delay has passed since the last pass, runs one, in the calling thread
+//! (one thread at a time; the others go on). The fast paths pay nothing.
+//! So a program that goes on allocating returns what it stopped using; a
+//! program that stops calling the allocator altogether keeps its free
+//! memory cached until its next call (or `shrink`, `malloc_trim`). That is
+//! the price of being invisible: no thread of ours takes the program's
+//! signals, keeps it alive after `main` calls `pthread_exit`, or exists in
+//! a forked child.
+//!
+//! A program that wants memory back while it sleeps asks for the thread
+//! ([`QpwAlloc::set_decay_thread`](crate::QpwAlloc::set_decay_thread),
+//! `QPW_MALLOC_DECAY_THREAD=1` in qpw-malloc): a bare pthread (no Rust
+//! runtime), started at the first slow path after it is asked for (and
+//! again in a forked child), with every signal blocked before it is
+//! created; it allocates nothing, binds no slot and sleeps on a futex
+//! between passes. Being a thread, it keeps the process alive after the
+//! program's last thread ends with `pthread_exit`.
+//!
+//! Instances of [`Kmalloc`](crate::Kmalloc) made by hand have neither:
 //! their owner calls `decay()` when it likes.
 
 use crate::lock::Lock;
@@ -56,8 +76,16 @@ pub(crate) struct Decay {
     /// Bumped (and futex-woken) when the delay changes.
     wake: AtomicU32,
     thread: AtomicU32,
-    /// Whether slow paths start the thread (the global allocator's instance).
-    auto_thread: AtomicBool,
+    /// The instance lives for good (the global allocator's): its slow
+    /// paths drive the decay (ticks, or the thread).
+    forever: AtomicBool,
+    /// The thread is asked for (instead of ticks).
+    want_thread: AtomicBool,
+    /// When the next ticked pass is due (coarse clock, ns; 0: not yet
+    /// scheduled).
+    next_ns: AtomicU64,
+    /// A ticked pass is running (one at a time).
+    ticking: AtomicBool,
     /// Per slot: set by its slow paths, cleared by passes.
     touched: Box<[AtomicU8]>,
     /// The passes' own state (idle counts), under a lock that a forked
@@ -85,7 +113,10 @@ impl Decay {
             delay_ns: AtomicU64::new(delay_to_ns(delay)),
             wake: AtomicU32::new(0),
             thread: AtomicU32::new(NO_THREAD),
-            auto_thread: AtomicBool::new(false),
+            forever: AtomicBool::new(false),
+            want_thread: AtomicBool::new(false),
+            next_ns: AtomicU64::new(0),
+            ticking: AtomicBool::new(false),
             touched: (0..nr_cpus).map(|_| AtomicU8::new(0)).collect(),
             state: Lock::new(PassState {
                 idle: vec![0; nr_cpus].into_boxed_slice(),
@@ -112,9 +143,51 @@ impl Decay {
     /// Whether slow paths should start the thread now.
     #[inline]
     pub(crate) fn wants_thread(&self) -> bool {
-        self.auto_thread.load(Ordering::Relaxed)
+        self.want_thread.load(Ordering::Relaxed)
+            && self.forever.load(Ordering::Relaxed)
             && self.thread.load(Ordering::Relaxed) == NO_THREAD
             && self.delay_ns.load(Ordering::Relaxed) != 0
+    }
+
+    /// The time check of a slow path: whether this caller should run a
+    /// pass now (then it calls [`tick_done`](Self::tick_done) after). One
+    /// coarse-clock read when the decay is ticked; nothing otherwise.
+    #[inline]
+    pub(crate) fn tick_due(&self) -> bool {
+        if !self.forever.load(Ordering::Relaxed) || self.want_thread.load(Ordering::Relaxed) {
+            return false;
+        }
+        let delay = self.delay_ns.load(Ordering::Relaxed);
+        if delay == 0 {
+            return false;
+        }
+        let now = sys::coarse_now_ns();
+        let next = self.next_ns.load(Ordering::Relaxed);
+        if now < next {
+            return false;
+        }
+        let period = delay / u64::from(PASSES_PER_DELAY);
+        if next == 0 {
+            // The first slow path starts the clock.
+            let _ = self.next_ns.compare_exchange(
+                0,
+                now.saturating_add(period),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return false;
+        }
+        if self.ticking.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        self.next_ns
+            .store(now.saturating_add(period), Ordering::Relaxed);
+        true
+    }
+
+    /// Ends the pass [`tick_due`](Self::tick_due) granted.
+    pub(crate) fn tick_done(&self) {
+        self.ticking.store(false, Ordering::Release);
     }
 
     pub(crate) fn delay(&self) -> Option<Duration> {
@@ -126,12 +199,29 @@ impl Decay {
 
     pub(crate) fn set_delay(&self, delay: Option<Duration>) {
         self.delay_ns.store(delay_to_ns(delay), Ordering::Relaxed);
+        // Ticks restart their clock with the new period.
+        self.next_ns.store(0, Ordering::Relaxed);
         self.wake.fetch_add(1, Ordering::Release);
         sys::futex_wake(&self.wake, i32::MAX);
     }
 
-    pub(crate) fn set_auto_thread(&self) {
-        self.auto_thread.store(true, Ordering::Relaxed);
+    /// The instance lives for good: its slow paths drive the decay.
+    pub(crate) fn set_forever(&self) {
+        self.forever.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks for the decay thread (`true`) or for ticks (`false`, the
+    /// default). A running thread sees it at once and ends.
+    pub(crate) fn set_want_thread(&self, on: bool) {
+        self.want_thread.store(on, Ordering::Relaxed);
+        self.next_ns.store(0, Ordering::Relaxed);
+        self.wake.fetch_add(1, Ordering::Release);
+        sys::futex_wake(&self.wake, i32::MAX);
+    }
+
+    /// Whether the thread is asked for.
+    pub(crate) fn thread_wanted(&self) -> bool {
+        self.want_thread.load(Ordering::Relaxed)
     }
 
     /// Claims the right to start the thread (one caller wins).
@@ -145,9 +235,14 @@ impl Decay {
         self.thread
             .store(if ok { RUNNING } else { NO_THREAD }, Ordering::Release);
         if !ok {
-            // Do not retry on every slow path: the next `set_decay` re-arms.
-            self.auto_thread.store(false, Ordering::Relaxed);
+            // Do not retry on every slow path: ticks take over.
+            self.want_thread.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// The thread ends (it is no longer asked for).
+    fn thread_ended(&self) {
+        self.thread.store(NO_THREAD, Ordering::Release);
     }
 
     /// Sleeps until the next pass is due (or the delay changes). Returns
@@ -208,6 +303,8 @@ impl Decay {
         if self.thread.load(Ordering::Relaxed) != NO_THREAD {
             self.thread.store(NO_THREAD, Ordering::Relaxed);
         }
+        // A ticked pass in another thread at the fork did not end here.
+        self.ticking.store(false, Ordering::Relaxed);
     }
 }
 
@@ -226,7 +323,7 @@ fn delay_to_ns(delay: Option<Duration>) -> u64 {
 pub(crate) trait Decaying: Sync + 'static {
     /// Its decay state.
     fn decay_state(&self) -> &Decay;
-    /// One pass.
+    /// One pass, waiting for the slots' drains.
     fn decay_pass(&self);
 }
 
@@ -244,19 +341,25 @@ pub(crate) unsafe fn start_thread<T: Decaying>(target: &T) {
     let ok = sys::spawn_detached(decay_main::<T>, arg).is_ok();
     if !ok {
         sys::write_stderr(
-            "qpw-mm: cannot start the decay thread; memory goes back on shrink() only\n",
+            "qpw-mm: cannot start the decay thread; the decay runs from slow paths\n",
         );
     }
     d.started(ok);
 }
 
-/// The decay thread: a pass every quarter of the delay, forever.
+/// The decay thread: a pass every quarter of the delay, until it is no
+/// longer asked for.
 extern "C" fn decay_main<T: Decaying>(arg: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: `start_thread`'s caller promised the target lives, unmoved,
     // for the rest of the process.
     let target = unsafe { &*(arg as *const T) };
     loop {
-        if target.decay_state().sleep() {
+        let d = target.decay_state();
+        if !d.thread_wanted() {
+            d.thread_ended();
+            return std::ptr::null_mut();
+        }
+        if d.sleep() && d.thread_wanted() {
             target.decay_pass();
         }
     }

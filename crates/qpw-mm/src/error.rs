@@ -148,6 +148,53 @@ impl fmt::Display for FreeError {
 
 impl std::error::Error for FreeError {}
 
+impl FreeError {
+    /// The reason, in the words of glibc's messages: `"double free
+    /// detected"` or `"invalid pointer (...)"`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FreeError::Foreign { .. } => "invalid pointer (not from this allocator)",
+            FreeError::NotObjectStart { .. } => {
+                "invalid pointer (inside an object, not at its start)"
+            }
+            FreeError::NotLive { .. } => {
+                "invalid pointer (not a live allocation: freed already, or not from this allocator)"
+            }
+            FreeError::DoubleFree { .. } => "double free detected",
+        }
+    }
+
+    /// The pointer that was passed.
+    pub fn ptr(&self) -> usize {
+        match *self {
+            FreeError::Foreign { ptr }
+            | FreeError::NotObjectStart { ptr, .. }
+            | FreeError::NotLive { ptr }
+            | FreeError::DoubleFree { ptr, .. } => ptr,
+        }
+    }
+
+    /// Prints `<who>: <call>(): <reason>: <pointer>` (and the object size
+    /// when known) on stderr and aborts, as glibc does on a bad free
+    /// (`free(): invalid pointer`). Allocates nothing: usable inside an
+    /// allocator.
+    pub fn abort(&self, who: &str, call: &str) -> ! {
+        use fmt::Write;
+        let mut w = crate::sys::StderrLine::new();
+        let _ = write!(w, "{who}: {call}(): {}: {:#x}", self.reason(), self.ptr());
+        match *self {
+            FreeError::NotObjectStart { object_size, .. }
+            | FreeError::DoubleFree { object_size, .. } => {
+                let _ = write!(w, " ({object_size}-byte objects)");
+            }
+            _ => {}
+        }
+        let _ = w.write_str("\n");
+        w.flush();
+        std::process::abort()
+    }
+}
+
 /// Why [`KmemCache::destroy`](crate::KmemCache::destroy) (or
 /// [`Kmalloc::destroy`](crate::Kmalloc::destroy)) did not release the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,9 @@
 //! and released in the child; the forking thread may still allocate in
 //! between (see there).
 //!
-//! In the child: the decay thread does not exist (it is started again at
-//! the next slow path), and the decay pass state it may have held is reset.
+//! In the child: a decay pass or the optional decay thread of another
+//! thread does not exist (an asked-for thread is started again at the next
+//! slow path), and the decay pass state it may have held is reset.
 //! Slots of the parent's other threads are qpw's business (its own fork
 //! handling retires them, draining their sheaves through the usual drain
 //! work). The forking thread keeps its binding and its fast path.

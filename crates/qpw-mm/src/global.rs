@@ -17,11 +17,14 @@
 //! a destructor, and thread exit is learnt from a pthread key, so neither
 //! registers a Rust TLS destructor nor allocates.
 //!
-//! Errors inside the allocator cannot unwind: a double free detected in a
-//! debug build, or a foreign pointer, prints a message and aborts.
+//! Errors inside the allocator cannot unwind: a misuse it detects (an
+//! interior or foreign pointer, a double free it can see) prints a message
+//! naming the call and the reason and aborts; the `*_checked` calls return
+//! it instead, for a C library to name its own call.
 
 use crate::classes::Classes;
 use crate::decay::DEFAULT_DECAY;
+use crate::error::FreeError;
 use crate::kmalloc::{Kmalloc, DEFAULT_CLASS_BYTES, MIN_FALLBACK_CLASS_BYTES};
 use crate::size_class::SizeClasses;
 use crate::stats::{KmallocStats, ShrinkReport};
@@ -29,7 +32,7 @@ use crate::sys;
 use qpw::{Config, FlushError, Mode, Standard};
 use std::alloc::{GlobalAlloc, Layout};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// Default slot count of the global allocator's domain: enough for programs
@@ -132,6 +135,8 @@ pub struct QpwAlloc<C: Config = Standard> {
     /// The decay delay set before the instance existed, in ns
     /// ([`DECAY_UNSET`], or 0 for none).
     decay_ns: AtomicU64,
+    /// Whether a decay thread is asked for (see [`Self::set_decay_thread`]).
+    decay_thread: AtomicBool,
     nr_cpus: usize,
     mode: GlobalMode,
     _c: PhantomData<fn() -> C>,
@@ -164,6 +169,7 @@ impl<C: Config> QpwAlloc<C> {
             km: AtomicPtr::new(std::ptr::null_mut()),
             early_shared: AtomicU64::new(0),
             decay_ns: AtomicU64::new(DECAY_UNSET),
+            decay_thread: AtomicBool::new(false),
             nr_cpus: DEFAULT_GLOBAL_NR_CPUS,
             mode: GlobalMode::FromEnv,
             _c: PhantomData,
@@ -229,20 +235,88 @@ impl<C: Config> QpwAlloc<C> {
     /// # Safety
     /// `ptr` is null or a live allocation of this allocator (not freed).
     /// A pointer the allocator recognises as not its own aborts the process
-    /// (debug builds check more than release builds).
+    /// with a message ([`usable_size_checked`](Self::usable_size_checked)
+    /// returns it instead).
     pub unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
+        // SAFETY: forwarded to the caller.
+        match unsafe { self.usable_size_checked(ptr) } {
+            Ok(n) => n,
+            Err(e) => e.abort("qpw-mm", "QpwAlloc::usable_size"),
+        }
+    }
+
+    /// [`usable_size`](Self::usable_size), returning what it finds wrong
+    /// with `ptr` rather than aborting.
+    ///
+    /// # Safety
+    /// As [`usable_size`](Self::usable_size).
+    pub unsafe fn usable_size_checked(&self, ptr: *mut u8) -> Result<usize, FreeError> {
         if ptr.is_null() {
-            return 0;
+            return Ok(0);
         }
         let cl = self.classes.load(Ordering::Acquire);
         if cl.is_null() {
-            sys::abort_with("QpwAlloc::usable_size: pointer not from this allocator");
+            return Err(FreeError::Foreign { ptr: ptr as usize });
         }
         // SAFETY: published classes are never unmapped; `ptr` is a live
         // allocation of this allocator (forwarded to the caller).
-        match unsafe { (*cl).usable_size(ptr) } {
-            Ok(n) => n,
-            Err(_) => sys::abort_with("QpwAlloc::usable_size: pointer not from this allocator"),
+        unsafe { (*cl).usable_size(ptr) }
+    }
+
+    /// Frees `ptr` (non-null), as `dealloc` (which needs no layout here),
+    /// returning the misuse it detects rather than aborting: a pointer
+    /// inside an object or not from this allocator, a large block freed
+    /// twice, a double free whose first free is still in this thread's
+    /// cache (see [`Kmalloc`]'s free for what is checked). Nothing is
+    /// changed then.
+    ///
+    /// # Safety
+    /// `ptr` was allocated by this allocator and is given up; on an error
+    /// the caller must not go on as if it were freed (abort).
+    #[inline(always)]
+    pub unsafe fn free_checked(&self, ptr: *mut u8) -> Result<(), FreeError> {
+        let km = self.km.load(Ordering::Acquire);
+        if !km.is_null() {
+            // SAFETY: the instance is never freed; forwarded to the caller.
+            return unsafe { (*km).free_local_raw(ptr) };
+        }
+        self.dealloc_cold(ptr)
+    }
+
+    /// Resizes `ptr` (non-null) to `new_size` bytes at alignment `align`,
+    /// as `realloc`, returning the misuse it detects (as
+    /// [`free_checked`](Self::free_checked)'s) rather than aborting: then
+    /// nothing is read, moved or freed. `Ok(null)` when out of memory
+    /// (`ptr` still allocated).
+    ///
+    /// # Safety
+    /// `ptr` is live from this allocator; `new_size` rounded up to `align`
+    /// (a power of two) fits in `isize`.
+    pub unsafe fn realloc_checked(
+        &self,
+        ptr: *mut u8,
+        align: usize,
+        new_size: usize,
+    ) -> Result<*mut u8, FreeError> {
+        match self.kmalloc() {
+            // SAFETY: forwarded from the caller.
+            Some(k) => unsafe { k.realloc_local_raw(ptr, align, new_size) },
+            None => {
+                // Start-up (or shared-only): allocate, copy, free.
+                // SAFETY: forwarded to the caller.
+                let old = unsafe { self.usable_size_checked(ptr) }?;
+                // SAFETY: a valid layout: the caller guarantees new_size fits.
+                let new = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+                // SAFETY: forwarded.
+                let np = unsafe { self.alloc(new) };
+                if !np.is_null() {
+                    // SAFETY: both live, distinct, at least this many bytes.
+                    unsafe { std::ptr::copy_nonoverlapping(ptr, np, old.min(new_size)) };
+                    // SAFETY: forwarded.
+                    unsafe { self.free_checked(ptr) }?;
+                }
+                Ok(np)
+            }
         }
     }
 
@@ -257,11 +331,14 @@ impl<C: Config> QpwAlloc<C> {
 
     /// Sets the decay delay (default [`DEFAULT_DECAY`], 1 s): free slabs,
     /// cached large mappings and idle threads' cached objects go back to
-    /// the OS after about this long unused, by a background thread started
-    /// at the first slow path (see [`decay`](crate::decay)). `None`
-    /// disables the decay (memory then goes back on [`shrink`](Self::shrink)
-    /// only). Delays below [`MIN_DECAY`](crate::decay::MIN_DECAY) act as
-    /// that. Callable at any time, before or after the first allocation.
+    /// the OS after about this long unused. Passes run from the program's
+    /// own slow paths, with no thread of ours (see [`decay`](crate::decay)):
+    /// a program that stops calling the allocator keeps its free memory
+    /// until its next call, unless it asks for a thread
+    /// ([`set_decay_thread`](Self::set_decay_thread)). `None` disables the
+    /// decay (memory then goes back on [`shrink`](Self::shrink) only).
+    /// Delays below [`MIN_DECAY`](crate::decay::MIN_DECAY) act as that.
+    /// Callable at any time, before or after the first allocation.
     pub fn set_decay(&self, delay: Option<Duration>) {
         let ns = match delay {
             None => 0,
@@ -273,6 +350,20 @@ impl<C: Config> QpwAlloc<C> {
         self.decay_ns.store(ns, Ordering::Release);
         if let Some(k) = self.kmalloc() {
             k.set_decay(delay);
+        }
+    }
+
+    /// Runs the decay's passes on a background thread of its own (`true`)
+    /// rather than from the program's slow paths (`false`, the default):
+    /// memory then goes back while the program sleeps too. The thread is
+    /// started at the next slow path (again in a forked child), with every
+    /// signal blocked before it is created; like any thread it keeps the
+    /// process alive after `main` calls `pthread_exit`. Switched off, it
+    /// ends within a pass. Callable at any time.
+    pub fn set_decay_thread(&self, on: bool) {
+        self.decay_thread.store(on, Ordering::Release);
+        if let Some(k) = self.kmalloc() {
+            k.set_decay_thread(on);
         }
     }
 
@@ -344,6 +435,8 @@ impl<C: Config> QpwAlloc<C> {
                 // A `set_decay` that raced with the build: apply the latest.
                 // SAFETY: as above.
                 unsafe { (*km).set_decay(self.pending_decay()) };
+                // SAFETY: as above.
+                unsafe { (*km).set_decay_thread(self.decay_thread.load(Ordering::Acquire)) };
                 self.state.store(READY, Ordering::Release);
             }
             Err(_) => {
@@ -401,8 +494,8 @@ impl<C: Config> QpwAlloc<C> {
 
     #[cold]
     #[inline(never)]
-    fn dealloc_cold(&self, p: *mut u8) {
-        let r = match self.kmalloc() {
+    fn dealloc_cold(&self, p: *mut u8) -> Result<(), FreeError> {
+        match self.kmalloc() {
             // SAFETY: the caller of dealloc gives up `p`, allocated here.
             Some(k) => unsafe { k.free_local_raw(p) },
             None => match self.classes_cold() {
@@ -411,11 +504,8 @@ impl<C: Config> QpwAlloc<C> {
                     // SAFETY: as above.
                     unsafe { cl.free_shared(p) }
                 }
-                None => return,
+                None => Err(FreeError::Foreign { ptr: p as usize }),
             },
-        };
-        if r.is_err() {
-            sys::abort_with("QpwAlloc::dealloc: double free or pointer not from this allocator");
         }
     }
 }
@@ -435,7 +525,7 @@ impl<C: Config> QpwAlloc<C> {
 //   start-up or a thread's (un)binding take the shared path, which itself
 //   allocates nothing.
 unsafe impl<C: Config> GlobalAlloc for QpwAlloc<C> {
-    #[inline]
+    #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let km = self.km.load(Ordering::Acquire);
         if !km.is_null() {
@@ -447,18 +537,10 @@ unsafe impl<C: Config> GlobalAlloc for QpwAlloc<C> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        let km = self.km.load(Ordering::Acquire);
-        if !km.is_null() {
-            // SAFETY: the instance is never freed; the caller gives up `ptr`,
-            // allocated by this allocator.
-            if unsafe { (*km).free_local_raw(ptr) }.is_err() {
-                sys::abort_with(
-                    "QpwAlloc::dealloc: double free or pointer not from this allocator",
-                );
-            }
-            return;
+        // SAFETY: forwarded: the caller gives up `ptr`, allocated here.
+        if let Err(e) = unsafe { self.free_checked(ptr) } {
+            e.abort("qpw-mm", "QpwAlloc::dealloc");
         }
-        self.dealloc_cold(ptr)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -486,28 +568,11 @@ unsafe impl<C: Config> GlobalAlloc for QpwAlloc<C> {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let r = match self.kmalloc() {
-            // SAFETY: forwarded from the caller: `ptr` is allocated here with `layout`.
-            Some(k) => unsafe { k.realloc_local_raw(ptr, layout.align(), new_size) },
-            None => {
-                // Start-up (or shared-only): allocate, copy, free.
-                // SAFETY: a valid layout: the caller guarantees new_size fits.
-                let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-                // SAFETY: forwarded.
-                let np = unsafe { self.alloc(new) };
-                if !np.is_null() {
-                    // SAFETY: both live, distinct, at least this many bytes.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(ptr, np, layout.size().min(new_size));
-                        self.dealloc(ptr, layout);
-                    }
-                }
-                Ok(np)
-            }
-        };
-        match r {
+        // SAFETY: forwarded from the caller: `ptr` is allocated here with
+        // `layout`, and `new_size` rounded to its alignment fits.
+        match unsafe { self.realloc_checked(ptr, layout.align(), new_size) } {
             Ok(p) => p,
-            Err(_) => sys::abort_with("QpwAlloc::realloc: pointer not from this allocator"),
+            Err(e) => e.abort("qpw-mm", "QpwAlloc::realloc"),
         }
     }
 }

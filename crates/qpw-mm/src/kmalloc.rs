@@ -284,18 +284,46 @@ impl<C: Config> Kmalloc<C> {
         }
     }
 
+    /// Frees a class object or a large one. Every build checks, on a class
+    /// object, that `p` is an object's start in a carved slab (else
+    /// [`FreeError::NotObjectStart`], nothing changed), and catches a
+    /// double free whose first free is still in this slot's sheaves: a
+    /// free stamps the object's first word ([`KShared::stamp`]); a free
+    /// that finds the stamp scans the slot's two sheaves for `p`. Debug
+    /// builds check every free exactly (the slabs' live bits).
     #[inline(always)]
     unsafe fn free_inner(&self, owner: &mut Owner<C>, p: *mut u8) -> Result<(), FreeError> {
         let sh = &*self.shared;
         match sh.class_of(p) {
             Some(c) => {
-                #[cfg(debug_assertions)]
-                sh.classes().core(c).check_free(p)?;
+                let core = sh.classes().core(c);
+                if !core.is_object_start(p as usize) {
+                    return Err(not_object_start(p, core.size));
+                }
+                let stamp = sh.stamp(p);
+                // SAFETY: `p` is an object's start in a carved (committed)
+                // slab, at least 8 bytes, 8-aligned: live (the caller's,
+                // given up now) or free (ours); either way readable.
+                let stamped = unsafe { p.cast::<u64>().read() } == stamp;
                 let mut g = sh.pcs.lock(owner);
                 // SAFETY: class indices are below the table's length, at most MAX_CLASSES.
                 let pcs = unsafe { g.0.get_unchecked_mut(c) };
+                if stamped && pcs.holds(p) {
+                    drop(g);
+                    return Err(FreeError::DoubleFree {
+                        ptr: p as usize,
+                        object_size: core.size,
+                    });
+                }
+                #[cfg(debug_assertions)]
+                if let Err(e) = core.check_free(p) {
+                    drop(g);
+                    return Err(e);
+                }
+                // SAFETY: as above; the object is free now, ours to write.
+                unsafe { p.cast::<u64>().write(stamp) };
                 if !pcs.push(p) {
-                    sh.classes().core(c).free_slow(pcs, p);
+                    core.free_slow(pcs, p);
                     drop(g);
                     self.after_slow_path(owner);
                 }
@@ -483,11 +511,21 @@ impl<C: Config> Kmalloc<C> {
                 Ok(b) => self.alloc_class(unsafe { &mut (*b).owner }, c),
                 Err(r) => {
                     self.shared.count(r);
-                    self.shared.classes().alloc_shared(size, align)
+                    let p = self.shared.classes().alloc_shared(size, align);
+                    self.decay_tick();
+                    p
                 }
             },
-            None => self.shared.classes().large.alloc(size, align, false),
+            None => self.alloc_large_local(size, align),
         }
+    }
+
+    /// A large block for the global allocator, then the decay's time check.
+    #[inline(never)]
+    fn alloc_large_local(&self, size: usize, align: usize) -> *mut u8 {
+        let p = self.shared.classes().large.alloc(size, align, false);
+        self.decay_tick();
+        p
     }
 
     /// Free with the implicit binding, for the global allocator.
@@ -498,7 +536,7 @@ impl<C: Config> Kmalloc<C> {
     pub(crate) unsafe fn free_local_raw(&self, p: *mut u8) -> Result<(), FreeError> {
         if self.shared.class_of(p).is_none() {
             // SAFETY: forwarded to the caller.
-            return unsafe { self.shared.classes().large.free(p) };
+            return unsafe { self.free_large_local(p) };
         }
         match self.shared.binding() {
             // SAFETY: as in alloc_local_raw; `p` forwarded to the caller.
@@ -506,9 +544,24 @@ impl<C: Config> Kmalloc<C> {
             Err(r) => {
                 self.shared.count(r);
                 // SAFETY: forwarded to the caller.
-                unsafe { self.shared.classes().free_shared(p) }
+                let res = unsafe { self.shared.classes().free_shared(p) };
+                self.decay_tick();
+                res
             }
         }
+    }
+
+    /// Frees a large block (or reports a foreign pointer), then the decay's
+    /// time check.
+    ///
+    /// # Safety
+    /// As [`free_local_raw`](Self::free_local_raw).
+    #[inline(never)]
+    unsafe fn free_large_local(&self, p: *mut u8) -> Result<(), FreeError> {
+        // SAFETY: forwarded to the caller.
+        let r = unsafe { self.shared.classes().large.free(p) };
+        self.decay_tick();
+        r
     }
 
     /// Reallocation with the implicit binding, for the global allocator.
@@ -522,6 +575,8 @@ impl<C: Config> Kmalloc<C> {
         align: usize,
         new_size: usize,
     ) -> Result<*mut u8, FreeError> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.check_realloc_local(p) }?;
         // SAFETY: forwarded to the caller.
         match unsafe { self.shared.classes().resize(p, align, new_size) }? {
             Resize::Kept(np) => Ok(np),
@@ -537,6 +592,45 @@ impl<C: Config> Kmalloc<C> {
                 Ok(np)
             }
         }
+    }
+
+    /// A reallocation's checks of a class object, before anything is read
+    /// or moved: as a free's ([`free_inner`](Self::free_inner)), an
+    /// object's start, and not freed already into this thread's sheaves.
+    ///
+    /// # Safety
+    /// As [`free_local_raw`](Self::free_local_raw), except that `p` stays
+    /// allocated.
+    unsafe fn check_realloc_local(&self, p: *mut u8) -> Result<(), FreeError> {
+        let sh = &*self.shared;
+        let Some(c) = sh.class_of(p) else {
+            return Ok(());
+        };
+        let core = sh.classes().core(c);
+        if !core.is_object_start(p as usize) {
+            return Err(not_object_start(p, core.size));
+        }
+        // SAFETY: an object's start in a carved slab: readable (see free_inner).
+        if unsafe { p.cast::<u64>().read() } != sh.stamp(p) {
+            return Ok(());
+        }
+        let freed = match self.shared.binding() {
+            Ok(b) => {
+                // SAFETY: as in alloc_local_raw.
+                let owner = unsafe { &mut (*b).owner };
+                let mut g = sh.pcs.lock(owner);
+                // SAFETY: class indices are below the table's length.
+                unsafe { g.0.get_unchecked_mut(c) }.holds(p)
+            }
+            Err(_) => false,
+        };
+        if freed {
+            return Err(FreeError::DoubleFree {
+                ptr: p as usize,
+                object_size: core.size,
+            });
+        }
+        Ok(())
     }
 
     /// As [`alloc_local_raw`](Self::alloc_local_raw), zeroed.
@@ -762,29 +856,58 @@ impl<C: Config> Kmalloc<C> {
     // ---- decay ------------------------------------------------------------
 
     /// After a slot's slow path, outside its section: marks the slot active
-    /// for the decay, starts the decay thread if it is due, and runs the
-    /// slot's queued work (defer mode's quiescent point).
+    /// for the decay, runs the slot's queued work (defer mode's quiescent
+    /// point), then the decay's time check ([`decay_tick`](Self::decay_tick)).
     #[inline]
     pub(crate) fn after_slow_path(&self, owner: &mut Owner<C>) {
+        self.shared.decay.touch(owner.slot());
+        owner.quiescent();
+        self.decay_tick();
+    }
+
+    /// The decay's time check on a slow path (see [`decay`](crate::decay)):
+    /// runs a pass in this thread when one is due, or starts the decay
+    /// thread when it is asked for. A pass allocates nothing, takes no
+    /// slot's section and waits for no owner (the drains it queues run
+    /// without it), so it may run inside any slow path outside a section.
+    #[inline]
+    pub(crate) fn decay_tick(&self) {
         let d = &self.shared.decay;
-        d.touch(owner.slot());
-        if d.wants_thread() {
+        if d.tick_due() {
+            self.ticked_pass();
+        } else if d.wants_thread() {
             self.start_decay_thread();
         }
-        owner.quiescent();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn ticked_pass(&self) {
+        reclaim::decay_pass(&self.shared, &self.drain, false);
+        self.shared.decay.tick_done();
     }
 
     /// Marks the instance as living for the rest of the process (the global
-    /// allocator leaks its own), so slow paths may start a decay thread that
-    /// holds it.
+    /// allocator leaks its own), so its slow paths drive the decay (and may
+    /// start a decay thread that holds it, when asked for).
     ///
     /// # Safety
     /// The instance is never dropped or moved.
     pub(crate) unsafe fn make_forever(&self) {
-        self.shared.forever.store(true, Ordering::Relaxed);
-        if self.shared.decay.delay().is_some() {
-            self.shared.decay.set_auto_thread();
+        self.shared.decay.set_forever();
+        // The first instance made forever (the global allocator's) keeps
+        // its threads' bindings in initial-exec TLS.
+        if crate::local::claim_primary(self.shared.id) {
+            self.shared.primary.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a decay thread (rather than the program's own slow paths)
+    /// runs the passes of this instance (see [`decay`](crate::decay)).
+    /// Only an instance that lives for good (the global allocator's) has
+    /// either; on others this only records the wish.
+    pub(crate) fn set_decay_thread(&self, on: bool) {
+        self.shared.decay.set_want_thread(on);
     }
 
     /// The decay delay now (`None`: decay disabled).
@@ -794,34 +917,40 @@ impl<C: Config> Kmalloc<C> {
 
     /// Sets the decay delay: free slabs, cached large mappings and idle
     /// slots' sheaves go back after about this long unused. `None` disables
-    /// the decay. Callable at any time; a running decay thread picks it up
-    /// at once. Instances without a decay thread apply it in [`decay`](Self::decay).
+    /// the decay. Callable at any time; the next pass uses it. Instances
+    /// made by hand apply it in [`decay`](Self::decay).
     pub fn set_decay(&self, delay: Option<Duration>) {
-        let d = &self.shared.decay;
-        d.set_delay(delay);
-        if delay.is_some() && self.shared.decay_thread_allowed() {
-            d.set_auto_thread();
-        }
+        self.shared.decay.set_delay(delay);
     }
 
-    /// One decay pass (see [`decay`](crate::decay) for what it does); the
-    /// decay thread runs one every quarter of the delay. Returns what went
-    /// back to the OS. Nothing happens while the decay is disabled.
+    /// One decay pass (see [`decay`](crate::decay) for what it does),
+    /// waiting for the idle slots' drains. Returns what went back to the
+    /// OS. Nothing happens while the decay is disabled.
     pub fn decay(&self) -> ShrinkReport {
         if self.shared.decay.delay().is_none() {
             return ShrinkReport::default();
         }
-        reclaim::decay_pass(&self.shared, &self.drain)
+        reclaim::decay_pass(&self.shared, &self.drain, true)
     }
 
     /// Starts the decay thread (once; the slow path saw it due).
     #[cold]
     #[inline(never)]
     fn start_decay_thread(&self) {
-        // SAFETY: slow paths start it only when `wants_thread`, which
-        // `set_auto_thread` arms only for an instance made forever
-        // (`make_forever`: never dropped or moved).
+        // SAFETY: slow paths start it only when `wants_thread`, true only
+        // for an instance made forever (`make_forever`: never dropped or
+        // moved).
         unsafe { decay::start_thread(self) };
+    }
+}
+
+/// The error of a free or reallocation of `p`, inside a class whose
+/// objects are `size` bytes, but not at an object's start.
+#[cold]
+fn not_object_start(p: *mut u8, size: usize) -> FreeError {
+    FreeError::NotObjectStart {
+        ptr: p as usize,
+        object_size: size,
     }
 }
 

@@ -17,6 +17,14 @@
 //! compare on the fast path. Several instances, of different `Config` types,
 //! coexist: each has its own entry.
 //!
+//! One instance per process, the *primary* (the global allocator's, which
+//! claims it when it is built), also keeps this thread's binding in one
+//! pointer of initial-exec TLS ([`fast`]): reached with a `%fs`-relative
+//! load through a GOT entry the dynamic loader fills once, never through
+//! `__tls_get_addr`, which a `cdylib`'s general-dynamic thread-locals call
+//! on every access. It mirrors the table entry: set when the binding is
+//! inserted, cleared before it is released.
+//!
 //! Re-entrancy: binding a slot allocates (qpw boxes the owner record), and
 //! when this allocator *is* the global allocator, that allocation comes back
 //! here. While an instance is binding or unbinding on this thread its id is
@@ -25,6 +33,7 @@
 //! path.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bindings a thread can hold at once (instances used from one thread).
 pub(crate) const ENTRIES: usize = 16;
@@ -71,6 +80,121 @@ thread_local! {
 
 const _: () = assert!(!std::mem::needs_drop::<Table>());
 const _: () = assert!(ENTRIES.is_power_of_two());
+
+/// The primary instance's id (0: none yet).
+static PRIMARY: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes instance `id` the primary (the first caller wins): its bindings
+/// are also kept in [`fast`]. Returns whether it is.
+pub(crate) fn claim_primary(id: usize) -> bool {
+    PRIMARY
+        .compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+        || PRIMARY.load(Ordering::Relaxed) == id
+}
+
+fn is_primary(id: usize) -> bool {
+    PRIMARY.load(Ordering::Relaxed) == id
+}
+
+/// The primary instance's binding on this thread (null if none): the
+/// fast path of the global allocator.
+#[inline(always)]
+pub(crate) fn primary_binding() -> *mut () {
+    fast::get()
+}
+
+/// The primary instance's binding pointer in initial-exec TLS.
+///
+/// On x86-64 Linux the slot is one 8-byte `.tbss` symbol defined here in
+/// assembly (stable Rust cannot pick a thread-local's TLS model), read and
+/// written as `mov off, [rip + sym@GOTTPOFF]; mov reg, fs:[off]`: the
+/// initial-exec sequence C compilers emit for
+/// `__attribute__((tls_model("initial-exec")))`. Why this is correct:
+/// - loaded at start-up (`LD_PRELOAD`, `DT_NEEDED`, or linked into the
+///   executable, where the linker relaxes it to local-exec), the slot is
+///   in every thread's static TLS block, which the loader and
+///   `pthread_create` allocate and zero before the thread runs any code;
+/// - `dlopen`ed later, glibc places it in the static TLS surplus it keeps
+///   for such libraries (the library is marked `DF_STATIC_TLS`) and zeroes
+///   it in every thread that already exists; if no surplus were left,
+///   `dlopen` fails with "cannot allocate memory in static TLS block", it
+///   never runs with a wrong slot (8 bytes: the surplus is hundreds);
+/// - the offset is the same for every thread and fixed once the library is
+///   loaded; a forked child keeps the forking thread's value, as it keeps
+///   its binding.
+///
+/// Elsewhere the slot is a plain `const` thread-local.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod fast {
+    std::arch::global_asm!(
+        ".pushsection .tbss,\"awT\",@nobits",
+        ".p2align 3",
+        ".globl qpw_mm_primary_binding",
+        ".hidden qpw_mm_primary_binding",
+        ".type qpw_mm_primary_binding,@object",
+        ".size qpw_mm_primary_binding,8",
+        "qpw_mm_primary_binding:",
+        ".zero 8",
+        ".popsection",
+    );
+
+    #[inline(always)]
+    pub(super) fn get() -> *mut () {
+        let v: *mut ();
+        // SAFETY: reads this thread's 8-byte slot (see the module doc: it
+        // exists, zeroed, in every thread before its first instruction).
+        unsafe {
+            std::arch::asm!(
+                "mov {v}, qword ptr [rip + qpw_mm_primary_binding@GOTTPOFF]",
+                "mov {v}, qword ptr fs:[{v}]",
+                v = out(reg) v,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+        v
+    }
+
+    #[inline]
+    pub(super) fn set(p: *mut ()) {
+        // SAFETY: writes this thread's slot, as `get` reads it.
+        unsafe {
+            std::arch::asm!(
+                "mov {t}, qword ptr [rip + qpw_mm_primary_binding@GOTTPOFF]",
+                "mov qword ptr fs:[{t}], {p}",
+                t = out(reg) _,
+                p = in(reg) p,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod fast {
+    use std::cell::Cell;
+
+    thread_local! {
+        static SLOT: Cell<*mut ()> = const { Cell::new(std::ptr::null_mut()) };
+    }
+
+    #[inline(always)]
+    pub(super) fn get() -> *mut () {
+        SLOT.with(Cell::get)
+    }
+
+    pub(super) fn set(p: *mut ()) {
+        SLOT.with(|s| s.set(p))
+    }
+}
+
+/// Keeps the primary's binding in [`fast`] if `id` is the primary (a
+/// binding found in the table but not there, made before the claim).
+pub(crate) fn note_found(id: usize, ptr: *mut ()) {
+    if is_primary(id) && !exiting() {
+        fast::set(ptr);
+    }
+}
 
 /// The preferred entry of instance `id`.
 #[inline(always)]
@@ -129,6 +253,9 @@ pub(crate) fn insert(id: usize, ptr: *mut (), release: Release) -> bool {
         t.ptrs[i].set(ptr);
         t.releases[i].set(Some(release));
         t.ids[i].set(id);
+        if is_primary(id) {
+            fast::set(ptr);
+        }
         true
     })
 }
@@ -138,6 +265,9 @@ pub(crate) fn remove(id: usize) -> Option<(*mut (), Release)> {
     TABLE.with(|t| {
         for i in 0..ENTRIES {
             if t.ids[i].get() == id {
+                if is_primary(id) {
+                    fast::set(std::ptr::null_mut());
+                }
                 t.ids[i].set(0);
                 let p = t.ptrs[i].replace(std::ptr::null_mut());
                 return t.releases[i].take().map(|r| (p, r));
@@ -229,6 +359,7 @@ pub(crate) fn arm_exit_hook() -> bool {
 unsafe extern "C" fn on_thread_exit(_: *mut libc::c_void) {
     TABLE.with(|t| {
         t.state.set(EXITING);
+        fast::set(std::ptr::null_mut());
         for i in 0..ENTRIES {
             if t.ids[i].get() == 0 {
                 continue;

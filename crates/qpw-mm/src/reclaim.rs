@@ -10,8 +10,16 @@ use qpw::{Config, WorkSet};
 use std::sync::atomic::Ordering;
 
 /// One pass of the instance whose shared state is `sh` and drain work
-/// `drain` (with the decay enabled). Returns what went back to the OS.
-pub(crate) fn decay_pass<C: Config>(sh: &KShared<C>, drain: &WorkSet<C>) -> ShrinkReport {
+/// `drain` (with the decay enabled). With `wait`, it waits for the idle
+/// slots' drains (bounded by the flush timeout, a timeout counted); without
+/// it (a pass run from a program's slow path), it only queues them: they
+/// run at once for a slot nobody binds or in `remote` mode, and by the
+/// owner otherwise. Returns what went back to the OS.
+pub(crate) fn decay_pass<C: Config>(
+    sh: &KShared<C>,
+    drain: &WorkSet<C>,
+    wait: bool,
+) -> ShrinkReport {
     let mut rep = ShrinkReport::default();
     let (st, n) = sh.decay.begin_pass();
     if n > 0 {
@@ -28,7 +36,7 @@ pub(crate) fn decay_pass<C: Config>(sh: &KShared<C>, drain: &WorkSet<C>) -> Shri
             if st.chosen[cpu] {
                 if let Some(w) = drain.get(cpu) {
                     sh.decay.slot_drains.fetch_add(1, Ordering::Relaxed);
-                    if w.flush().is_err() {
+                    if wait && w.flush().is_err() {
                         sh.decay.drain_timeouts.fetch_add(1, Ordering::Relaxed);
                     }
                 }

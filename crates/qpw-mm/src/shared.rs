@@ -21,6 +21,19 @@ pub(crate) fn next_id() -> usize {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A per-instance key for free stamps: the clock, this process and an
+/// address, mixed (splitmix64's finaliser); never 0. Not a secret against
+/// an attacker, only unlikely to be program data.
+fn free_key() -> u64 {
+    let local = 0u8;
+    let mut z = crate::sys::now_ns()
+        ^ (u64::from(std::process::id()) << 32)
+        ^ (&local as *const u8 as u64).rotate_left(17);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1
+}
+
 /// One slot's sheaves for every size class.
 #[repr(C)]
 pub(crate) struct KPcs(pub(crate) [Pcs; MAX_CLASSES]);
@@ -33,18 +46,21 @@ pub(crate) struct KShared<C: Config> {
     pub(crate) base: usize,
     pub(crate) len: usize,
     pub(crate) span_shift: u32,
+    /// The stamp a free writes into an object's first word, xored with
+    /// its address (see [`KShared::stamp`]); random per instance.
+    pub(crate) free_key: u64,
     pub(crate) table: SizeClasses,
     pub(crate) classes: NonNull<Classes>,
     pub(crate) owns_classes: bool,
     pub(crate) id: usize,
+    /// This is the process's primary instance: this thread's binding is
+    /// read from initial-exec TLS (`local::primary_binding`).
+    pub(crate) primary: AtomicBool,
     pub(crate) bind_gen: AtomicU64,
     pub(crate) threads_bound: AtomicU64,
     pub(crate) threads_unbound: AtomicU64,
     pub(crate) shared_path: [AtomicU64; 6],
     pub(crate) decay: Decay,
-    /// The instance is never freed (the global allocator's): a decay
-    /// thread may hold it.
-    pub(crate) forever: AtomicBool,
 }
 
 // SAFETY: `classes` points to a `Classes`, which is Send and Sync (its caches
@@ -84,17 +100,27 @@ impl<C: Config> KShared<C> {
             base: cl.base,
             len: cl.len,
             span_shift: cl.span_shift,
+            free_key: free_key(),
             table: cl.table,
             classes,
             owns_classes,
             id: next_id(),
+            primary: AtomicBool::new(false),
             bind_gen: AtomicU64::new(0),
             threads_bound: AtomicU64::new(0),
             threads_unbound: AtomicU64::new(0),
             shared_path: Default::default(),
             decay: Decay::new(domain.nr_cpus(), Some(DEFAULT_DECAY)),
-            forever: AtomicBool::new(false),
         }
+    }
+
+    /// The stamp of a freed object at `p`: its first word holds this from
+    /// its free until the program writes it again. Seeing it on a free is
+    /// the cheap hint of a double free, confirmed by a scan of the slot's
+    /// sheaves (program data equal to it by chance costs that scan only).
+    #[inline(always)]
+    pub(crate) fn stamp(&self, p: *mut u8) -> u64 {
+        self.free_key ^ p as u64
     }
 
     #[inline(always)]
@@ -142,14 +168,6 @@ impl<C: Config> Drop for KShared<C> {
             // `&mut self` nobody else reaches the classes.
             unsafe { Classes::destroy(self.classes) };
         }
-    }
-}
-
-impl<C: Config> KShared<C> {
-    /// Whether this instance lives for good, so a thread may keep a
-    /// reference to it (the global allocator's).
-    pub(crate) fn decay_thread_allowed(&self) -> bool {
-        self.forever.load(Ordering::Relaxed)
     }
 }
 

@@ -152,6 +152,20 @@ impl Pcs {
         }
     }
 
+    /// Whether `obj` sits in this slot's main or spare sheaf (a double
+    /// free's confirmation: a scan of at most two sheaves).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn holds(&self, obj: *mut u8) -> bool {
+        let scan = |s: *mut Sheaf, n: u32| {
+            // SAFETY: a non-null main or spare is attached and holds `n`
+            // objects (its count) at the start of its array.
+            !s.is_null()
+                && unsafe { std::slice::from_raw_parts(objs(s), n as usize) }.contains(&obj)
+        };
+        scan(self.main, self.main_count) || scan(self.spare, self.spare_count)
+    }
+
     /// Pops an object from main, if it has one.
     #[inline(always)]
     pub(crate) fn pop(&mut self) -> Option<*mut u8> {

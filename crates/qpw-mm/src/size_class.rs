@@ -149,19 +149,40 @@ impl SizeClasses {
 
     /// The class serving `size` bytes aligned to `align`, or `None` for the
     /// large path.
+    ///
+    /// Alignments up to 16 (every `malloc`) take no loop and no branch on
+    /// the size below 1 KiB: a 16-aligned request is rounded up to a
+    /// multiple of 16 first, and in both tables the smallest class at or
+    /// above such a size is itself a multiple of 16 (every multiple of 16
+    /// up to 128 is a class, larger classes are multiples of 32), so its
+    /// objects are 16-aligned. Larger alignments search upwards.
     #[inline(always)]
     pub(crate) fn class_for(self, size: usize, align: usize) -> Option<usize> {
         if size > self.max_size() {
             return None;
         }
+        if align <= 16 {
+            // A select, not a branch; the maximum size is a multiple of 16.
+            let s = if align > 8 {
+                ((size + 15) & !15).max(16)
+            } else {
+                size
+            };
+            return Some(self.index(s));
+        }
+        self.class_for_aligned(size, align)
+    }
+
+    /// [`class_for`](Self::class_for) of an alignment above 16.
+    #[cold]
+    #[inline(never)]
+    fn class_for_aligned(self, size: usize, align: usize) -> Option<usize> {
+        let sizes = self.sizes();
         let mut c = self.index(size);
-        if align > 8 {
-            let sizes = self.sizes();
-            while class_align(sizes[c]) < align {
-                c += 1;
-                if c == sizes.len() {
-                    return None;
-                }
+        while class_align(sizes[c]) < align {
+            c += 1;
+            if c == sizes.len() {
+                return None;
             }
         }
         Some(c)
@@ -214,6 +235,29 @@ pub(crate) const fn class_align(size: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `class_for` is the smallest class that fits the size and whose
+    /// objects have the alignment, for every size and alignment of both
+    /// tables (the rounding shortcut up to 16 included).
+    #[test]
+    fn class_for_is_the_smallest_fitting_aligned_class() {
+        for table in [SizeClasses::Kernel, SizeClasses::Fine] {
+            let sizes = table.sizes();
+            for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
+                for size in 0..=table.max_size() + 1 {
+                    let want = sizes
+                        .iter()
+                        .position(|&s| s >= size && class_align(s) >= align);
+                    let want = if size > table.max_size() { None } else { want };
+                    assert_eq!(
+                        table.class_for(size, align),
+                        want,
+                        "{table:?}, size {size}, align {align}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn kernel_size_classes_fit_and_are_tight() {

@@ -185,8 +185,48 @@ pub(crate) fn write_stderr(msg: &str) {
     }
 }
 
+/// A line for stderr built on the stack (`fmt::Write`, allocating
+/// nothing; cut at 256 bytes), written with one `write` by
+/// [`flush`](Self::flush): for messages printed inside the allocator.
+pub(crate) struct StderrLine {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl StderrLine {
+    pub(crate) const fn new() -> Self {
+        Self {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn flush(&mut self) {
+        let mut b = &self.buf[..self.len];
+        while !b.is_empty() {
+            // SAFETY: `b` is a valid byte slice; fd 2 may be closed, which only fails.
+            let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+            if n <= 0 {
+                break;
+            }
+            b = &b[n as usize..];
+        }
+        self.len = 0;
+    }
+}
+
+impl std::fmt::Write for StderrLine {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
 /// Prints `msg` and aborts: for errors inside the global allocator, which
 /// must not unwind.
+#[cfg_attr(not(debug_assertions), allow(dead_code))] // debug checks only
 pub(crate) fn abort_with(msg: &str) -> ! {
     write_stderr("qpw-mm: fatal: ");
     write_stderr(msg);
@@ -269,27 +309,47 @@ pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: i32) {
     };
 }
 
-/// Nanoseconds of `CLOCK_MONOTONIC` (does not allocate, unlike nothing in
+/// Nanoseconds of `clock` (does not allocate, unlike nothing in
 /// `std::time`, but callable from a thread std does not know).
-pub(crate) fn now_ns() -> u64 {
+#[inline]
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is writable; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: `ts` is writable; both clocks used here exist on Linux
+    // (CLOCK_MONOTONIC_COARSE since 2.6.32).
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Nanoseconds of `CLOCK_MONOTONIC`.
+pub(crate) fn now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Nanoseconds of `CLOCK_MONOTONIC_COARSE`: the clock of the last tick
+/// (a few ms old at most), read from the vDSO without a system call. For
+/// the decay's time checks on slow paths, where a few ms do not matter.
+#[inline]
+pub(crate) fn coarse_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// Starts a detached thread running `f(arg)` with a small stack, without
 /// the Rust runtime (so it can be started from inside the global allocator:
-/// nothing of std's thread registry is touched). Returns the errno on failure.
+/// nothing of std's thread registry is touched), with every signal blocked
+/// from its first instruction: a signal the program sends to its process
+/// never lands on it (the mask is set on the caller around
+/// `pthread_create`, which the new thread inherits, then restored).
+/// Returns the errno on failure.
 pub(crate) fn spawn_detached(
     f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
     arg: *mut libc::c_void,
 ) -> Result<(), Errno> {
-    // SAFETY: attr is initialised before use and destroyed after; `f` has
-    // the signature pthread expects; `arg` is forwarded untouched.
+    // SAFETY: attr and the signal sets are initialised before use, attr is
+    // destroyed after; `f` has the signature pthread expects; `arg` is
+    // forwarded untouched; the caller's mask is restored before return.
     unsafe {
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
         let rc = libc::pthread_attr_init(&mut attr);
@@ -298,8 +358,17 @@ pub(crate) fn spawn_detached(
         }
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
         libc::pthread_attr_setstacksize(&mut attr, 256 << 10);
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        if rc != 0 {
+            libc::pthread_attr_destroy(&mut attr);
+            return Err(rc);
+        }
         let mut t: libc::pthread_t = 0;
         let rc = libc::pthread_create(&mut t, &attr, f, arg);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
         if rc != 0 {
             return Err(rc);

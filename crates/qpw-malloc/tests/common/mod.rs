@@ -215,6 +215,7 @@ pub fn preloaded(prog: impl AsRef<std::ffi::OsStr>) -> Command {
     c.env_remove("QPW_MALLOC_STATS");
     c.env_remove("QPW");
     c.env_remove("QPW_MALLOC_DECAY_MS");
+    c.env_remove("QPW_MALLOC_DECAY_THREAD");
     c
 }
 
