@@ -135,7 +135,7 @@ pub struct DrainPoint {
     /// The measured drains in five consecutive batches: the spread of their medians.
     pub batches: Summary,
     /// Signals sent during the measured drains.
-    pub signals_sent: u64,
+    pub fences: u64,
     /// Works run by the owners (handler, section end, quiescent point).
     pub works_by_owners: u64,
     /// Works run by the caller itself (remote mode, or an unowned slot).
@@ -155,7 +155,7 @@ pub fn main(a: &DrainArgs) -> Result<(), String> {
     if !a.json {
         println!(
             "{:<6} {:<6} {:>5} {:>7} {:>12} {:>12} {:>12} {:>8} {:>9} {:>9}  (cycles = TSC ticks; {} warm-up drains excluded)",
-            "mode", "owners", "cpus", "drains", "p50", "p99", "max", "signals", "by owner", "by caller", WARMUP_DRAINS
+            "mode", "owners", "cpus", "drains", "p50", "p99", "max", "fences", "by owner", "by caller", WARMUP_DRAINS
         );
     }
     run_with(a, &mut |_| {}, &mut |p| {
@@ -174,7 +174,7 @@ pub fn main(a: &DrainArgs) -> Result<(), String> {
                 util::thousands(p.latency_cycles.p50 as u64),
                 util::thousands(p.latency_cycles.p99 as u64),
                 util::thousands(p.latency_cycles.max as u64),
-                p.signals_sent,
+                p.fences,
                 p.works_by_owners,
                 p.works_by_caller,
                 if p.batches.noisy { "  [noisy]" } else { "" },
@@ -220,24 +220,7 @@ fn run_with(
 }
 
 fn delta(a: &SlotStats, b: &SlotStats) -> SlotStats {
-    SlotStats {
-        signals_sent: a.signals_sent - b.signals_sent,
-        works_in_handler: a.works_in_handler - b.works_in_handler,
-        works_at_section_end: a.works_at_section_end - b.works_at_section_end,
-        works_at_quiescent: a.works_at_quiescent - b.works_at_quiescent,
-        works_remote: a.works_remote - b.works_remote,
-        lock_contended: a.lock_contended - b.lock_contended,
-        works_panicked: a.works_panicked - b.works_panicked,
-        signals_failed: a.signals_failed - b.signals_failed,
-        signals_resent_lost: a.signals_resent_lost - b.signals_resent_lost,
-        works_for_absent_owner: a.works_for_absent_owner - b.works_for_absent_owner,
-        lock_timeouts: a.lock_timeouts - b.lock_timeouts,
-        drains_skipped_retired: a.drains_skipped_retired - b.drains_skipped_retired,
-        owner_waits_pi: a.owner_waits_pi - b.owner_waits_pi,
-        owner_pi_unavailable: a.owner_pi_unavailable - b.owner_pi_unavailable,
-        fork_waits_expired: a.fork_waits_expired - b.fork_waits_expired,
-        mode_waits_expired: a.mode_waits_expired - b.mode_waits_expired,
-    }
+    a.since(b)
 }
 
 struct Measured {
@@ -458,7 +441,7 @@ pub fn point(
         latency_cycles: cyc,
         latency_ns: ns,
         batches,
-        signals_sent: m.stats.signals_sent,
+        fences: m.stats.fences(),
         works_by_owners: m.stats.works_by_owner(),
         works_by_caller: m.stats.works_remote + m.stats.works_for_absent_owner,
         increments,

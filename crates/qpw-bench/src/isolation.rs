@@ -86,12 +86,12 @@ pub struct IsolationResult {
     /// Drain-all calls that returned an error (a flush that timed out).
     pub drains_failed: u64,
     /// Signals sent to the owner during the drained run.
-    pub signals_sent: u64,
+    pub fences: u64,
     /// Works on the owner's slot run by the owner (handler, section end, quiescent point).
     pub works_run_by_owner: u64,
-    /// Of those, run in the signal handler.
-    pub owner_works_in_handler: u64,
-    /// Of those, run when a local section ended (the signal came during it).
+    /// Of those, run by a fenced drain on the drainer's thread.
+    pub owner_works_fenced: u64,
+    /// Of those, run when a local section ended (queued from inside it, or left by a drain that timed out).
     pub owner_works_at_section_end: u64,
     /// Of those, run at a quiescent point.
     pub owner_works_at_quiescent: u64,
@@ -176,11 +176,11 @@ pub fn main(a: &IsolationArgs) -> Result<(), String> {
 
 fn print_human(r: &IsolationResult) {
     println!(
-        "{:<6} drains {:>6} (failed {}) signals {:>6} works: owner {:>6} remote {:>6} | gaps>{}ns: {} (baseline {}) | lost {:.3}% (baseline {:.3}%) | owner {:.1} Mops/s (baseline {:.1}) | drain p50 {:.1} µs p99 {:.1} µs max {:.1} µs{}",
+        "{:<6} drains {:>6} (failed {}) fences {:>6} works: owner {:>6} remote {:>6} | gaps>{}ns: {} (baseline {}) | lost {:.3}% (baseline {:.3}%) | owner {:.1} Mops/s (baseline {:.1}) | drain p50 {:.1} µs p99 {:.1} µs max {:.1} µs{}",
         r.mode,
         r.drains,
         r.drains_failed,
-        r.signals_sent,
+        r.fences,
         r.works_run_by_owner,
         r.works_run_remotely,
         r.threshold_ns,
@@ -615,12 +615,12 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         rate: a.rate,
         drains: d.lat_ns.len() as u64,
         drains_failed: d.failed,
-        signals_sent: all.signals_sent,
+        fences: all.fences(),
         works_run_by_owner: mine.works_by_owner(),
-        owner_works_in_handler: mine.works_in_handler,
+        owner_works_fenced: mine.works_fenced,
         owner_works_at_section_end: mine.works_at_section_end,
         owner_works_at_quiescent: mine.works_at_quiescent,
-        works_run_remotely: mine.works_remote + mine.works_for_absent_owner,
+        works_run_remotely: mine.works_remote + mine.works_for_absent_owner + mine.works_fenced,
         works_other_slots: all.works_run() - mine.works_run(),
         threshold_ns: a.threshold_ns,
         owner_gaps_over_threshold: drained.over,

@@ -801,7 +801,7 @@ fn isolation_table(runs: &[IsolationRun], method: &Method) -> String {
     ));
     let thr = runs.first().map_or(5000, |r| r.result.threshold_ns);
     s.push_str(&format!(
-        "| mode | drains (failed) | signals sent | works run by owner / by drainer | owner gaps > {thr} ns (baseline) | owner time lost (baseline) | owner Mops/s (baseline) | drain latency p50 / p99 / max |\n\
+        "| mode | drains (failed) | fences | works run by owner / by drainer | owner gaps > {thr} ns (baseline) | owner time lost (baseline) | owner Mops/s (baseline) | drain latency p50 / p99 / max |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n"
     ));
     for run in runs {
@@ -812,7 +812,7 @@ fn isolation_table(runs: &[IsolationRun], method: &Method) -> String {
             if r.noisy { " *" } else { "" },
             r.drains,
             r.drains_failed,
-            r.signals_sent,
+            r.fences,
             r.works_run_by_owner,
             r.works_run_remotely,
             r.owner_gaps_over_threshold,
@@ -876,7 +876,7 @@ fn drain_table(points: &[DrainPoint], method: &Method, plan: &Plan) -> String {
             _ => "### Owners yielding the CPU between local operations (`yield`)\n\n",
         });
         s.push_str(
-            "| mode | CPUs | drains | p50 cycles | p99 cycles | max cycles | signals | works by owners | works by caller | kernel before → after QPW |\n\
+            "| mode | CPUs | drains | p50 cycles | p99 cycles | max cycles | fences | works by owners | works by caller | kernel before → after QPW |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for p in &pts {
@@ -979,7 +979,7 @@ fn drain_row(p: &DrainPoint) -> String {
         p50,
         p99,
         max,
-        p.signals_sent,
+        p.fences,
         p.works_by_owners,
         p.works_by_caller,
         kernel

@@ -64,7 +64,7 @@ pub struct ConfigTotals {
     /// Drain-alls run (all consumers).
     pub drains: u64,
     /// Signals qpw sent.
-    pub signals_sent: u64,
+    pub fences: u64,
     /// Works run by owners.
     pub works_by_owner: u64,
     /// Works run by other threads.
@@ -463,10 +463,10 @@ fn round<C: Config>(
         .collect();
     for (cpu, s) in stats.iter().enumerate() {
         let m = r.domain.slot_mode(cpu).expect("slot");
-        if m != SlotMode::Queue && s.signals_sent != 0 {
+        if m != SlotMode::Queue && s.fences() != 0 {
             v.push(format!(
                 "{name}: {m:?} slot {cpu} was sent {} signals",
-                s.signals_sent
+                s.fences()
             ));
         }
     }
@@ -478,7 +478,7 @@ fn round<C: Config>(
     totals.rounds += 1;
     totals.ops += tally.ops;
     totals.drains += drains.load(Ordering::Relaxed);
-    totals.signals_sent += total.signals_sent;
+    totals.fences += total.fences();
     totals.works_by_owner += total.works_by_owner();
     totals.works_remote += total.works_remote + total.works_for_absent_owner;
     totals.binds += tally.binds;
@@ -562,7 +562,7 @@ pub fn main(args: &SoakArgs) -> Result<(), String> {
                 c.rounds,
                 c.ops,
                 c.drains,
-                c.signals_sent,
+                c.fences,
                 c.works_by_owner,
                 c.works_remote,
                 c.binds,

@@ -161,7 +161,7 @@ fn concurrent_charges<C: Config>(mode: Mode) {
     );
     if domain.mode() == &Mode::Remote || domain.mode() == &Mode::Defer {
         assert_eq!(
-            domain.total_stats().signals_sent,
+            domain.total_stats().fences(),
             0,
             "remote and defer never signal"
         );
@@ -214,7 +214,7 @@ fn drain_while_owners_hold_stock<C: Config>(mode: Mode) {
         .filter(|&c| domain.slot_mode(c).unwrap() == SlotMode::Queue)
         .count() as u64;
     assert_eq!(
-        after.works_in_handler - before.works_in_handler,
+        after.works_fenced - before.works_fenced,
         queue_slots,
         "each online queue-mode owner returned its stock in its signal handler"
     );

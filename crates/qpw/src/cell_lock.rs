@@ -252,6 +252,13 @@ impl CellLock {
         }
     }
 
+    /// The word as it is now (0: free), for the owner's look at a slot's
+    /// claim word (see `section.rs`).
+    #[inline(always)]
+    pub(crate) fn raw_load(&self, order: Ordering) -> u32 {
+        self.0.load(order)
+    }
+
     /// The raw word, for the models and tests.
     #[cfg(all(test, qpw_loom))]
     pub(crate) fn word(&self) -> u32 {

@@ -5,6 +5,7 @@ use crate::config::{Config, SlotMode, Standard};
 use crate::domain::Domain;
 use crate::error::Error;
 use crate::owner::Owner;
+use crate::section::Entered;
 use crate::slot::{far_deadline, CtxKind, RemoteHold, SlotState};
 use crate::sync::{Arc, MutPtr, UnsafeCell};
 use crate::work::WorkCtx;
@@ -160,17 +161,20 @@ impl<T, C: Config> PerCpu<T, C> {
     /// (`local_lock` + `this_cpu_ptr`).
     ///
     /// In `queue` and `defer` modes this is a flag with compiler ordering
-    /// only; with `remote` slots or the RT policy it is the cell's spinlock.
-    /// Work signalled in the meantime runs when the guard drops.
+    /// only (a plain store, and a plain load of the slot's claim word: while
+    /// a `queue` drainer holds the slot, the section waits for it, in the
+    /// kernel with priority inheritance); with `remote` slots or the RT
+    /// policy it is the cell's spinlock too. Work queued for this slot
+    /// during the section and left to the owner runs when the guard drops.
     #[inline(always)]
     pub fn lock<'a>(&'a self, owner: &'a mut Owner<C>) -> LocalGuard<'a, T, C> {
         let (cell, spin) = self.owner_cell(owner);
         let slot = owner.slot_state();
-        // The section flag, in every mode: `queue`'s handler reads it, a
-        // `remote` caller hands work to an owner that is in a section (and
-        // may be preempted there) instead of waiting, and an owner's own
-        // drain-all runs its work only outside one. `enter` refuses a
-        // section inside this slot's own work (see there).
+        // The section flag, in every mode: a `queue` drainer waits for it
+        // to close, a `remote` caller hands work to an owner that is in a
+        // section (and may be preempted there) instead of waiting, and an
+        // owner's own drain-all runs its work only outside one. `enter`
+        // refuses a section inside this slot's own work (see there).
         let entered = slot.enter();
         if spin {
             cell.lock
@@ -200,17 +204,17 @@ impl<T, C: Config> PerCpu<T, C> {
     }
 
     /// Enters the owner's local section like [`lock`](Self::lock), but never
-    /// waits: `None` when a remote thread holds the cell right now (only
-    /// possible where the cell lock is taken: `remote` slots and the RT
-    /// configurations). Work queued meanwhile is then left to the flusher,
+    /// waits: `None` when another thread holds the slot right now (a
+    /// `queue` drainer holds its claim word, or, where the cell lock is
+    /// taken, `remote` slots and the RT configurations, a remote thread
+    /// holds the cell). Work queued meanwhile is then left to the flusher,
     /// which runs it itself once the owner is outside its section.
     #[inline]
     pub fn try_lock<'a>(&'a self, owner: &'a mut Owner<C>) -> Option<LocalGuard<'a, T, C>> {
         let (cell, spin) = self.owner_cell(owner);
         let slot = owner.slot_state();
-        // In a section before the lock, as in `lock`: a signal arriving
-        // between the two must not run work that locks this cell.
-        let entered = slot.enter();
+        // In a section before the lock, as in `lock`.
+        let entered = slot.section.try_enter().ok()?;
         if spin && !cell.lock.try_lock_owner(crate::sys::current_tid() as u32) {
             slot.leave(entered);
             return None;
@@ -226,6 +230,13 @@ impl<T, C: Config> PerCpu<T, C> {
 
     /// Locks the value of the slot a work function runs for
     /// (`qpw_lock(lock, qpw_get_cpu(work))`).
+    ///
+    /// What it takes depends on where the work runs (see
+    /// [`Work`](crate::Work)): on the owner's thread, nothing (or the cell's
+    /// lock where the owner takes it: `remote` slots, the RT policy); on a
+    /// `queue` drainer's thread, nothing (it holds the whole slot); for an
+    /// absent or offline owner, nothing (the caller holds the slot); on
+    /// another thread in `remote` mode, the cell's lock.
     ///
     /// Run remotely in `remote` mode, this waits for the cell's lock at most
     /// until the drain-all's deadline; past it, the run is abandoned here
@@ -256,12 +267,12 @@ impl<T, C: Config> PerCpu<T, C> {
                 Held::Remote
             }
             // Remote callers lock the cells of a `remote` slot: so must its owner.
-            CtxKind::Owner if C::RT || (C::QPW && ctx.slot.eff_mode() == SlotMode::Remote) => {
+            CtxKind::Owner if C::RT || (C::QPW && ctx.slot.mode == SlotMode::Remote) => {
                 cell.lock
                     .lock_owner(crate::sys::current_tid() as u32, &ctx.slot.counters);
                 Held::Owner
             }
-            CtxKind::Owner | CtxKind::Busy => Held::None,
+            CtxKind::Owner | CtxKind::Busy | CtxKind::Claimed => Held::None,
         };
         CtxGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
@@ -282,7 +293,7 @@ impl<T, C: Config> PerCpu<T, C> {
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
         }
-        if C::QPW && slot.eff_mode() == SlotMode::Remote {
+        if C::QPW && slot.mode == SlotMode::Remote {
             let timeout = self.domain.inner.flush_timeout;
             let deadline = Instant::now() + timeout;
             // The slot's owner may be forking (its fork gate is closed):
@@ -295,18 +306,14 @@ impl<T, C: Config> PerCpu<T, C> {
                 slot.counters.lock_timeout();
                 return Err(timed_out());
             };
-            // Counted, then checked again (see `SlotState::set_effective`):
-            // a binding that left `remote` meanwhile sends us the other way.
-            if slot.eff_mode_counted() == SlotMode::Remote {
-                if cell
-                    .lock
-                    .lock_remote(&slot.counters, Some(&*slot.owner_preempted), deadline)
-                    .is_err()
-                {
-                    return Err(timed_out());
-                }
-                return Ok(RemoteGuard::new(cell, slot, Some(hold)));
+            if cell
+                .lock
+                .lock_remote(&slot.counters, Some(&*slot.owner_preempted), deadline)
+                .is_err()
+            {
+                return Err(timed_out());
             }
+            return Ok(RemoteGuard::new(cell, slot, Some(hold)));
         }
         if slot.try_take() {
             return Ok(RemoteGuard::new(cell, slot, None));
@@ -324,18 +331,15 @@ impl<T, C: Config> PerCpu<T, C> {
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
         }
-        if C::QPW && slot.eff_mode() == SlotMode::Remote {
+        if C::QPW && slot.mode == SlotMode::Remote {
             // A closed fork gate (the owner is forking) is waited for by `remote`.
             let Some(hold) = slot.enter_remote() else {
                 return Err(Error::WouldBlock { cpu });
             };
-            // Counted, then checked again (see `SlotState::set_effective`).
-            if slot.eff_mode_counted() == SlotMode::Remote {
-                if !cell.lock.try_lock_remote() {
-                    return Err(Error::WouldBlock { cpu });
-                }
-                return Ok(RemoteGuard::new(cell, slot, Some(hold)));
+            if !cell.lock.try_lock_remote() {
+                return Err(Error::WouldBlock { cpu });
             }
+            return Ok(RemoteGuard::new(cell, slot, Some(hold)));
         }
         // A few looks: the state may change between one and the next (that
         // is not waiting), but a slot that stays taken gives WouldBlock.
@@ -379,8 +383,8 @@ pub struct LocalGuard<'a, T, C: Config> {
     cell: &'a Cell<T>,
     slot: &'a SlotState<C>,
     spin: bool,
-    /// The section counter's value before this section.
-    entered: u32,
+    /// The section as it was opened (see `section.rs`).
+    entered: Entered,
     _owner: PhantomData<&'a mut Owner<C>>,
 }
 
@@ -388,7 +392,7 @@ impl<'a, T, C: Config> LocalGuard<'a, T, C> {
     /// The guard of a section just entered (`entered`), the cell's lock
     /// taken if `spin`.
     #[inline(always)]
-    fn new(cell: &'a Cell<T>, slot: &'a SlotState<C>, spin: bool, entered: u32) -> Self {
+    fn new(cell: &'a Cell<T>, slot: &'a SlotState<C>, spin: bool, entered: Entered) -> Self {
         LocalGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
             cell,
@@ -404,9 +408,11 @@ impl<T, C: Config> Deref for LocalGuard<'_, T, C> {
     type Target = T;
     #[inline(always)]
     fn deref(&self) -> &T {
-        // SAFETY: the section gives this guard exclusive access: the owner's
-        // flag keeps its handler out, the `&mut Owner` borrow keeps other
-        // sections out, remote threads stay out of an online owner's slot in
+        // SAFETY: the section gives this guard exclusive access: the
+        // `&mut Owner` borrow keeps other sections out; a `queue` drainer
+        // that claims the slot waits for the section to close, and one that
+        // claimed it before had finished (the section waited for it);
+        // other remote threads stay out of an online owner's slot in
         // queue/defer mode, and take the spinlock (held here) in remote mode.
         unsafe { (*self.ptr).deref() }
     }

@@ -327,7 +327,7 @@ fn fork_child_keeps_the_forking_threads_slot() {
                 return 21; // the live owner's slot was freed
             }
             let s = domain.stats(0).unwrap();
-            if s.works_in_handler != 1 {
+            if s.works_fenced != 1 {
                 return 22;
             }
             if *data.lock(&mut me) != 2 {

@@ -610,7 +610,7 @@ impl<C: Config> Case<C> {
             assert_eq!(self.shared.runs[c].load(Ordering::SeqCst), s.trues + 1);
             if s.mode != SlotMode::Queue {
                 assert_eq!(
-                    d.stats(c).unwrap().signals_sent,
+                    d.stats(c).unwrap().fences(),
                     0,
                     "slot {c} ({:?}) was signalled",
                     s.mode

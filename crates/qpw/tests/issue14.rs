@@ -1,0 +1,226 @@
+//! Issue 14: no code of ours or the user's in a signal handler. Each test is
+//! a program a user would write; each must finish (bounded waits, no hang)
+//! and keep its data. Before the change `queue` mode ran work functions in
+//! the owner's signal handler: the first program hung in glibc's `free`
+//! (the handler freed a closure while the interrupted owner held the arena
+//! lock), the second hung on the `Mutex` the interrupted owner held, and
+//! the third saw `EINTR` from `poll`.
+
+use qpw::{Config, Domain, Mode, PerCpu, Standard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// Far beyond what any of these programs needs; a hang fails the test.
+const BOUND: Duration = Duration::from_secs(120);
+
+fn modes() -> Vec<Mode> {
+    if Standard::QPW {
+        vec![Mode::Queue, Mode::Remote, Mode::Defer]
+    } else {
+        vec![Mode::Queue]
+    }
+}
+
+/// Runs `f` on a thread and waits for it at most [`BOUND`].
+fn bounded<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(BOUND)
+        .unwrap_or_else(|_| panic!("{what}: did not finish within {BOUND:?} (hung)"))
+}
+
+/// Item 1: fire-and-forget works (`queue(); drop(work)`) whose closures
+/// capture buffers the owner allocated, while the owner allocates and
+/// frees in a loop: 10,000 works, all run, no hang.
+#[test]
+fn fire_and_forget_works_with_an_allocating_owner() {
+    const WORKS: u64 = 10_000;
+    for mode in modes() {
+        let done = bounded("fire and forget", move || {
+            let domain: Domain = Domain::builder()
+                .mode(mode.clone())
+                .nr_cpus(2)
+                .build()
+                .unwrap();
+            let ran = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (buf_tx, buf_rx) = mpsc::sync_channel::<Vec<u8>>(64);
+            let owner = thread::spawn({
+                let (domain, stop) = (domain.clone(), stop.clone());
+                move || {
+                    let mut me = domain.bind_unpinned(1).unwrap();
+                    let mut keep: Vec<Vec<u8>> = Vec::new();
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Allocate and free all the time.
+                        keep.push(vec![i as u8; 64 + i % 512]);
+                        if keep.len() > 32 {
+                            keep.drain(..16);
+                        }
+                        if i % 8 == 0 {
+                            let _ = buf_tx.try_send(vec![1u8; 256 + i % 1024]);
+                        }
+                        me.quiescent();
+                        i += 1;
+                    }
+                }
+            });
+            for _ in 0..WORKS {
+                let buf = buf_rx.recv().unwrap();
+                let ran = ran.clone();
+                let w = domain
+                    .work(1, move |_| {
+                        ran.fetch_add(buf.len().min(1) as u64, Ordering::Relaxed);
+                    })
+                    .unwrap();
+                w.queue();
+                drop(w); // fire and forget: the slot's stack keeps it alive
+            }
+            // Whatever is still queued runs at the owner's next quiescent
+            // point (defer) or has run already (queue, remote).
+            let last = domain.work(1, |_| {}).unwrap();
+            last.queue();
+            last.flush().unwrap();
+            stop.store(true, Ordering::Relaxed);
+            owner.join().unwrap();
+            ran.load(Ordering::Relaxed)
+        });
+        assert_eq!(done, WORKS, "every fire-and-forget work ran once");
+    }
+}
+
+/// Item 2: the obvious hand-written flush: per-CPU batches that owners
+/// spill into a global `Mutex<Vec<u64>>` when full, drained into the same
+/// mutex by `work_all` from another thread. Correct in every mode.
+#[test]
+fn hand_written_mutex_flush_is_correct_in_every_mode() {
+    const OWNERS: usize = 2;
+    const PER_OWNER: u64 = 20_000;
+    for mode in modes() {
+        let (global, expected) = bounded("mutex flush", move || {
+            let domain: Domain = Domain::builder()
+                .mode(mode.clone())
+                .nr_cpus(OWNERS)
+                .build()
+                .unwrap();
+            let batches = Arc::new(PerCpu::new(&domain, |_| Vec::<u64>::new()));
+            let global = Arc::new(Mutex::new(Vec::<u64>::new()));
+            let drain = domain.work_all({
+                let (batches, global) = (batches.clone(), global.clone());
+                move |ctx| {
+                    let mut b = batches.lock_ctx(ctx);
+                    global.lock().unwrap().append(&mut b);
+                }
+            });
+            let stop = Arc::new(AtomicBool::new(false));
+            let owners: Vec<_> = (0..OWNERS)
+                .map(|cpu| {
+                    let (domain, batches, global) =
+                        (domain.clone(), batches.clone(), global.clone());
+                    thread::spawn(move || {
+                        let mut me = domain.bind_unpinned(cpu).unwrap();
+                        for i in 0..PER_OWNER {
+                            let mut b = batches.lock(&mut me);
+                            b.push(cpu as u64 * PER_OWNER + i);
+                            if b.len() >= 8 {
+                                // Spill under the global lock, inside the section.
+                                global.lock().unwrap().append(&mut b);
+                            }
+                            drop(b);
+                            me.quiescent();
+                        }
+                    })
+                })
+                .collect();
+            let drainer = thread::spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        drain.run().expect("drain-all");
+                    }
+                    drain
+                }
+            });
+            for o in owners {
+                o.join().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+            let drain = drainer.join().unwrap();
+            drain.run().expect("final drain-all");
+            let mut all = global.lock().unwrap().clone();
+            all.sort_unstable();
+            (all, (0..OWNERS as u64 * PER_OWNER).collect::<Vec<_>>())
+        });
+        assert_eq!(global.len(), expected.len(), "items lost or doubled");
+        assert_eq!(global, expected);
+    }
+}
+
+/// Item 3: an owner blocked in `poll()` while another thread drains its
+/// slot many times: `poll` is never interrupted (`EINTR`), in every mode.
+#[test]
+fn owner_in_poll_sees_no_eintr() {
+    for mode in modes() {
+        let (eintr, polls) = bounded("poll", move || {
+            let domain: Domain = Domain::builder()
+                .mode(mode.clone())
+                .nr_cpus(2)
+                .build()
+                .unwrap();
+            let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
+            let drain = domain.work_all({
+                let counts = counts.clone();
+                move |ctx| *counts.lock_ctx(ctx) = 0
+            });
+            let stop = Arc::new(AtomicBool::new(false));
+            let owner = thread::spawn({
+                let (domain, counts, stop) = (domain.clone(), counts.clone(), stop.clone());
+                move || {
+                    let mut me = domain.bind_unpinned(1).unwrap();
+                    let mut fds = [0i32; 2];
+                    // SAFETY: `fds` has room for the two descriptors.
+                    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+                    let (mut eintr, mut polls) = (0u64, 0u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        *counts.lock(&mut me) += 1;
+                        me.quiescent();
+                        let mut p = libc::pollfd {
+                            fd: fds[0],
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd; nothing is ever written
+                        // to the pipe, so this waits the full 20 ms.
+                        let rc = unsafe { libc::poll(&mut p, 1, 20) };
+                        if rc < 0
+                            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                        {
+                            eintr += 1;
+                        }
+                        polls += 1;
+                    }
+                    // SAFETY: closing the two descriptors opened above.
+                    unsafe {
+                        libc::close(fds[0]);
+                        libc::close(fds[1]);
+                    }
+                    (eintr, polls)
+                }
+            });
+            for _ in 0..200 {
+                // `defer` drains wait for the owner's quiescent point; a
+                // bounded flush that times out is fine here.
+                let _ = drain.run();
+                thread::sleep(Duration::from_millis(2));
+            }
+            stop.store(true, Ordering::Relaxed);
+            owner.join().unwrap()
+        });
+        assert!(polls > 0);
+        assert_eq!(eintr, 0, "poll returned EINTR {eintr} times in {polls}");
+    }
+}
