@@ -98,8 +98,8 @@ fn fire_and_forget_works_with_an_allocating_owner() {
 /// mutex by `work_all` from another thread. Correct in every mode.
 #[test]
 fn hand_written_mutex_flush_is_correct_in_every_mode() {
-    const OWNERS: usize = 2;
-    const PER_OWNER: u64 = 20_000;
+    const OWNERS: usize = 4;
+    const PER_OWNER: u64 = 50_000;
     for mode in modes() {
         let (global, expected) = bounded("mutex flush", move || {
             let domain: Domain = Domain::builder()
@@ -124,13 +124,21 @@ fn hand_written_mutex_flush_is_correct_in_every_mode() {
                     thread::spawn(move || {
                         let mut me = domain.bind_unpinned(cpu).unwrap();
                         for i in 0..PER_OWNER {
-                            let mut b = batches.lock(&mut me);
-                            b.push(cpu as u64 * PER_OWNER + i);
-                            if b.len() >= 8 {
-                                // Spill under the global lock, inside the section.
-                                global.lock().unwrap().append(&mut b);
+                            let full = {
+                                let mut b = batches.lock(&mut me);
+                                b.push(cpu as u64 * PER_OWNER + i);
+                                (b.len() >= 4).then(|| std::mem::take(&mut *b))
+                            };
+                            // Spill under the global lock, after the section.
+                            if let Some(mut full) = full {
+                                let mut g = global.lock().unwrap();
+                                g.append(&mut full);
+                                // Some work under the lock (a real program
+                                // would index or log here).
+                                for _ in 0..500 {
+                                    std::hint::spin_loop();
+                                }
                             }
-                            drop(b);
                             me.quiescent();
                         }
                     })
