@@ -265,7 +265,9 @@ pub fn point(
         let (counts, total) = (counts.clone(), total.clone());
         // Async-signal-safe: a cell lock and an atomic add.
         move |ctx| {
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     });

@@ -552,7 +552,9 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         let (counts, total) = (counts.clone(), total.clone());
         // Async-signal-safe: a cell lock and an atomic add.
         move |ctx| {
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     }));

@@ -506,7 +506,9 @@ fn run_mode(
         move |ctx| {
             let mine = ctx.cpu() == owner_cpu;
             let remote = ctx.is_remote();
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             if mine {
                 let t0 = tsc::now();
                 let mut t1 = t0;

@@ -298,7 +298,9 @@ fn round<C: Config>(
     let drain_counts = domain.work_all({
         let (counts, counted) = (counts.clone(), counted.clone());
         move |ctx| {
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             counted.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     });

@@ -271,7 +271,9 @@ fn drain_work<C: Config>(domain: &Domain<C>, shared: Arc<CacheShared<C>>) -> Wor
             // The slot's sheaves to the hand-off stack: no lock but the slot's,
             // no allocation (this may run in the owner's signal handler).
             let cpu = ctx.slot();
-            let mut pcs = shared.pcs.lock_ctx(ctx);
+            let Ok(mut pcs) = shared.pcs.lock_ctx(ctx) else {
+                return;
+            };
             shared.core.drain_pcs(&mut pcs);
             shared.used[cpu].store(false, Ordering::SeqCst);
         },

@@ -246,7 +246,10 @@ impl<C: Config> Stock<C> {
                 let inner = inner.clone();
                 move |ctx| {
                     let cpu = ctx.slot();
-                    let n = inner.take_stock(cpu, &mut inner.local.lock_ctx(ctx));
+                    let Ok(mut local) = inner.local.lock_ctx(ctx) else {
+                        return;
+                    };
+                    let n = inner.take_stock(cpu, &mut local);
                     inner.return_stock(n);
                 }
             },

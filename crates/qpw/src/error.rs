@@ -197,9 +197,10 @@ pub enum FlushError {
         cpu: usize,
     },
     /// A `remote`-mode run of the work waited for a cell's lock until the
-    /// deadline passed (its holder kept it). The run was abandoned at that
-    /// lock, before the function could touch the cell; the work stays
-    /// queued for the slot's owner, which runs it at its section's end.
+    /// deadline passed (its holder kept it): `PerCpu::lock_ctx` returned
+    /// `Error::LockTimeout` to the function, which returned. The run is over
+    /// (not retried within the drain, nothing unwound); queue the work again
+    /// to run it again.
     LockTimeout {
         /// The slot whose cell stayed locked.
         cpu: usize,
@@ -229,8 +230,8 @@ impl fmt::Display for FlushError {
             ),
             FlushError::LockTimeout { cpu, waited_ms } => write!(
                 f,
-                "work for slot {cpu} waited {waited_ms} ms for a cell lock its holder kept; it \
-                 stays queued for the slot's owner"
+                "work for slot {cpu} waited {waited_ms} ms for a cell lock its holder kept; the \
+                 run ended there (queue it again to retry)"
             ),
             FlushError::Retired { cpu } => write!(
                 f,

@@ -55,7 +55,7 @@
 //! let drain = domain.work_all({
 //!     let (counts, total) = (counts.clone(), total.clone());
 //!     move |ctx| {
-//!         let mut c = counts.lock_ctx(ctx);
+//!         let Ok(mut c) = counts.lock_ctx(ctx) else { return };
 //!         total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
 //!     }
 //! });
@@ -139,8 +139,10 @@
 //! caller's own local section of the domain returns
 //! [`FlushError::InLocalSection`] at once (it would wait on itself, as
 //! `flush_work` with preemption off would hang). In `remote` mode the lock
-//! waits of work run remotely are bounded by the same deadline
-//! ([`FlushError::LockTimeout`]). Dropping a [`Work`] or [`WorkSet`] never
+//! waits of work run remotely are bounded by the same deadline: past it
+//! [`PerCpu::lock_ctx`] returns an `Err` the work returns (nothing unwinds,
+//! so this holds under `panic = "abort"` too), the run is over and the
+//! flush reports [`FlushError::LockTimeout`]. Dropping a [`Work`] or [`WorkSet`] never
 //! waits: work still queued keeps its memory until it has run.
 //!
 //! # fork

@@ -1,6 +1,6 @@
 //! Per-CPU storage: one cache-padded cell per slot, each with its QPW lock.
 
-use crate::cell_lock::{CellLock, LockTimeout};
+use crate::cell_lock::CellLock;
 use crate::config::{Config, SlotMode, Standard};
 use crate::domain::Domain;
 use crate::error::Error;
@@ -239,18 +239,23 @@ impl<T, C: Config> PerCpu<T, C> {
     /// another thread in `remote` mode, the cell's lock.
     ///
     /// Run remotely in `remote` mode, this waits for the cell's lock at most
-    /// until the drain-all's deadline; past it, the run is abandoned here
-    /// (the function does not go on, the work stays queued for the slot's
-    /// owner, and the flush returns [`FlushError::LockTimeout`](crate::FlushError::LockTimeout)).
-    /// So a function that locks several cells may be cut at its second
-    /// lock and run again from the start: lock what you need first.
+    /// until the drain-all's deadline; past it, it returns
+    /// [`Error::LockTimeout`] (nothing unwinds): the function should return
+    /// (`let Ok(mut v) = cells.lock_ctx(ctx) else { return };`). The run is
+    /// then over: it is not retried within the drain, its flush returns
+    /// [`FlushError::LockTimeout`](crate::FlushError::LockTimeout) (even if
+    /// the function went on without the cell), and queueing it again runs
+    /// it again. A function that locks several cells decides itself what a
+    /// timeout at its second lock means for its first step. In every other
+    /// context it never fails.
     #[inline]
-    pub fn lock_ctx<'a>(&'a self, ctx: &'a mut WorkCtx<'_, C>) -> CtxGuard<'a, T> {
+    pub fn lock_ctx<'a>(&'a self, ctx: &'a mut WorkCtx<'_, C>) -> Result<CtxGuard<'a, T>, Error> {
         self.check_domain(ctx.slot.domain_id);
         let cell = &self.cells[ctx.slot.cpu];
         let lock = match ctx.kind {
             CtxKind::RemoteLocked => {
                 let deadline = ctx.deadline.unwrap_or_else(far_deadline);
+                let start = Instant::now();
                 if cell
                     .lock
                     .lock_remote(
@@ -260,9 +265,12 @@ impl<T, C: Config> PerCpu<T, C> {
                     )
                     .is_err()
                 {
-                    // Caught by the run (see `WorkInner::call`), which puts
-                    // the work back for the owner. No panic hook runs.
-                    std::panic::resume_unwind(Box::new(LockTimeout));
+                    // The run reports it whatever the function does next.
+                    ctx.timed_out = true;
+                    return Err(Error::LockTimeout {
+                        cpu: ctx.slot.cpu,
+                        waited_ms: start.elapsed().as_millis() as u64,
+                    });
                 }
                 Held::Remote
             }
@@ -274,12 +282,12 @@ impl<T, C: Config> PerCpu<T, C> {
             }
             CtxKind::Owner | CtxKind::Busy | CtxKind::Claimed => Held::None,
         };
-        CtxGuard {
+        Ok(CtxGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
             lock: &cell.lock,
             held: lock,
             _ctx: PhantomData,
-        }
+        })
     }
 
     /// Locks slot `cpu`'s value from any thread: always in `remote` mode

@@ -19,7 +19,6 @@
 //! are freed when the last of its handles, stack entries and runs is gone,
 //! never under a run. Dropping a `Work` never waits.
 
-use crate::cell_lock::LockTimeout;
 use crate::config::{Config, SlotMode};
 use crate::domain::{Domain, DomainInner};
 use crate::error::{Error, FlushError};
@@ -45,6 +44,8 @@ pub struct WorkCtx<'a, C: Config = crate::Standard> {
     pub(crate) kind: CtxKind,
     /// Bounds this run's remote lock waits (`None` in the owner's contexts).
     pub(crate) deadline: Option<Instant>,
+    /// A lock wait of this run reached the deadline (set by `lock_ctx`).
+    pub(crate) timed_out: bool,
     // Not Send: the context belongs to the running call.
     _not_send: PhantomData<*mut ()>,
 }
@@ -55,6 +56,7 @@ impl<'a, C: Config> WorkCtx<'a, C> {
             slot,
             kind: run.kind,
             deadline: run.deadline,
+            timed_out: false,
             _not_send: PhantomData,
         }
     }
@@ -101,7 +103,7 @@ const SEQ_ONE: u64 = 1 << SEQ_SHIFT;
 enum Outcome {
     Ran,
     Panicked,
-    /// A remote lock wait passed the deadline: abandoned at that lock.
+    /// A remote lock wait passed the deadline (the function saw the error).
     LockTimeout,
 }
 
@@ -186,20 +188,10 @@ impl<C: Config> WorkInner<C> {
                     this.done.fetch_max(seq, Ordering::SeqCst);
                 }
                 Outcome::LockTimeout => {
-                    // Not run: queue it again for the owner (its section's
-                    // end, or a later flusher), whatever came meanwhile.
+                    // Over, not retried here: the flush reports it, and a
+                    // new queueing runs it again.
                     this.timed_out.fetch_max(seq, Ordering::SeqCst);
-                    let mut s = this.state.load(Ordering::SeqCst);
-                    while let Err(now) = this.state.compare_exchange_weak(
-                        s,
-                        (s | PENDING) & !RUNNING,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    ) {
-                        s = now;
-                    }
-                    Self::push(this, slot);
-                    return;
+                    this.done.fetch_max(seq, Ordering::SeqCst);
                 }
             }
             slot.counters.ran(run.at);
@@ -232,8 +224,8 @@ impl<C: Config> WorkInner<C> {
     fn call(&self, slot: &SlotState<C>, run: RunCtx) -> Outcome {
         let mut ctx = WorkCtx::new(slot, run);
         match catch_unwind(AssertUnwindSafe(|| (self.func)(&mut ctx))) {
+            Ok(()) if ctx.timed_out => Outcome::LockTimeout,
             Ok(()) => Outcome::Ran,
-            Err(payload) if payload.is::<LockTimeout>() => Outcome::LockTimeout,
             Err(_) => Outcome::Panicked,
         }
     }
@@ -432,6 +424,12 @@ impl<C: Config> Work<C> {
                 if target > 0 && w.panicked.load(Ordering::SeqCst) == target {
                     return Err(FlushError::Panicked { cpu: self.cpu });
                 }
+                if target > 0 && w.timed_out.load(Ordering::SeqCst) == target {
+                    return Err(FlushError::LockTimeout {
+                        cpu: self.cpu,
+                        waited_ms: bound.as_millis() as u64,
+                    });
+                }
                 return Ok(());
             }
             // The owner may have gone offline or away since it was queued.
@@ -440,12 +438,6 @@ impl<C: Config> Work<C> {
             }
             if waiter.wait() {
                 let waited_ms = bound.as_millis() as u64;
-                if w.timed_out.load(Ordering::SeqCst) >= target {
-                    return Err(FlushError::LockTimeout {
-                        cpu: self.cpu,
-                        waited_ms,
-                    });
-                }
                 return Err(FlushError::Timeout {
                     cpu: self.cpu,
                     waited_ms,

@@ -57,7 +57,11 @@ fn exclusion<C: Config>(mode: Mode) {
     let direct = Arc::new(AtomicU64::new(0));
     let drain = Arc::new(d.work_all({
         let data = data.clone();
-        move |ctx| data.lock_ctx(ctx).bump()
+        move |ctx| {
+            if let Ok(mut g) = data.lock_ctx(ctx) {
+                g.bump()
+            }
+        }
     }));
     let bound = Arc::new(Barrier::new(3));
     let stop = Arc::new(AtomicBool::new(false));

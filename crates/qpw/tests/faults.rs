@@ -57,7 +57,10 @@ impl<C: Config> Counted<C> {
             (self.counts.clone(), self.drained.clone(), self.runs.clone());
         move |ctx| {
             let cpu = ctx.cpu();
-            let n = std::mem::take(&mut *counts.lock_ctx(ctx));
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
+            let n = std::mem::take(&mut *c);
             drained.fetch_add(n, Ordering::Relaxed);
             runs[cpu].fetch_add(1, Ordering::Relaxed);
         }
@@ -131,7 +134,9 @@ fn panicking_work<C: Config>(mode: Mode) {
             let panic_next = panic_next.clone();
             move |ctx| {
                 let cpu = ctx.cpu();
-                let mut cell = counts.lock_ctx(ctx);
+                let Ok(mut cell) = counts.lock_ctx(ctx) else {
+                    return;
+                };
                 drained.fetch_add(std::mem::take(&mut *cell), Ordering::Relaxed);
                 runs[cpu].fetch_add(1, Ordering::Relaxed);
                 if panic_next.swap(false, Ordering::SeqCst) {

@@ -112,7 +112,9 @@ fn hand_written_mutex_flush_is_correct_in_every_mode() {
             let drain = domain.work_all({
                 let (batches, global) = (batches.clone(), global.clone());
                 move |ctx| {
-                    let mut b = batches.lock_ctx(ctx);
+                    let Ok(mut b) = batches.lock_ctx(ctx) else {
+                        return;
+                    };
                     global.lock().unwrap().append(&mut b);
                 }
             });
@@ -182,7 +184,11 @@ fn owner_in_poll_sees_no_eintr() {
             let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
             let drain = domain.work_all({
                 let counts = counts.clone();
-                move |ctx| *counts.lock_ctx(ctx) = 0
+                move |ctx| {
+                    if let Ok(mut g) = counts.lock_ctx(ctx) {
+                        *g = 0;
+                    }
+                }
             });
             let stop = Arc::new(AtomicBool::new(false));
             let owner = thread::spawn({
@@ -231,4 +237,125 @@ fn owner_in_poll_sees_no_eintr() {
         assert!(polls > 0);
         assert_eq!(eintr, 0, "poll returned EINTR {eintr} times in {polls}");
     }
+}
+
+/// A `remote` domain whose slot 1 cell is held by another thread until the
+/// test lets it go, with a 200 ms flush timeout.
+#[cfg(feature = "qpw")]
+struct Held {
+    domain: Domain,
+    data: Arc<PerCpu<u64>>,
+    release: mpsc::Sender<()>,
+    holder: thread::JoinHandle<()>,
+}
+
+#[cfg(feature = "qpw")]
+impl Held {
+    fn new() -> Self {
+        let domain: Domain = Domain::builder()
+            .mode(Mode::Remote)
+            .nr_cpus(2)
+            .flush_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let holder = thread::spawn({
+            let data = data.clone();
+            move || {
+                let g = data.remote(1).unwrap();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(BOUND);
+                drop(g);
+            }
+        });
+        held_rx.recv().unwrap();
+        Self {
+            domain,
+            data,
+            release,
+            holder,
+        }
+    }
+
+    fn release(self) {
+        self.release.send(()).unwrap();
+        self.holder.join().unwrap();
+    }
+}
+
+/// Item 7: a drain-all whose remote lock wait reaches its deadline returns
+/// `LockTimeout` while the cell is still held (it does not loop re-running
+/// the work until the holder lets go), with one timeout counted.
+#[cfg(feature = "qpw")]
+#[test]
+fn lock_timeout_ends_the_drain_while_the_cell_is_held() {
+    let h = Held::new();
+    let drain = h.domain.work_all({
+        let data = h.data.clone();
+        move |ctx| {
+            if let Ok(mut g) = data.lock_ctx(ctx) {
+                *g += 1;
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(drain.run()).unwrap());
+    let r = rx
+        .recv_timeout(BOUND)
+        .expect("the drain-all did not return while the cell was held");
+    assert_eq!(
+        r,
+        Err(qpw::FlushError::LockTimeout {
+            cpu: 1,
+            waited_ms: 200
+        })
+    );
+    assert_eq!(h.domain.stats(1).unwrap().lock_timeouts, 1);
+    h.release();
+}
+
+/// Item 6: the timeout is an `Err` the work sees, never an unwind: a
+/// `Mutex` the work holds is not poisoned, a work that catches unwinds
+/// cannot swallow it (the flush still reports it), a two-step work cut at
+/// its second lock does not run its first step twice, and the next drain
+/// after the holder let go succeeds.
+#[cfg(feature = "qpw")]
+#[test]
+fn lock_timeout_is_an_error_the_work_returns() {
+    let h = Held::new();
+    let first_steps = Arc::new(Mutex::new(0u64));
+    let work = h
+        .domain
+        .work(1, {
+            let (data, first_steps) = (h.data.clone(), first_steps.clone());
+            move |ctx| {
+                let mut steps = first_steps.lock().unwrap();
+                *steps += 1; // step one, under a Mutex
+                             // Step two; a catch_unwind around it changes nothing.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    data.lock_ctx(ctx).map(|mut g| *g += 1).is_ok()
+                }));
+                assert!(matches!(r, Ok(false) | Ok(true)));
+            }
+        })
+        .unwrap();
+    assert!(work.queue());
+    assert!(matches!(
+        work.flush(),
+        Err(qpw::FlushError::LockTimeout { cpu: 1, .. })
+    ));
+    assert!(
+        !first_steps.is_poisoned(),
+        "the timeout unwound through the work"
+    );
+    assert_eq!(*first_steps.lock().unwrap(), 1, "step one ran twice");
+    assert!(!work.is_pending(), "the timed-out run is over");
+    let data = h.data.clone();
+    h.release();
+    assert!(work.queue());
+    assert_eq!(work.flush(), Ok(()));
+    assert_eq!(*first_steps.lock().unwrap(), 2);
+    assert_eq!(*data.remote(1).unwrap(), 1);
 }

@@ -26,7 +26,9 @@ fn conservation<C: Config>(mode: Mode) -> Domain<C> {
     let drain = domain.work_all({
         let (counts, total) = (counts.clone(), total.clone());
         move |ctx| {
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     });
@@ -198,7 +200,9 @@ fn fence_during_section_waits_for_section_end() {
                 if in_section.load(Ordering::SeqCst) {
                     ran_inside.fetch_add(1, Ordering::SeqCst);
                 }
-                *data.lock_ctx(ctx) += 1;
+                if let Ok(mut g) = data.lock_ctx(ctx) {
+                    *g += 1;
+                }
                 ran.fetch_add(1, Ordering::SeqCst);
             }
         })
@@ -559,11 +563,19 @@ fn domains_of_different_modes_coexist() {
     let rd = Arc::new(PerCpu::new(&r, |_| 0u64));
     let qw = q.work_all({
         let qd = qd.clone();
-        move |ctx| *qd.lock_ctx(ctx) += 1
+        move |ctx| {
+            if let Ok(mut g) = qd.lock_ctx(ctx) {
+                *g += 1;
+            }
+        }
     });
     let rw = r.work_all({
         let rd = rd.clone();
-        move |ctx| *rd.lock_ctx(ctx) += 1
+        move |ctx| {
+            if let Ok(mut g) = rd.lock_ctx(ctx) {
+                *g += 1;
+            }
+        }
     });
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Barrier::new(2));
@@ -635,7 +647,10 @@ fn owner_drains_its_own_slot() {
         let drain = domain.work_all({
             let (data, total) = (data.clone(), total.clone());
             move |ctx| {
-                total.fetch_add(std::mem::take(&mut *data.lock_ctx(ctx)), Ordering::SeqCst);
+                let Ok(mut c) = data.lock_ctx(ctx) else {
+                    return;
+                };
+                total.fetch_add(std::mem::take(&mut *c), Ordering::SeqCst);
             }
         });
         let mut me = domain.bind_unpinned(0).unwrap();
@@ -686,7 +701,11 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
     let work = domain
         .work(1, {
             let data = data.clone();
-            move |ctx| *data.lock_ctx(ctx) += 1
+            move |ctx| {
+                if let Ok(mut g) = data.lock_ctx(ctx) {
+                    *g += 1;
+                }
+            }
         })
         .unwrap();
     let (in_tx, in_rx) = std::sync::mpsc::channel::<()>();
