@@ -81,6 +81,17 @@ pub enum Error {
     },
     /// `with_local` was called again for the same domain from inside its closure.
     Reentrant,
+    /// `with_local` was called while the thread is exiting, after qpw's
+    /// per-thread table of implicit owners was destroyed (from another
+    /// thread-local's destructor): there is nowhere left to keep an owner.
+    ThreadExiting,
+    /// [`PerCpu::remote`](crate::PerCpu::remote) or `try_remote` on a
+    /// `remote` slot the calling thread owns: its own sections would wait on
+    /// the guard's cell lock, that is on itself. The owner uses `PerCpu::lock`.
+    OwnSlot {
+        /// The slot.
+        cpu: usize,
+    },
     /// `remote` mode: a cell's lock stayed held past the domain's flush
     /// timeout (its holder was preempted, or it is the caller itself).
     LockTimeout {
@@ -146,6 +157,15 @@ impl fmt::Display for Error {
             }
             Error::Reentrant => f.write_str(
                 "with_local was re-entered for the same domain from inside its own closure",
+            ),
+            Error::OwnSlot { cpu } => write!(
+                f,
+                "this thread owns slot {cpu}: lock it with PerCpu::lock and its Owner, not \
+                 remotely (its own local sections would wait on the remote guard, on itself)"
+            ),
+            Error::ThreadExiting => f.write_str(
+                "with_local was called while the thread exits (from a thread-local destructor), \
+                 after its table of implicit owners was destroyed; use Domain::bind_any instead",
             ),
             Error::LockTimeout { cpu, waited_ms } => write!(
                 f,

@@ -44,7 +44,10 @@ struct Cell<T> {
 /// let mut me = domain.bind_unpinned(0)?;
 /// *counts.lock(&mut me) += 1;            // owner: local section
 /// if Standard::QPW {
-///     assert_eq!(*counts.remote(0)?, 1); // remote mode: anyone may lock
+///     // remote mode: any other thread may lock
+///     let c = &counts;
+///     let v = std::thread::scope(|s| s.spawn(|| c.remote(0).map(|g| *g)).join().unwrap())?;
+///     assert_eq!(v, 1);
 /// }
 /// drop(me);
 /// assert_eq!(*counts.remote(0)?, 1);     // any mode: the slot is free
@@ -294,12 +297,18 @@ impl<T, C: Config> PerCpu<T, C> {
     /// (waiting at most the domain's flush timeout for the cell's lock:
     /// [`Error::LockTimeout`] past it); in the other modes only while the
     /// slot has no owner or its owner is offline ([`Error::OwnerOnline`]
-    /// otherwise: queue work instead). A retired slot gives [`Error::SlotRetired`].
+    /// otherwise: queue work instead). A retired slot gives [`Error::SlotRetired`];
+    /// a `remote` slot the calling thread owns gives [`Error::OwnSlot`] (its
+    /// own sections would wait on the guard).
     pub fn remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
         let slot = self.domain.slot(cpu)?;
         let cell = &self.cells[cpu];
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
+        }
+        if C::QPW && slot.mode == SlotMode::Remote && crate::owned::current_thread_owns(slot) {
+            // Its own sections would wait on this guard's cell lock: on itself.
+            return Err(Error::OwnSlot { cpu });
         }
         if C::QPW && slot.mode == SlotMode::Remote {
             let timeout = self.domain.inner.flush_timeout;
@@ -338,6 +347,10 @@ impl<T, C: Config> PerCpu<T, C> {
         let cell = &self.cells[cpu];
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
+        }
+        if C::QPW && slot.mode == SlotMode::Remote && crate::owned::current_thread_owns(slot) {
+            // Its own sections would wait on this guard's cell lock: on itself.
+            return Err(Error::OwnSlot { cpu });
         }
         if C::QPW && slot.mode == SlotMode::Remote {
             // A closed fork gate (the owner is forking) is waited for by `remote`.

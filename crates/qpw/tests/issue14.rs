@@ -359,3 +359,89 @@ fn lock_timeout_is_an_error_the_work_returns() {
     assert_eq!(*first_steps.lock().unwrap(), 2);
     assert_eq!(*data.remote(1).unwrap(), 1);
 }
+
+/// The child side of [`with_local_in_a_tls_destructor_is_an_error`]: a
+/// thread whose own thread-local's destructor calls `with_local` after
+/// qpw's per-thread table is gone (thread-locals are destroyed in reverse
+/// order of first use, so the table, used second, goes first).
+fn tls_destructor_child() {
+    struct CallsWithLocal(Domain);
+    impl Drop for CallsWithLocal {
+        fn drop(&mut self) {
+            let r = self.0.with_local(|me| me.slot());
+            println!("with_local in a TLS destructor: {r:?}");
+        }
+    }
+    thread_local! {
+        static LATE: std::cell::RefCell<Option<CallsWithLocal>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let domain: Domain = Domain::builder().nr_cpus(2).build().unwrap();
+    thread::spawn(move || {
+        LATE.with(|l| *l.borrow_mut() = Some(CallsWithLocal(domain.clone())));
+        domain.with_local(|_| ()).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+/// Item 10: `with_local` called from a thread-local destructor returns an
+/// error; it does not panic inside the destructor (which aborts the
+/// process: "thread local panicked on drop"). Run in a child process, since
+/// the failure is an abort.
+#[test]
+fn with_local_in_a_tls_destructor_is_an_error() {
+    const NAME: &str = "with_local_in_a_tls_destructor_is_an_error";
+    if std::env::var_os("QPW_ISSUE14_CHILD").is_some() {
+        tls_destructor_child();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env("QPW_ISSUE14_CHILD", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "child: {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("with_local in a TLS destructor: Err(ThreadExiting)"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+/// Item 8: an owner that takes a `RemoteGuard` on its own slot and then
+/// opens a local section would wait on itself (the kernel answers its
+/// `FUTEX_LOCK_PI` with `EDEADLK`, which was read as "no PI support", and it
+/// spun for ever). Now the `RemoteGuard` is refused at once, naming the
+/// slot, and the section goes on.
+#[cfg(feature = "qpw")]
+#[test]
+fn owner_cannot_hold_its_own_slot_remotely() {
+    let got = bounded("own RemoteGuard", || {
+        let domain: Domain = Domain::builder()
+            .mode(Mode::Remote)
+            .nr_cpus(2)
+            .build()
+            .unwrap();
+        let data = PerCpu::new(&domain, |_| 0u64);
+        let mut me = domain.bind_unpinned(0).unwrap();
+        let g = data.remote(0);
+        let t = data.try_remote(0).map(|_| ()).err();
+        *data.lock(&mut me) += 1;
+        (g.map(|_| ()).err(), t)
+    });
+    assert_eq!(
+        got,
+        (
+            Some(qpw::Error::OwnSlot { cpu: 0 }),
+            Some(qpw::Error::OwnSlot { cpu: 0 })
+        )
+    );
+}
