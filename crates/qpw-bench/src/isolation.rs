@@ -13,6 +13,7 @@
 //! In `defer` mode the owner calls its quiescent point once per iteration; in
 //! `auto` mode the owner's CPU is listed as isolated, so it runs `remote`.
 
+use crate::alloc::irq::{self, Irqs};
 use crate::tsc;
 use crate::util::{self, BenchMode, Percentiles};
 use hdrhistogram::Histogram;
@@ -85,9 +86,17 @@ pub struct IsolationResult {
     pub drains: u64,
     /// Drain-all calls that returned an error (a flush that timed out).
     pub drains_failed: u64,
-    /// Signals sent to the owner during the drained run.
+    /// Fences (`membarrier`) the drains issued, all slots, drained run.
     pub fences: u64,
-    /// Works on the owner's slot run by the owner (handler, section end, quiescent point).
+    /// Function-call IPIs (`CAL` row of `/proc/interrupts`) the owner's CPU
+    /// took during the drained run, from any source: a `queue` drain's
+    /// fence is one; `remote`, `defer` and `auto` drains send none (what
+    /// remains is the machine's own: TLB shootdowns, other processes).
+    /// `null` where the kernel does not tell.
+    pub owner_cpu_ipis: Option<u64>,
+    /// The same during the baseline (no drains).
+    pub baseline_owner_cpu_ipis: Option<u64>,
+    /// Works on the owner's slot run by the owner (section end, quiescent point).
     pub works_run_by_owner: u64,
     /// Of those, run by a fenced drain on the drainer's thread.
     pub owner_works_fenced: u64,
@@ -174,13 +183,20 @@ pub fn main(a: &IsolationArgs) -> Result<(), String> {
     failure.map_or(Ok(()), Err)
 }
 
+/// A count, or `-` where there is none.
+pub(crate) fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
 fn print_human(r: &IsolationResult) {
     println!(
-        "{:<6} drains {:>6} (failed {}) fences {:>6} works: owner {:>6} remote {:>6} | gaps>{}ns: {} (baseline {}) | lost {:.3}% (baseline {:.3}%) | owner {:.1} Mops/s (baseline {:.1}) | drain p50 {:.1} µs p99 {:.1} µs max {:.1} µs{}",
+        "{:<6} drains {:>6} (failed {}) fences {:>6} IPIs on owner CPU {} (baseline {}) works: owner {:>6} remote {:>6} | gaps>{}ns: {} (baseline {}) | lost {:.3}% (baseline {:.3}%) | owner {:.1} Mops/s (baseline {:.1}) | drain p50 {:.1} µs p99 {:.1} µs max {:.1} µs{}",
         r.mode,
         r.drains,
         r.drains_failed,
         r.fences,
+        opt(r.owner_cpu_ipis),
+        opt(r.baseline_owner_cpu_ipis),
         r.works_run_by_owner,
         r.works_run_remotely,
         r.threshold_ns,
@@ -330,6 +346,16 @@ pub(crate) struct DrainerOut {
     pub(crate) after: SlotStats,
     pub(crate) before_all: SlotStats,
     pub(crate) after_all: SlotStats,
+    /// Function-call IPIs (`CAL` in `/proc/interrupts`) the owner's CPU
+    /// took in the drained phase, and in the baseline; `None` where the
+    /// kernel does not tell.
+    pub(crate) owner_cpu_ipis: Option<u64>,
+    pub(crate) baseline_owner_cpu_ipis: Option<u64>,
+}
+
+/// The owner CPU's function-call IPIs (`CAL`) between two reads.
+fn cal_since(after: Option<Irqs>, before: Option<Irqs>) -> Option<u64> {
+    Some(after?.since(before?).cal)
 }
 
 /// How the drainer waits for its next drain.
@@ -453,9 +479,12 @@ impl Drainer {
             return Ok(None);
         }
         // Baseline: nothing disturbs the owner.
+        let base_irqs = irq::read(self.owner_cpu);
         std::thread::sleep(self.phase_len);
+        let baseline_owner_cpu_ipis = cal_since(irq::read(self.owner_cpu), base_irqs);
         ph.stop_base.store(true, Ordering::SeqCst);
         ph.barrier.wait();
+        let irqs_before = irq::read(self.owner_cpu);
         let before = self
             .domain
             .stats(self.owner_cpu)
@@ -487,6 +516,7 @@ impl Drainer {
                 next = now + period;
             }
         }
+        let owner_cpu_ipis = cal_since(irq::read(self.owner_cpu), irqs_before);
         ph.stop_drained.store(true, Ordering::SeqCst);
         let after = self
             .domain
@@ -500,6 +530,8 @@ impl Drainer {
             after,
             before_all,
             after_all,
+            owner_cpu_ipis,
+            baseline_owner_cpu_ipis,
         }))
     }
 }
@@ -618,6 +650,8 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         drains: d.lat_ns.len() as u64,
         drains_failed: d.failed,
         fences: all.fences(),
+        owner_cpu_ipis: d.owner_cpu_ipis,
+        baseline_owner_cpu_ipis: d.baseline_owner_cpu_ipis,
         works_run_by_owner: mine.works_by_owner(),
         owner_works_fenced: mine.works_fenced,
         owner_works_at_section_end: mine.works_at_section_end,

@@ -801,18 +801,20 @@ fn isolation_table(runs: &[IsolationRun], method: &Method) -> String {
     ));
     let thr = runs.first().map_or(5000, |r| r.result.threshold_ns);
     s.push_str(&format!(
-        "| mode | drains (failed) | fences | works run by owner / by drainer | owner gaps > {thr} ns (baseline) | owner time lost (baseline) | owner Mops/s (baseline) | drain latency p50 / p99 / max |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| mode | drains (failed) | fences | IPIs on the owner's CPU (baseline) | works run by owner / by drainer | owner gaps > {thr} ns (baseline) | owner time lost (baseline) | owner Mops/s (baseline) | drain latency p50 / p99 / max |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     ));
     for run in runs {
         let r = &run.result;
         s.push_str(&format!(
-            "| {}{} | {} ({}) | {} | {} / {} | {} ({}) | {:.3}% ({:.3}%) | {:.1} ({:.1}) | {} / {} / {} µs |\n",
+            "| {}{} | {} ({}) | {} | {} ({}) | {} / {} | {} ({}) | {:.3}% ({:.3}%) | {:.1} ({:.1}) | {} / {} / {} µs |\n",
             r.mode,
             if r.noisy { " *" } else { "" },
             r.drains,
             r.drains_failed,
             r.fences,
+            crate::isolation::opt(r.owner_cpu_ipis),
+            crate::isolation::opt(r.baseline_owner_cpu_ipis),
             r.works_run_by_owner,
             r.works_run_remotely,
             r.owner_gaps_over_threshold,

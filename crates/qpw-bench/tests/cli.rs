@@ -112,6 +112,8 @@ isolation.runs[].rate integer
 isolation.runs[].drains integer
 isolation.runs[].drains_failed integer
 isolation.runs[].fences integer
+isolation.runs[].owner_cpu_ipis integer|null
+isolation.runs[].baseline_owner_cpu_ipis integer|null
 isolation.runs[].works_run_by_owner integer
 isolation.runs[].owner_works_fenced integer
 isolation.runs[].owner_works_at_section_end integer
