@@ -86,7 +86,8 @@ pub struct IsolationResult {
     pub drains: u64,
     /// Drain-all calls that returned an error (a flush that timed out).
     pub drains_failed: u64,
-    /// Fences (`membarrier`) the drains issued, all slots, drained run.
+    /// Fences (`membarrier`) the drains issued, all slots, drained run
+    /// (`auto`: those of the second, `queue`, owner on the drainer's CPU).
     pub fences: u64,
     /// Function-call IPIs (`CAL` row of `/proc/interrupts`) the owner's CPU
     /// took during the drained run, from any source: a `queue` drain's
@@ -575,6 +576,34 @@ pub fn mode_domain(
     Ok((domain, owner_cpu, drainer_cpu))
 }
 
+/// The `auto` run's second owner: bound (pinned) to `cpu`, a `queue` slot,
+/// running short local sections on a value of its own until `stop`.
+fn spawn_companion(
+    domain: &Domain<Standard>,
+    cpu: usize,
+    stop: &Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+    let (domain, stop) = (domain.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("qpw-companion".into())
+        .spawn(move || {
+            let mine = PerCpu::new(&domain, |_| 0u64);
+            let mut me = domain
+                .bind(cpu)
+                .map_err(|e| format!("binding the companion owner to CPU {cpu}: {e}"))?;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                *mine.lock(&mut me) += 1;
+                n += 1;
+                if n % 64 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("spawning the companion owner: {e}"))
+}
+
 /// Runs one mode: baseline, then drained, then the conservation check.
 pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, String> {
     let (domain, owner_cpu, drainer_cpu) = mode_domain(mode, "isolation")?;
@@ -609,6 +638,14 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         }
     });
     let owner = owner.map_err(|e| format!("spawning the owner thread: {e}"))?;
+    // `auto`: a second owner, `queue` (its CPU is not isolated), pinned on
+    // the drainer's CPU, so each drain-all fences that CPU (targeted) while
+    // the measured owner's isolated CPU should see none of it.
+    let companion_stop = Arc::new(AtomicBool::new(false));
+    let companion = match (mode, drainer_cpu) {
+        (BenchMode::Auto, Some(cpu)) => Some(spawn_companion(&domain, cpu, &companion_stop)?),
+        _ => None,
+    };
 
     let drainer =
         Drainer::new(a, (owner_cpu, drainer_cpu), &domain, &drain, &phases).spawn(Pace::Sleep);
@@ -624,6 +661,11 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         .map_err(|_| "the drainer thread panicked".to_string());
     // Whatever happened to the drainer, let the owner finish.
     phases.stop();
+    companion_stop.store(true, Ordering::SeqCst);
+    if let Some(c) = companion {
+        c.join()
+            .map_err(|_| "the companion owner panicked".to_string())??;
+    }
     let o = owner
         .join()
         .map_err(|_| "the owner thread panicked".to_string())?;

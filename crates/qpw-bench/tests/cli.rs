@@ -723,10 +723,14 @@ fn isolation_json_counts_signals_and_works_per_mode() {
                 assert!(n("fences") >= 1 && n("fences") <= n("drains"), "{l}");
             }
             "remote" | "auto" => {
+                // (`auto` has a second, `queue`, owner on the drainer's CPU:
+                // its drains fence that CPU, not the measured owner's.)
                 // Never interrupted: the drainer runs the work, or, when it
                 // finds the owner stuck in a section (preempted on this busy
                 // machine), the owner does as the section ends; never fenced.
-                assert_eq!(n("fences"), 0, "{mode}: {l}");
+                if mode == "remote" {
+                    assert_eq!(n("fences"), 0, "{mode}: {l}");
+                }
                 assert_eq!(n("owner_works_fenced"), 0, "{mode}: {l}");
                 assert!(n("works_run_remotely") >= 1, "{mode}: {l}");
             }
