@@ -263,7 +263,6 @@ pub fn point(
     let total = Arc::new(AtomicU64::new(0));
     let set = domain.work_all({
         let (counts, total) = (counts.clone(), total.clone());
-        // Async-signal-safe: a cell lock and an atomic add.
         move |ctx| {
             let Ok(mut c) = counts.lock_ctx(ctx) else {
                 return;

@@ -611,7 +611,6 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
     let total = Arc::new(AtomicU64::new(0));
     let drain = Arc::new(domain.work_all({
         let (counts, total) = (counts.clone(), total.clone());
-        // Async-signal-safe: a cell lock and an atomic add.
         move |ctx| {
             let Ok(mut c) = counts.lock_ctx(ctx) else {
                 return;

@@ -502,7 +502,6 @@ fn run_mode(
     let hold_ticks = tsc::from_ns(o.hold_ns as f64).max(1);
     let drain = Arc::new(domain.work_all({
         let (counts, total, holds) = (counts.clone(), total.clone(), holds.clone());
-        // Async-signal-safe: a cell lock, a TSC busy-wait, atomic stores.
         move |ctx| {
             let mine = ctx.cpu() == owner_cpu;
             let remote = ctx.is_remote();

@@ -88,9 +88,7 @@ impl<C: Config> Domain<C> {
             }
         };
         // Put the owner back however `f` ends: if it unwound with the owner
-        // dropped, the slot would be unbound under the caller, and inside this
-        // slot's own work (a signal handler) the unbinding would panic again
-        // and abort the process.
+        // dropped, the slot would be unbound under the caller.
         let mut back = PutBack::<C> {
             id,
             owner: Some(owner),
