@@ -29,7 +29,9 @@
 //!   issues `smp_mb()` since Linux 5.10's stable fix "membarrier: Add an
 //!   actual barrier before rseq_preempt()"). If the owner is not running
 //!   on it, it is not running at all, and its next run starts after a
-//!   context switch (a full barrier). No other CPU is interrupted.
+//!   context switch (a full barrier). No other CPU is interrupted. This
+//!   rests on the thread keeping the affinity `bind` gave it (documented on
+//!   `Domain::bind`): a thread that re-pins itself while bound is not covered.
 //! - **An unpinned owner** may migrate at any instant: the CPU a drainer
 //!   read as the owner's may already be another's, and a migration that
 //!   overlaps the call leaves no barrier the drainer can point to on the

@@ -194,7 +194,9 @@ impl<C: Config> Domain<C> {
     /// Errors: the CPU is not one this process may run on, the slot is
     /// owned or retired, or this thread owns another slot of this domain.
     /// On error nothing changed. A `queue` slot's drains fence this one CPU
-    /// only (an unpinned owner's fence every CPU of the process).
+    /// only (an unpinned owner's fence every CPU of the process), so the
+    /// thread must not change its own CPU affinity while bound: a drain
+    /// would fence a CPU it no longer runs on.
     pub fn bind(&self, cpu: usize) -> Result<Owner<C>, Error> {
         Owner::bind(self.clone(), cpu, true)
     }
