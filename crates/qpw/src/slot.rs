@@ -747,7 +747,7 @@ impl<C: Config> SlotState<C> {
     /// Any other binding's thread is gone:
     /// its slot is handed over (freed) only when its data is known to be
     /// consistent (owner between sections, no `BUSY`, no remote context on
-    /// it), and retired otherwise, never to be touched again.
+    /// it, claim word free), and retired otherwise, never to be touched again.
     pub(crate) fn fork_child(&self, mine: bool) {
         let s = self.ctl.load(Ordering::Relaxed);
         let st = state(s);
@@ -762,8 +762,13 @@ impl<C: Config> SlotState<C> {
         if st & RETIRED != 0 || (st == FREE && self.remote_holders.load(Ordering::Relaxed) == 0) {
             return;
         }
+        // The claim word too: a drainer may have handed it to the owner
+        // (`FUTEX_UNLOCK_PI`) and left before the owner returned from the
+        // kernel; the word then names a thread the child does not have, and
+        // the next binder's sections would wait on it for ever.
         let consistent = st & BUSY == 0
             && self.remote_holders.load(Ordering::Relaxed) == 0
+            && self.section.claim.raw_load(Ordering::Relaxed) == 0
             && match st {
                 ONLINE => !self.section_open(Ordering::Relaxed),
                 OFFLINE => true,
