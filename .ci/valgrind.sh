@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The memory-safety-critical tests under valgrind memcheck, bounded in time.
 #
-# Covers: the core's mode tests (signal handler running work, owner exit,
+# Covers: the core's mode tests (fenced drains running work, owner exit,
 # offline hand-off, implicit owners), and, when present, qpw-mm's slab and
 # kmalloc tests and its GlobalAlloc example (a whole program on our allocator).
 # Any memcheck error fails the run (--error-exitcode). Leak checking is off:

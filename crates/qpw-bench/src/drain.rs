@@ -135,7 +135,7 @@ pub struct DrainPoint {
     /// The measured drains in five consecutive batches: the spread of their medians.
     pub batches: Summary,
     /// Signals sent during the measured drains.
-    pub signals_sent: u64,
+    pub fences: u64,
     /// Works run by the owners (handler, section end, quiescent point).
     pub works_by_owners: u64,
     /// Works run by the caller itself (remote mode, or an unowned slot).
@@ -155,7 +155,7 @@ pub fn main(a: &DrainArgs) -> Result<(), String> {
     if !a.json {
         println!(
             "{:<6} {:<6} {:>5} {:>7} {:>12} {:>12} {:>12} {:>8} {:>9} {:>9}  (cycles = TSC ticks; {} warm-up drains excluded)",
-            "mode", "owners", "cpus", "drains", "p50", "p99", "max", "signals", "by owner", "by caller", WARMUP_DRAINS
+            "mode", "owners", "cpus", "drains", "p50", "p99", "max", "fences", "by owner", "by caller", WARMUP_DRAINS
         );
     }
     run_with(a, &mut |_| {}, &mut |p| {
@@ -174,7 +174,7 @@ pub fn main(a: &DrainArgs) -> Result<(), String> {
                 util::thousands(p.latency_cycles.p50 as u64),
                 util::thousands(p.latency_cycles.p99 as u64),
                 util::thousands(p.latency_cycles.max as u64),
-                p.signals_sent,
+                p.fences,
                 p.works_by_owners,
                 p.works_by_caller,
                 if p.batches.noisy { "  [noisy]" } else { "" },
@@ -263,9 +263,10 @@ pub fn point(
     let total = Arc::new(AtomicU64::new(0));
     let set = domain.work_all({
         let (counts, total) = (counts.clone(), total.clone());
-        // Async-signal-safe: a cell lock and an atomic add.
         move |ctx| {
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     });
@@ -441,7 +442,7 @@ pub fn point(
         latency_cycles: cyc,
         latency_ns: ns,
         batches,
-        signals_sent: m.stats.signals_sent,
+        fences: m.stats.fences(),
         works_by_owners: m.stats.works_by_owner(),
         works_by_caller: m.stats.works_remote + m.stats.works_for_absent_owner,
         increments,

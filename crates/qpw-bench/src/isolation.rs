@@ -13,6 +13,7 @@
 //! In `defer` mode the owner calls its quiescent point once per iteration; in
 //! `auto` mode the owner's CPU is listed as isolated, so it runs `remote`.
 
+use crate::alloc::irq::{self, Irqs};
 use crate::tsc;
 use crate::util::{self, BenchMode, Percentiles};
 use hdrhistogram::Histogram;
@@ -85,13 +86,22 @@ pub struct IsolationResult {
     pub drains: u64,
     /// Drain-all calls that returned an error (a flush that timed out).
     pub drains_failed: u64,
-    /// Signals sent to the owner during the drained run.
-    pub signals_sent: u64,
-    /// Works on the owner's slot run by the owner (handler, section end, quiescent point).
+    /// Fences (`membarrier`) the drains issued, all slots, drained run
+    /// (`auto`: those of the second, `queue`, owner on the drainer's CPU).
+    pub fences: u64,
+    /// Function-call IPIs (`CAL` row of `/proc/interrupts`) the owner's CPU
+    /// took during the drained run, from any source: a `queue` drain's
+    /// fence is one; `remote`, `defer` and `auto` drains send none (what
+    /// remains is the machine's own: TLB shootdowns, other processes).
+    /// `null` where the kernel does not tell.
+    pub owner_cpu_ipis: Option<u64>,
+    /// The same during the baseline (no drains).
+    pub baseline_owner_cpu_ipis: Option<u64>,
+    /// Works on the owner's slot run by the owner (section end, quiescent point).
     pub works_run_by_owner: u64,
-    /// Of those, run in the signal handler.
-    pub owner_works_in_handler: u64,
-    /// Of those, run when a local section ended (the signal came during it).
+    /// Of those, run by a fenced drain on the drainer's thread.
+    pub owner_works_fenced: u64,
+    /// Of those, run when a local section ended (queued from inside it, or left by a drain that timed out).
     pub owner_works_at_section_end: u64,
     /// Of those, run at a quiescent point.
     pub owner_works_at_quiescent: u64,
@@ -174,13 +184,20 @@ pub fn main(a: &IsolationArgs) -> Result<(), String> {
     failure.map_or(Ok(()), Err)
 }
 
+/// A count, or `-` where there is none.
+pub(crate) fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
 fn print_human(r: &IsolationResult) {
     println!(
-        "{:<6} drains {:>6} (failed {}) signals {:>6} works: owner {:>6} remote {:>6} | gaps>{}ns: {} (baseline {}) | lost {:.3}% (baseline {:.3}%) | owner {:.1} Mops/s (baseline {:.1}) | drain p50 {:.1} µs p99 {:.1} µs max {:.1} µs{}",
+        "{:<6} drains {:>6} (failed {}) fences {:>6} IPIs on owner CPU {} (baseline {}) works: owner {:>6} remote {:>6} | gaps>{}ns: {} (baseline {}) | lost {:.3}% (baseline {:.3}%) | owner {:.1} Mops/s (baseline {:.1}) | drain p50 {:.1} µs p99 {:.1} µs max {:.1} µs{}",
         r.mode,
         r.drains,
         r.drains_failed,
-        r.signals_sent,
+        r.fences,
+        opt(r.owner_cpu_ipis),
+        opt(r.baseline_owner_cpu_ipis),
         r.works_run_by_owner,
         r.works_run_remotely,
         r.threshold_ns,
@@ -330,6 +347,16 @@ pub(crate) struct DrainerOut {
     pub(crate) after: SlotStats,
     pub(crate) before_all: SlotStats,
     pub(crate) after_all: SlotStats,
+    /// Function-call IPIs (`CAL` in `/proc/interrupts`) the owner's CPU
+    /// took in the drained phase, and in the baseline; `None` where the
+    /// kernel does not tell.
+    pub(crate) owner_cpu_ipis: Option<u64>,
+    pub(crate) baseline_owner_cpu_ipis: Option<u64>,
+}
+
+/// The owner CPU's function-call IPIs (`CAL`) between two reads.
+fn cal_since(after: Option<Irqs>, before: Option<Irqs>) -> Option<u64> {
+    Some(after?.since(before?).cal)
 }
 
 /// How the drainer waits for its next drain.
@@ -453,9 +480,12 @@ impl Drainer {
             return Ok(None);
         }
         // Baseline: nothing disturbs the owner.
+        let base_irqs = irq::read(self.owner_cpu);
         std::thread::sleep(self.phase_len);
+        let baseline_owner_cpu_ipis = cal_since(irq::read(self.owner_cpu), base_irqs);
         ph.stop_base.store(true, Ordering::SeqCst);
         ph.barrier.wait();
+        let irqs_before = irq::read(self.owner_cpu);
         let before = self
             .domain
             .stats(self.owner_cpu)
@@ -487,6 +517,7 @@ impl Drainer {
                 next = now + period;
             }
         }
+        let owner_cpu_ipis = cal_since(irq::read(self.owner_cpu), irqs_before);
         ph.stop_drained.store(true, Ordering::SeqCst);
         let after = self
             .domain
@@ -500,6 +531,8 @@ impl Drainer {
             after,
             before_all,
             after_all,
+            owner_cpu_ipis,
+            baseline_owner_cpu_ipis,
         }))
     }
 }
@@ -543,6 +576,34 @@ pub fn mode_domain(
     Ok((domain, owner_cpu, drainer_cpu))
 }
 
+/// The `auto` run's second owner: bound (pinned) to `cpu`, a `queue` slot,
+/// running short local sections on a value of its own until `stop`.
+fn spawn_companion(
+    domain: &Domain<Standard>,
+    cpu: usize,
+    stop: &Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+    let (domain, stop) = (domain.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("qpw-companion".into())
+        .spawn(move || {
+            let mine = PerCpu::new(&domain, |_| 0u64);
+            let mut me = domain
+                .bind(cpu)
+                .map_err(|e| format!("binding the companion owner to CPU {cpu}: {e}"))?;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                *mine.lock(&mut me) += 1;
+                n += 1;
+                if n % 64 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("spawning the companion owner: {e}"))
+}
+
 /// Runs one mode: baseline, then drained, then the conservation check.
 pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, String> {
     let (domain, owner_cpu, drainer_cpu) = mode_domain(mode, "isolation")?;
@@ -550,9 +611,10 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
     let total = Arc::new(AtomicU64::new(0));
     let drain = Arc::new(domain.work_all({
         let (counts, total) = (counts.clone(), total.clone());
-        // Async-signal-safe: a cell lock and an atomic add.
         move |ctx| {
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     }));
@@ -575,6 +637,14 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         }
     });
     let owner = owner.map_err(|e| format!("spawning the owner thread: {e}"))?;
+    // `auto`: a second owner, `queue` (its CPU is not isolated), pinned on
+    // the drainer's CPU, so each drain-all fences that CPU (targeted) while
+    // the measured owner's isolated CPU should see none of it.
+    let companion_stop = Arc::new(AtomicBool::new(false));
+    let companion = match (mode, drainer_cpu) {
+        (BenchMode::Auto, Some(cpu)) => Some(spawn_companion(&domain, cpu, &companion_stop)?),
+        _ => None,
+    };
 
     let drainer =
         Drainer::new(a, (owner_cpu, drainer_cpu), &domain, &drain, &phases).spawn(Pace::Sleep);
@@ -590,6 +660,11 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         .map_err(|_| "the drainer thread panicked".to_string());
     // Whatever happened to the drainer, let the owner finish.
     phases.stop();
+    companion_stop.store(true, Ordering::SeqCst);
+    if let Some(c) = companion {
+        c.join()
+            .map_err(|_| "the companion owner panicked".to_string())??;
+    }
     let o = owner
         .join()
         .map_err(|_| "the owner thread panicked".to_string())?;
@@ -615,12 +690,14 @@ pub fn run_mode(mode: BenchMode, a: &IsolationArgs) -> Result<IsolationRun, Stri
         rate: a.rate,
         drains: d.lat_ns.len() as u64,
         drains_failed: d.failed,
-        signals_sent: all.signals_sent,
+        fences: all.fences(),
+        owner_cpu_ipis: d.owner_cpu_ipis,
+        baseline_owner_cpu_ipis: d.baseline_owner_cpu_ipis,
         works_run_by_owner: mine.works_by_owner(),
-        owner_works_in_handler: mine.works_in_handler,
+        owner_works_fenced: mine.works_fenced,
         owner_works_at_section_end: mine.works_at_section_end,
         owner_works_at_quiescent: mine.works_at_quiescent,
-        works_run_remotely: mine.works_remote + mine.works_for_absent_owner,
+        works_run_remotely: mine.works_remote + mine.works_for_absent_owner + mine.works_fenced,
         works_other_slots: all.works_run() - mine.works_run(),
         threshold_ns: a.threshold_ns,
         owner_gaps_over_threshold: drained.over,

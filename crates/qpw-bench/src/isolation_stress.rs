@@ -74,7 +74,7 @@ pub struct StressResult {
     /// Drain-all calls that returned an error.
     pub drains_failed: u64,
     /// Signals sent during the drained phase.
-    pub signals_sent: u64,
+    pub fences: u64,
     /// Works on the owner's slot run by another thread (each one a remote hold).
     pub works_run_remotely: u64,
     /// Remote holds recorded (timestamps kept for matching).
@@ -263,7 +263,7 @@ pub fn run(a: &IsolationArgs, step: &mut dyn FnMut(&str)) -> Result<Vec<StressRe
 pub fn markdown(runs: &[StressResult]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| mode | owner | hold | drains (failed) | signals | remote holds | owner PI waits | owner stalls > 100 µs / > 1 ms (baseline) | in a remote hold > 100 µs / > 1 ms (waiting on it) | longest in a hold (waiting) | longest (baseline) | drain p50 / p99 / max |\n\
+        "| mode | owner | hold | drains (failed) | fences | remote holds | owner PI waits | owner stalls > 100 µs / > 1 ms (baseline) | in a remote hold > 100 µs / > 1 ms (waiting on it) | longest in a hold (waiting) | longest (baseline) | drain p50 / p99 / max |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
@@ -274,7 +274,7 @@ pub fn markdown(runs: &[StressResult]) -> String {
             util::fmt_fig(r.hold_ns as f64 / 1e3),
             r.drains,
             r.drains_failed,
-            r.signals_sent,
+            r.fences,
             r.remote_holds,
             r.owner_waits_pi,
             r.stalls_over_100us,
@@ -483,8 +483,9 @@ fn match_stalls(stalls: &[(u64, u64)], holds: &[(u64, u64)], window: u64) -> (Ma
 
 fn delta(a: &SlotStats, b: &SlotStats) -> (u64, u64, u64, u64) {
     (
-        a.signals_sent - b.signals_sent,
-        a.works_remote - b.works_remote,
+        a.fences() - b.fences(),
+        // Run on another thread: under the cell lock, or fenced (`queue`).
+        (a.works_remote + a.works_fenced) - (b.works_remote + b.works_fenced),
         a.lock_contended - b.lock_contended,
         a.owner_waits_pi - b.owner_waits_pi,
     )
@@ -504,11 +505,12 @@ fn run_mode(
     let hold_ticks = tsc::from_ns(o.hold_ns as f64).max(1);
     let drain = Arc::new(domain.work_all({
         let (counts, total, holds) = (counts.clone(), total.clone(), holds.clone());
-        // Async-signal-safe: a cell lock, a TSC busy-wait, atomic stores.
         move |ctx| {
             let mine = ctx.cpu() == owner_cpu;
             let remote = ctx.is_remote();
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             if mine {
                 let t0 = tsc::now();
                 let mut t1 = t0;
@@ -618,7 +620,7 @@ fn run_mode(
         hold_ns: o.hold_ns,
         drains: d.lat_ns.len() as u64,
         drains_failed: d.failed,
-        signals_sent: signals,
+        fences: signals,
         works_run_remotely: remote,
         remote_holds: intervals.len() as u64,
         lock_contended: contended,

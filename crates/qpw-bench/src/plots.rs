@@ -300,7 +300,7 @@ pub fn isolation_gaps(runs: &[IsolationRun]) -> Result<String, String> {
                         "{}: {} drains, {} signals, gaps > {} ns: {} (baseline {})",
                         r.mode,
                         r.drains,
-                        r.signals_sent,
+                        r.fences,
                         r.threshold_ns,
                         r.owner_gaps_over_threshold,
                         r.baseline_gaps_over_threshold

@@ -815,18 +815,20 @@ fn isolation_table(runs: &[IsolationRun], method: &Method) -> String {
     ));
     let thr = runs.first().map_or(5000, |r| r.result.threshold_ns);
     s.push_str(&format!(
-        "| mode | drains (failed) | signals sent | works run by owner / by drainer | owner gaps > {thr} ns (baseline) | owner time lost (baseline) | owner Mops/s (baseline) | drain latency p50 / p99 / max |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| mode | drains (failed) | fences | IPIs on the owner's CPU (baseline) | works run by owner / by drainer | owner gaps > {thr} ns (baseline) | owner time lost (baseline) | owner Mops/s (baseline) | drain latency p50 / p99 / max |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     ));
     for run in runs {
         let r = &run.result;
         s.push_str(&format!(
-            "| {}{} | {} ({}) | {} | {} / {} | {} ({}) | {:.3}% ({:.3}%) | {:.1} ({:.1}) | {} / {} / {} µs |\n",
+            "| {}{} | {} ({}) | {} | {} ({}) | {} / {} | {} ({}) | {:.3}% ({:.3}%) | {:.1} ({:.1}) | {} / {} / {} µs |\n",
             r.mode,
             if r.noisy { " *" } else { "" },
             r.drains,
             r.drains_failed,
-            r.signals_sent,
+            r.fences,
+            crate::isolation::opt(r.owner_cpu_ipis),
+            crate::isolation::opt(r.baseline_owner_cpu_ipis),
             r.works_run_by_owner,
             r.works_run_remotely,
             r.owner_gaps_over_threshold,
@@ -890,7 +892,7 @@ fn drain_table(points: &[DrainPoint], method: &Method, plan: &Plan) -> String {
             _ => "### Owners yielding the CPU between local operations (`yield`)\n\n",
         });
         s.push_str(
-            "| mode | CPUs | drains | p50 cycles | p99 cycles | max cycles | signals | works by owners | works by caller | kernel before → after QPW |\n\
+            "| mode | CPUs | drains | p50 cycles | p99 cycles | max cycles | fences | works by owners | works by caller | kernel before → after QPW |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for p in &pts {
@@ -993,7 +995,7 @@ fn drain_row(p: &DrainPoint) -> String {
         p50,
         p99,
         max,
-        p.signals_sent,
+        p.fences,
         p.works_by_owners,
         p.works_by_caller,
         kernel

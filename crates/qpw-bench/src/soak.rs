@@ -64,7 +64,7 @@ pub struct ConfigTotals {
     /// Drain-alls run (all consumers).
     pub drains: u64,
     /// Signals qpw sent.
-    pub signals_sent: u64,
+    pub fences: u64,
     /// Works run by owners.
     pub works_by_owner: u64,
     /// Works run by other threads.
@@ -298,7 +298,9 @@ fn round<C: Config>(
     let drain_counts = domain.work_all({
         let (counts, counted) = (counts.clone(), counted.clone());
         move |ctx| {
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             counted.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     });
@@ -463,10 +465,10 @@ fn round<C: Config>(
         .collect();
     for (cpu, s) in stats.iter().enumerate() {
         let m = r.domain.slot_mode(cpu).expect("slot");
-        if m != SlotMode::Queue && s.signals_sent != 0 {
+        if m != SlotMode::Queue && s.fences() != 0 {
             v.push(format!(
                 "{name}: {m:?} slot {cpu} was sent {} signals",
-                s.signals_sent
+                s.fences()
             ));
         }
     }
@@ -478,7 +480,7 @@ fn round<C: Config>(
     totals.rounds += 1;
     totals.ops += tally.ops;
     totals.drains += drains.load(Ordering::Relaxed);
-    totals.signals_sent += total.signals_sent;
+    totals.fences += total.fences();
     totals.works_by_owner += total.works_by_owner();
     totals.works_remote += total.works_remote + total.works_for_absent_owner;
     totals.binds += tally.binds;
@@ -562,7 +564,7 @@ pub fn main(args: &SoakArgs) -> Result<(), String> {
                 c.rounds,
                 c.ops,
                 c.drains,
-                c.signals_sent,
+                c.fences,
                 c.works_by_owner,
                 c.works_remote,
                 c.binds,

@@ -70,7 +70,7 @@ fn fork_while_other_threads_allocate() {
 }
 
 /// The same programs in qpw's other modes (`QPW` from the environment):
-/// `remote` and `defer` never signal an owner thread (rule 3), whatever the
+/// `remote` and `defer` never fence (interrupt) an owner thread (rule 3), whatever the
 /// decay and thread exits drain.
 #[test]
 fn remote_and_defer_modes_never_signal() {
@@ -89,7 +89,7 @@ fn remote_and_defer_modes_never_signal() {
             let last = &err[err.rfind("qpw-malloc: statistics of pid").unwrap()..];
             assert!(last.contains(&format!("mode: {name}")), "{last}");
             assert_eq!(
-                counter(last, "work: signals "),
+                counter(last, "work: fences "),
                 0,
                 "QPW={mode} {args:?}: {last}"
             );

@@ -114,7 +114,6 @@ impl<C: Config> KShared<C> {
             Err(e) => {
                 let reason = match e {
                     qpw::Error::NoFreeSlot { .. } => SharedReason::NoSlot,
-                    qpw::Error::SignalBlocked { .. } => SharedReason::SignalBlocked,
                     _ => SharedReason::BindFailed,
                 };
                 let mark = match reason {

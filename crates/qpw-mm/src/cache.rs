@@ -274,9 +274,11 @@ fn drain_work<C: Config>(domain: &Domain<C>, shared: Arc<CacheShared<C>>) -> Wor
     domain.work_all_checked(
         move |ctx| {
             // The slot's sheaves to the hand-off stack: no lock but the slot's,
-            // no allocation (this may run in the owner's signal handler).
+            // no allocation (the caller files the hand-off stack afterwards).
             let cpu = ctx.slot();
-            let mut pcs = shared.pcs.lock_ctx(ctx);
+            let Ok(mut pcs) = shared.pcs.lock_ctx(ctx) else {
+                return;
+            };
             shared.core.drain_pcs(&mut pcs);
             shared.used[cpu].store(false, Ordering::SeqCst);
         },

@@ -9,9 +9,9 @@
 //! cap a full sheaf's objects go back to their slabs.
 //!
 //! Beside the lock, the *hand-off stack* ([`TakeAllStack`](crate::stack::TakeAllStack)):
-//! drain work pushes a slot's sheaves there without locking (it may run in a
-//! signal handler that interrupted a thread holding the lock), and whoever
-//! takes the lock next files them.
+//! drain work pushes a slot's sheaves there without locking (the caller of a
+//! drain-all takes the lock once afterwards instead of once per slot), and
+//! whoever takes the lock next files them.
 //!
 //! Line-private classes (objects sharing cache lines, see
 //! [`Pcs`](crate::sheaf::Pcs)) have their own slot paths: refills come from
@@ -527,8 +527,8 @@ impl SlabCore {
     }
 
     /// The drain work: hands the slot's sheaves with objects to the depot.
-    /// Lock-free and allocation-free: it may run in a signal handler that
-    /// interrupted a thread holding the depot lock.
+    /// Lock-free and allocation-free (the drain-all's caller files the
+    /// hand-off stack under the depot lock once, afterwards).
     /// A line-private class's slot also gives up its home slab: main goes
     /// even when empty, naming the home for whoever files it.
     pub(crate) fn drain_pcs(&self, pcs: &mut Pcs) {

@@ -205,7 +205,9 @@ impl<C: Config> Kmalloc<C> {
             // Every class's sheaves to its hand-off stack: no lock but the
             // slot's, no allocation (this may run in a signal handler).
             let cl = sh.classes();
-            let mut pcs = sh.pcs.lock_ctx(ctx);
+            let Ok(mut pcs) = sh.pcs.lock_ctx(ctx) else {
+                return;
+            };
             for (core, p) in cl.cores().iter().zip(pcs.0.iter_mut()) {
                 core.drain_pcs(p);
             }

@@ -21,7 +21,7 @@
 //!
 //! | mode | owner's hot path | who runs the drain | owner interrupted |
 //! |---|---|---|---|
-//! | `queue` (`qpw=0`) | a flag | the owner, in a signal handler or at the end of its section | once per drain |
+//! | `queue` (`qpw=0`) | a flag | the drainer, once it has claimed the slot, fenced the owner's CPU (`membarrier`) and seen its section close | once per drain (an IPI; no signal) |
 //! | `remote` (`qpw=1`) | one uncontended lock | the drainer, under the slot's lock | never |
 //! | `defer` | a flag | the owner at its next quiescent point (slow paths are one), or the drainer while it is offline | never |
 //! | `auto` | per slot | `remote` on isolated CPUs, `queue` elsewhere | not on isolated CPUs |
@@ -41,11 +41,11 @@
 //!
 //! # Drains, and why they never take the depot's lock
 //!
-//! [`KmemCache::flush_all`] drains every slot's sheaves into the depot. In
-//! `queue` mode the drain work runs inside a signal handler on the owner's
-//! thread, which may have been interrupted while holding the depot lock (in
-//! a slow path outside its section, or in `shrink`). So the work never takes
-//! it: it pushes the slot's sheaves onto a lock-free hand-off stack (a
+//! [`KmemCache::flush_all`] drains every slot's sheaves into the depot. The
+//! drain work runs with the slot in hand on the drainer's thread, or in
+//! `defer` mode on the owner's at one of its quiescent points; it may be
+//! called where the depot lock is already held (a pass of the decay inside
+//! a slow path, `shrink`), so it never takes that lock: it pushes the slot's sheaves onto a lock-free hand-off stack (a
 //! compare-and-swap loop; the depot takes the whole stack at once, so there
 //! is no ABA) and clears the slot. The drainer, after qpw's drain-all has
 //! returned, takes the depot lock and files what was handed off. The work

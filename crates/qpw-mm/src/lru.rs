@@ -396,7 +396,9 @@ impl<T: Send + 'static, C: Config> Lru<T, C> {
                 move |ctx| {
                     let inner = &*inner;
                     let cpu = ctx.slot();
-                    let mut local = inner.local.lock_ctx(ctx);
+                    let Ok(mut local) = inner.local.lock_ctx(ctx) else {
+                        return;
+                    };
                     inner.drain_slot(&mut local, cpu);
                 }
             },

@@ -1,12 +1,12 @@
-//! The signal-safe hand-off: a lock-free stack that many contexts push onto
-//! and one consumer empties at once.
+//! The hand-off: a lock-free stack that many contexts push onto and one
+//! consumer empties at once.
 //!
-//! A drain's work function may run inside the owner's signal handler (mode
-//! `queue`). There it must not take the depot's mutex: the interrupted owner
-//! might hold it. So the work only *pushes* the slot's sheaves here, which is
-//! a compare-and-swap loop: lock-free, async-signal-safe, and it never waits
-//! for the code it interrupted. Whoever holds the depot lock next takes the
-//! whole stack with one `swap` and files the sheaves.
+//! A drain's work function only *pushes* the slot's sheaves here, a
+//! compare-and-swap loop: lock-free and allocation-free, so a drain-all
+//! takes the depot's mutex once (its caller, afterwards) rather than once
+//! per slot. (It was written when `queue` ran works in the owner's signal
+//! handler, where taking the mutex could deadlock.) Whoever holds the depot
+//! lock next takes the whole stack with one `swap` and files the sheaves.
 //!
 //! Taking everything at once (never popping one node) rules out ABA: a node
 //! that was taken can only come back through another push, which the

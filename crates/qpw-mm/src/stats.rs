@@ -199,7 +199,7 @@ pub struct KmallocStats {
     pub threads_unbound: u64,
     /// Shared-path operations, by reason.
     pub shared_path: SharedPathStats,
-    /// The domain's work counters (signals sent, works run where).
+    /// The domain's work counters (fences issued, works run where).
     pub work: qpw::SlotStats,
 }
 
@@ -279,9 +279,9 @@ impl fmt::Display for KmallocStats {
         )?;
         writeln!(
             f,
-            "work: signals {}  in handler {}  at section end {}  at quiescent {}  remote {}",
-            self.work.signals_sent,
-            self.work.works_in_handler,
+            "work: fences {}  fenced {}  at section end {}  at quiescent {}  remote {}",
+            self.work.fences(),
+            self.work.works_fenced,
             self.work.works_at_section_end,
             self.work.works_at_quiescent,
             self.work.works_remote + self.work.works_for_absent_owner

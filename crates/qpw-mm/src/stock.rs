@@ -30,10 +30,10 @@
 //! succeeds. [`Stock::charge_or_drain`] does what the kernel's `try_charge`
 //! does on failure: drain all stock, then try once more.
 //!
-//! # Signal safety
+//! # The drain work
 //!
-//! In `queue` mode the drain work may run in a signal handler on the owner's
-//! thread. It reads and zeroes the slot's stock (exclusive access through
+//! The drain work runs wherever qpw runs a work (never in a signal handler:
+//! qpw has none). It reads and zeroes the slot's stock (exclusive access through
 //! the slot, as any work has) and subtracts it from the shared counter with an
 //! atomic compare-exchange loop: no lock, no allocation. The owner's own paths
 //! touch the shared counter only with the same atomics, so there is no lock
@@ -182,8 +182,8 @@ impl<C: Config> Inner<C> {
             .map(|_| ())
     }
 
-    /// Returns a stock to the counter. Lock-free and allocation-free: safe in
-    /// a signal handler. Saturates at zero (counted) rather than wrap.
+    /// Returns a stock to the counter. Lock-free and allocation-free.
+    /// Saturates at zero (counted) rather than wrap.
     fn return_stock(&self, n: u64) {
         if n == 0 {
             return;
@@ -248,7 +248,10 @@ impl<C: Config> Stock<C> {
                 let inner = inner.clone();
                 move |ctx| {
                     let cpu = ctx.slot();
-                    let n = inner.take_stock(cpu, &mut inner.local.lock_ctx(ctx));
+                    let Ok(mut local) = inner.local.lock_ctx(ctx) else {
+                        return;
+                    };
+                    let n = inner.take_stock(cpu, &mut local);
                     inner.return_stock(n);
                 }
             },

@@ -558,7 +558,8 @@ fn decay_drains_an_idle_slot_without_interrupting_it_in_remote_mode() {
         "no idle slot drained\n{after}"
     );
     assert_eq!(
-        after.work.signals_sent, before.work.signals_sent,
+        after.work.fences(),
+        before.work.fences(),
         "the owner was signalled"
     );
     assert!(

@@ -130,7 +130,7 @@ fn concurrent_adds_and_drains<C: Config>(mode: Mode) {
     );
     let stats = lru.stats();
     assert!(stats.spills >= 1);
-    let sent = domain.total_stats().signals_sent;
+    let sent = domain.total_stats().fences();
     if domain.mode() == &Mode::Remote || domain.mode() == &Mode::Defer {
         assert_eq!(sent, 0, "remote and defer never signal");
     }
@@ -182,11 +182,11 @@ fn drain_while_owners_hold_batches<C: Config>(mode: Mode) {
         .filter(|&c| domain.slot_mode(c).unwrap() == SlotMode::Queue)
         .count() as u64;
     assert_eq!(
-        after.works_in_handler - before.works_in_handler,
+        after.works_fenced - before.works_fenced,
         queue_slots,
         "each online queue-mode owner ran its drain in its signal handler"
     );
-    assert_eq!(after.signals_sent - before.signals_sent, queue_slots);
+    assert_eq!(after.fences() - before.fences(), queue_slots);
     drained.wait();
     for t in owners {
         t.join().expect("owner");

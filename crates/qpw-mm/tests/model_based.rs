@@ -469,7 +469,7 @@ impl<C: Config> Harness<C> {
             assert_eq!(d.is_offline(c).unwrap(), parked, "slot {c}: offline");
             if self.modes[c] != SlotMode::Queue {
                 assert_eq!(
-                    d.stats(c).unwrap().signals_sent,
+                    d.stats(c).unwrap().fences(),
                     0,
                     "slot {c} ({:?}) was signalled",
                     self.modes[c]

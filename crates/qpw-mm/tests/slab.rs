@@ -218,7 +218,7 @@ fn conservation<C: Config>(mode: Mode) {
     assert!(work.works_run() > 0, "drains ran work: {work:?}");
     assert_eq!(work.works_panicked, 0);
     match mode {
-        Mode::Remote | Mode::Defer => assert_eq!(work.signals_sent, 0, "{mode}: {work:?}"),
+        Mode::Remote | Mode::Defer => assert_eq!(work.fences(), 0, "{mode}: {work:?}"),
         _ => {}
     }
     let cache = Arc::try_unwrap(cache).expect("every thread is gone");

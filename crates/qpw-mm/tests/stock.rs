@@ -154,7 +154,7 @@ fn concurrent_charges<C: Config>(mode: Mode) {
     assert_eq!((e.requested, e.usage, e.limit), (1, LIMIT, LIMIT));
     if domain.mode() == &Mode::Remote || domain.mode() == &Mode::Defer {
         assert_eq!(
-            domain.total_stats().signals_sent,
+            domain.total_stats().fences(),
             0,
             "remote and defer never signal"
         );
@@ -207,7 +207,7 @@ fn drain_while_owners_hold_stock<C: Config>(mode: Mode) {
         .filter(|&c| domain.slot_mode(c).unwrap() == SlotMode::Queue)
         .count() as u64;
     assert_eq!(
-        after.works_in_handler - before.works_in_handler,
+        after.works_fenced - before.works_fenced,
         queue_slots,
         "each online queue-mode owner returned its stock in its signal handler"
     );

@@ -54,7 +54,7 @@ const REMOTE_SPINS: u32 = 1;
 
 /// A remote taker reached its deadline without getting the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LockTimeout;
+pub(crate) struct Expired;
 
 /// A cell's lock word; see the module documentation.
 pub(crate) struct CellLock(AtomicU32);
@@ -150,14 +150,14 @@ impl CellLock {
     /// spinning, then yielding, never in the kernel. `long_wait`, if given,
     /// is set when the lock stays held past the spinning phase (its holder
     /// was most likely preempted). Gives up at `deadline` (the drain-all's)
-    /// with [`LockTimeout`], counted in the slot's `lock_timeouts`.
+    /// with [`Expired`], counted in the slot's `lock_timeouts`.
     #[inline(always)]
     pub(crate) fn lock_remote(
         &self,
         counters: &Counters,
         long_wait: Option<&AtomicBool>,
         deadline: Instant,
-    ) -> Result<(), LockTimeout> {
+    ) -> Result<(), Expired> {
         let tid = crate::sys::current_tid() as u32;
         if self.try_take_remote(tid) {
             return Ok(());
@@ -172,7 +172,7 @@ impl CellLock {
         counters: &Counters,
         long_wait: Option<&AtomicBool>,
         deadline: Instant,
-    ) -> Result<(), LockTimeout> {
+    ) -> Result<(), Expired> {
         counters.contended();
         let mut spins = 0u32;
         loop {
@@ -191,7 +191,7 @@ impl CellLock {
                 }
                 if spins % 16 == 0 && Instant::now() >= deadline {
                     counters.lock_timeout();
-                    return Err(LockTimeout);
+                    return Err(Expired);
                 }
                 yield_now();
             }
@@ -250,6 +250,13 @@ impl CellLock {
                 }
             };
         }
+    }
+
+    /// The word as it is now (0: free), for the owner's look at a slot's
+    /// claim word (see `section.rs`).
+    #[inline(always)]
+    pub(crate) fn raw_load(&self, order: Ordering) -> u32 {
+        self.0.load(order)
     }
 
     /// The raw word, for the models and tests.

@@ -72,14 +72,16 @@ impl Config for RtNoQpw {
 ///
 /// | mode | owner hot path | remote drain | owner interrupted |
 /// |---|---|---|---|
-/// | `Queue` (`QPW=0`) | flag | queued; a signal makes the owner run it | once per drain |
+/// | `Queue` (`QPW=0`) | flag (plain stores and a plain load) | the caller claims the slot, fences the owner's CPU (`membarrier`), waits for its section to close, runs it | once per drain (an IPI; no signal, no handler) |
 /// | `Remote` (`QPW=1`) | slot lock | the caller takes the slot lock and runs it | never |
 /// | `Defer` | flag | queued; run at the owner's next quiescent point, or by the caller while the owner is offline | never |
 /// | `Auto` | per slot | `Remote` on isolated CPUs, `Queue` elsewhere | never on isolated CPUs |
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Mode {
-    /// `queue_work_on` + `flush_work`: the owner runs the work, prompted by a signal.
+    /// `queue_work_on` + `flush_work`, by an asymmetric fence: the caller
+    /// interrupts the owner's CPU once (`membarrier`), waits for its local
+    /// section to close, and runs the work itself.
     Queue,
     /// QPW proper: the caller runs the work under the slot's lock.
     Remote,
@@ -95,7 +97,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SlotMode {
-    /// Work is run by the owner, prompted by a signal.
+    /// Work is run by the caller once the owner's CPU is fenced and its
+    /// section closed.
     Queue,
     /// Work is run by the caller under the slot lock.
     Remote,
@@ -114,24 +117,6 @@ impl SlotMode {
     }
 }
 
-impl SlotMode {
-    pub(crate) fn code(self) -> u32 {
-        match self {
-            SlotMode::Queue => 0,
-            SlotMode::Remote => 1,
-            SlotMode::Defer => 2,
-        }
-    }
-
-    pub(crate) fn from_code(c: u32) -> SlotMode {
-        match c {
-            1 => SlotMode::Remote,
-            2 => SlotMode::Defer,
-            _ => SlotMode::Queue,
-        }
-    }
-}
-
 /// Why a slot runs in the mode it does (see [`SlotInfo`](crate::SlotInfo)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -141,19 +126,10 @@ pub enum ModeReason {
     Configured,
     /// An `auto` domain runs this slot `remote`: its CPU is isolated.
     IsolatedCpu,
-    /// The slot's mode is `queue`, but its current owner bound it with the
-    /// qpw signal blocked, so no signal could reach it: for that binding the
-    /// slot runs `remote` (the owner takes its cells' locks, callers run work
-    /// under them). Back to `queue` when the owner unbinds.
-    SignalBlockedAtBind,
-    /// The slot should have left `remote` (its binding that ran `remote`
-    /// ended, or a new binding asked for the slot's own mode), but a remote
-    /// context (a [`RemoteGuard`](crate::RemoteGuard), or a work run under a
-    /// cell lock) was still on the slot when the domain's flush timeout
-    /// passed: the slot stays `remote` (its owner, if any, takes its cells'
-    /// locks) and tries again at its next bind or unbind. Counted in
-    /// [`SlotStats::mode_waits_expired`](crate::SlotStats::mode_waits_expired).
-    RemoteContextOutstayed,
+    /// The domain asked for `queue`, but the kernel refused `membarrier(2)`
+    /// (`ENOSYS`, `EINVAL`, or `EPERM` under a seccomp filter), which
+    /// `queue` needs to fence the owner's CPU: the slot runs `remote`.
+    FenceUnavailable,
 }
 
 impl ModeReason {
@@ -162,77 +138,9 @@ impl ModeReason {
         match self {
             ModeReason::Configured => "configured",
             ModeReason::IsolatedCpu => "isolated CPU (auto)",
-            ModeReason::SignalBlockedAtBind => "signal blocked at bind",
-            ModeReason::RemoteContextOutstayed => "a remote context outstayed the flush timeout",
+            ModeReason::FenceUnavailable => "membarrier refused (queue needs it)",
         }
     }
-
-    pub(crate) fn code(self) -> u32 {
-        match self {
-            ModeReason::Configured => 0,
-            ModeReason::IsolatedCpu => 1,
-            ModeReason::SignalBlockedAtBind => 2,
-            ModeReason::RemoteContextOutstayed => 3,
-        }
-    }
-
-    pub(crate) fn from_code(c: u32) -> ModeReason {
-        match c {
-            1 => ModeReason::IsolatedCpu,
-            2 => ModeReason::SignalBlockedAtBind,
-            3 => ModeReason::RemoteContextOutstayed,
-            _ => ModeReason::Configured,
-        }
-    }
-}
-
-/// The name of the environment variable that picks the qpw signal when
-/// [`Builder::signal`](crate::Builder::signal) is not called.
-pub const SIGNAL_ENV_VAR: &str = "QPW_SIGNAL";
-
-/// The values [`SIGNAL_ENV_VAR`] accepts, for error messages and docs.
-pub const SIGNAL_ACCEPTED: &str =
-    "a signal number, SIGRTMIN, SIGRTMIN+<n>, SIGRTMAX or SIGRTMAX-<n> (also without `SIG`)";
-
-/// Parses a `QPW_SIGNAL` value against the real-time range `lo..=hi`.
-/// Case and surrounding whitespace do not matter.
-///
-/// ```
-/// use qpw::parse_signal;
-/// assert_eq!(parse_signal("40", (34, 64)), Ok(40));
-/// assert_eq!(parse_signal("SIGRTMIN+3", (34, 64)), Ok(37));
-/// assert_eq!(parse_signal("rtmax-1", (34, 64)), Ok(63));
-/// assert!(parse_signal("SIGUSR1", (34, 64)).unwrap_err().contains("SIGRTMIN"));
-/// assert!(parse_signal("70", (34, 64)).unwrap_err().contains("34..=64"));
-/// ```
-pub fn parse_signal(s: &str, (lo, hi): (i32, i32)) -> Result<i32, String> {
-    let t = s.trim().to_ascii_uppercase();
-    let t = t.strip_prefix("SIG").unwrap_or(&t);
-    let offset = |rest: &str, sign: char| -> Result<i32, String> {
-        if rest.is_empty() {
-            return Ok(0);
-        }
-        let n = rest
-            .strip_prefix(sign)
-            .and_then(|n| n.trim().parse::<i32>().ok())
-            .filter(|n| (0..=hi - lo).contains(n))
-            .ok_or_else(|| format!("bad offset `{rest}`; accepted: {SIGNAL_ACCEPTED}"))?;
-        Ok(n)
-    };
-    let sig = if let Some(rest) = t.strip_prefix("RTMIN") {
-        lo + offset(rest, '+')?
-    } else if let Some(rest) = t.strip_prefix("RTMAX") {
-        hi - offset(rest, '-')?
-    } else {
-        t.parse::<i32>()
-            .map_err(|_| format!("not a signal; accepted: {SIGNAL_ACCEPTED}"))?
-    };
-    if sig < lo || sig > hi {
-        return Err(format!(
-            "signal {sig} is not a real-time signal; use {lo}..={hi}"
-        ));
-    }
-    Ok(sig)
 }
 
 /// The name of the environment variable that picks the default mode.

@@ -3,7 +3,7 @@
 //! (`implicit.rs`) add their `Domain` methods in their own files, above this
 //! one.
 
-use crate::config::{format_cpu_list, parse_signal, Config, Mode, ModeReason, SlotMode, Standard};
+use crate::config::{format_cpu_list, Config, Mode, ModeReason, SlotMode, Standard};
 use crate::error::Error;
 use crate::slot::{SlotState, BUSY, FREE, OFFLINE, RETIRED};
 use crate::stats::{SlotInfo, SlotStats};
@@ -24,15 +24,14 @@ pub(crate) struct DomainInner<C: Config> {
     pub(crate) mode: Mode,
     pub(crate) slots: Box<[CachePadded<SlotState<C>>]>,
     pub(crate) allowed: Vec<usize>,
-    pub(crate) signal: i32,
     pub(crate) flush_timeout: Duration,
 }
 
 impl<C: Config> crate::fork::ForkChild for DomainInner<C> {
     fn fork_child(&self) {
         for slot in self.slots.iter() {
-            if !crate::handler::fork_child_mine(slot) {
-                slot.fork_child(false, 0);
+            if !crate::owned::fork_child_mine(slot) {
+                slot.fork_child(false);
             }
         }
     }
@@ -70,7 +69,6 @@ impl<C: Config> fmt::Debug for Domain<C> {
 pub struct Builder<C: Config = Standard> {
     nr_cpus: Option<usize>,
     mode: Option<Mode>,
-    signal: Option<i32>,
     flush_timeout: Duration,
     _c: PhantomData<C>,
 }
@@ -80,7 +78,6 @@ impl<C: Config> Default for Builder<C> {
         Self {
             nr_cpus: None,
             mode: None,
-            signal: None,
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             _c: PhantomData,
         }
@@ -115,24 +112,17 @@ impl<C: Config> Builder<C> {
         self
     }
 
-    /// The real-time signal `queue` mode sends. Default: the
-    /// [`QPW_SIGNAL`](crate::SIGNAL_ENV_VAR) variable if set (a number,
-    /// `SIGRTMIN+<n>` or `SIGRTMAX-<n>`; a bad value fails [`build`](Self::build)
-    /// with [`Error::BadSignalVar`]), else `SIGRTMIN + 7`. Set here, it wins
-    /// over the variable.
-    pub fn signal(mut self, signal: i32) -> Self {
-        self.signal = Some(signal);
-        self
-    }
-
     /// The bound on [`Work::flush`](crate::Work::flush) (default 10 s), and of each drain-all as a whole.
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.flush_timeout = timeout;
         self
     }
 
-    /// Checks everything and builds the domain; on error nothing was changed
-    /// (no handler installed).
+    /// Checks everything and builds the domain; on error nothing was changed.
+    /// A domain with `queue` slots registers the process for `membarrier(2)`
+    /// once; where the kernel refuses, those slots run `remote`
+    /// ([`ModeReason::FenceUnavailable`]), or, in a configuration without
+    /// `remote` mode, the build fails with [`Error::FenceUnavailable`].
     pub fn build(self) -> Result<Domain<C>, Error> {
         let allowed = crate::sys::possible_cpus()?;
         let default_n = allowed.iter().max().map_or(1, |m| m + 1);
@@ -182,19 +172,15 @@ impl<C: Config> Builder<C> {
                     .collect()
             }
         };
-        let (lo, hi) = crate::sys::rt_signal_range();
-        let signal = match self.signal {
-            Some(sig) => sig,
-            None => signal_from_env((lo, hi))?.unwrap_or_else(crate::sys::default_signal),
+        let fence = if slot_modes.contains(&SlotMode::Queue) {
+            crate::fence::register()
+        } else {
+            Ok(crate::fence::Support { targeted: false })
         };
-        if signal < lo || signal > hi {
-            return Err(Error::BadSignal {
-                signal,
-                range: (lo, hi),
-            });
-        }
-        if slot_modes.contains(&SlotMode::Queue) {
-            crate::handler::ensure_handler(signal)?;
+        if let Err(errno) = fence {
+            if !C::QPW {
+                return Err(Error::FenceUnavailable { errno });
+            }
         }
         let id = next_domain_id();
         let owner_preempted = Arc::new(crate::sync::AtomicBool::new(false));
@@ -202,19 +188,14 @@ impl<C: Config> Builder<C> {
             .iter()
             .enumerate()
             .map(|(cpu, &m)| {
-                let why = if matches!(mode, Mode::Auto(_)) && m == SlotMode::Remote {
-                    ModeReason::IsolatedCpu
+                let (m, why) = if m == SlotMode::Queue && fence.is_err() {
+                    (SlotMode::Remote, ModeReason::FenceUnavailable)
+                } else if matches!(mode, Mode::Auto(_)) && m == SlotMode::Remote {
+                    (m, ModeReason::IsolatedCpu)
                 } else {
-                    ModeReason::Configured
+                    (m, ModeReason::Configured)
                 };
-                CachePadded::new(SlotState::new(
-                    cpu,
-                    m,
-                    why,
-                    id,
-                    signal,
-                    owner_preempted.clone(),
-                ))
+                CachePadded::new(SlotState::new(cpu, m, why, id, owner_preempted.clone()))
             })
             .collect();
         let inner = Arc::new(DomainInner {
@@ -222,7 +203,6 @@ impl<C: Config> Builder<C> {
             mode,
             slots,
             allowed,
-            signal,
             flush_timeout: self.flush_timeout,
         });
         #[cfg(not(qpw_loom))]
@@ -230,19 +210,6 @@ impl<C: Config> Builder<C> {
             Arc::downgrade(&inner) as std::sync::Weak<dyn crate::fork::ForkChild>
         );
         Ok(Domain { inner })
-    }
-}
-
-/// Reads `QPW_SIGNAL`: `Ok(None)` when unset.
-fn signal_from_env(range: (i32, i32)) -> Result<Option<i32>, Error> {
-    let bad = |value: String, reason: String| Error::BadSignalVar { value, reason };
-    match std::env::var(crate::config::SIGNAL_ENV_VAR) {
-        Ok(v) => parse_signal(&v, range).map(Some).map_err(|r| bad(v, r)),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(v)) => Err(bad(
-            v.to_string_lossy().into_owned(),
-            "not valid UTF-8".to_string(),
-        )),
     }
 }
 
@@ -277,29 +244,27 @@ impl<C: Config> Domain<C> {
         &self.inner.mode
     }
 
-    /// The configured mode of one slot (an `auto` domain mixes them); the
-    /// mode it runs in now is [`slot_info`](Self::slot_info)`.effective`.
+    /// The mode of one slot (an `auto` domain mixes them; see
+    /// [`slot_info`](Self::slot_info) for why).
     pub fn slot_mode(&self, cpu: usize) -> Result<SlotMode, Error> {
         Ok(self.slot(cpu)?.mode)
     }
 
-    /// How slot `cpu` runs now and why: its configured mode, the mode of its
-    /// current binding (`remote` for a `queue` slot whose owner bound it
-    /// with the qpw signal blocked), and the drain-alls that skipped it as clean.
+    /// How slot `cpu` runs and why: the mode the domain asked for it, the
+    /// mode it runs in (`remote` for a `queue` slot when the kernel refused
+    /// the fence), the reason, and the drain-alls that skipped it as clean.
     pub fn slot_info(&self, cpu: usize) -> Result<SlotInfo, Error> {
         let slot = self.slot(cpu)?;
-        let (effective, reason) = slot.eff_info();
+        let configured = match slot.mode_reason {
+            ModeReason::FenceUnavailable => SlotMode::Queue,
+            _ => slot.mode,
+        };
         Ok(SlotInfo {
-            configured: slot.mode,
-            effective,
-            reason,
+            configured,
+            effective: slot.mode,
+            reason: slot.mode_reason,
             drains_skipped_clean: slot.counters.skipped_clean_count(),
         })
-    }
-
-    /// The signal `queue` mode sends.
-    pub fn signal(&self) -> i32 {
-        self.inner.signal
     }
 
     /// The CPUs this process may run on, as a kernel-style list.

@@ -62,31 +62,15 @@ pub enum Error {
         /// The slot.
         cpu: usize,
     },
-    /// The signal number is not a real-time signal.
-    BadSignal {
-        /// The number given.
-        signal: i32,
-        /// The range accepted.
-        range: (i32, i32),
-    },
-    /// The application already handles this signal.
-    SignalInUse {
-        /// The number given.
-        signal: i32,
-    },
-    /// The `QPW_SIGNAL` variable is not a real-time signal.
-    BadSignalVar {
-        /// The value given.
-        value: String,
-        /// What is wrong with it, with the accepted values.
-        reason: String,
-    },
-    /// The calling thread blocks the qpw signal, so queued work could never
-    /// reach it, and the configuration cannot run the slot in `remote` mode
-    /// instead (`NoQpw`, `RtNoQpw`, or the `qpw` feature off).
-    SignalBlocked {
-        /// The signal.
-        signal: i32,
+    /// `queue` mode needs `membarrier(2)` (private expedited), the kernel
+    /// refused it (`ENOSYS`: too old or built without it; `EPERM`: a seccomp
+    /// filter), and the configuration has no `remote` mode to run the slots
+    /// in instead (`NoQpw`, `RtNoQpw`, or the `qpw` feature off). With
+    /// `remote` mode the domain builds, its `queue` slots running `remote`
+    /// ([`ModeReason::FenceUnavailable`](crate::ModeReason::FenceUnavailable)).
+    FenceUnavailable {
+        /// The errno `membarrier` returned.
+        errno: i32,
     },
     /// A system call failed.
     Os {
@@ -97,6 +81,17 @@ pub enum Error {
     },
     /// `with_local` was called again for the same domain from inside its closure.
     Reentrant,
+    /// `with_local` was called while the thread is exiting, after qpw's
+    /// per-thread table of implicit owners was destroyed (from another
+    /// thread-local's destructor): there is nowhere left to keep an owner.
+    ThreadExiting,
+    /// [`PerCpu::remote`](crate::PerCpu::remote) or `try_remote` on a
+    /// `remote` slot the calling thread owns: its own sections would wait on
+    /// the guard's cell lock, that is on itself. The owner uses `PerCpu::lock`.
+    OwnSlot {
+        /// The slot.
+        cpu: usize,
+    },
     /// `remote` mode: a cell's lock stayed held past the domain's flush
     /// timeout (its holder was preempted, or it is the caller itself).
     LockTimeout {
@@ -154,32 +149,27 @@ impl fmt::Display for Error {
                 "slot {cpu} has an online owner and its mode does not allow remote access; \
                  queue work on it instead"
             ),
-            Error::BadSignal { signal, range } => write!(
+            Error::FenceUnavailable { errno } => write!(
                 f,
-                "signal {signal} is not a real-time signal; use {}..={}",
-                range.0, range.1
-            ),
-            Error::SignalInUse { signal } => write!(
-                f,
-                "signal {signal} already has a handler installed by the application; pick another \
-                 with Builder::signal"
-            ),
-            Error::BadSignalVar { value, reason } => write!(
-                f,
-                "invalid value {value:?} for environment variable QPW_SIGNAL: {reason}"
-            ),
-            Error::SignalBlocked { signal } => write!(
-                f,
-                "this thread blocks signal {signal}, which qpw's queue mode needs to reach it, and \
-                 this configuration has no remote mode to fall back on (compiled without the `qpw` \
-                 feature or with a no-qpw configuration); unblock it, or pick another signal with \
-                 QPW_SIGNAL or Builder::signal"
+                "queue mode needs membarrier(2) and the kernel refused it ({}); this \
+                 configuration has no remote mode to fall back on (compiled without the `qpw` \
+                 feature or with a no-qpw configuration)",
+                std::io::Error::from_raw_os_error(*errno)
             ),
             Error::Os { what, errno } => {
                 write!(f, "{what} failed: {}", std::io::Error::from_raw_os_error(*errno))
             }
             Error::Reentrant => f.write_str(
                 "with_local was re-entered for the same domain from inside its own closure",
+            ),
+            Error::OwnSlot { cpu } => write!(
+                f,
+                "this thread owns slot {cpu}: lock it with PerCpu::lock and its Owner, not \
+                 remotely (its own local sections would wait on the remote guard, on itself)"
+            ),
+            Error::ThreadExiting => f.write_str(
+                "with_local was called while the thread exits (from a thread-local destructor), \
+                 after its table of implicit owners was destroyed; use Domain::bind_any instead",
             ),
             Error::LockTimeout { cpu, waited_ms } => write!(
                 f,
@@ -248,8 +238,9 @@ impl From<FlushError> for Error {
 #[non_exhaustive]
 pub enum FlushError {
     /// The bound passed before the work ran: the owner of `cpu` did not reach
-    /// a quiescent point (defer mode), did not take the signal (queue mode),
-    /// or stayed in its section (remote mode). A drain-all has one deadline
+    /// a quiescent point (defer mode), stayed in its local section or the
+    /// kernel refused the fence (queue mode), or stayed in its section
+    /// (remote mode). A drain-all has one deadline
     /// for all its slots. The work stays queued and runs when the owner gets
     /// to it.
     Timeout {
@@ -272,9 +263,10 @@ pub enum FlushError {
         cpu: usize,
     },
     /// A `remote`-mode run of the work waited for a cell's lock until the
-    /// deadline passed (its holder kept it). The run was abandoned at that
-    /// lock, before the function could touch the cell; the work stays
-    /// queued for the slot's owner, which runs it at its section's end.
+    /// deadline passed (its holder kept it): `PerCpu::lock_ctx` returned
+    /// `Error::LockTimeout` to the function, which returned. The run is over
+    /// (not retried within the drain, nothing unwound); queue the work again
+    /// to run it again.
     LockTimeout {
         /// The slot whose cell stayed locked.
         cpu: usize,
@@ -286,40 +278,6 @@ pub enum FlushError {
         /// The slot.
         cpu: usize,
     },
-    /// `queue` mode: the bound passed and the slot's owner never ran its
-    /// signal handler, for a reason read from its thread's signal masks
-    /// (`/proc/self/task/<tid>/status`). The work stays queued.
-    SignalNotHandled {
-        /// The slot.
-        cpu: usize,
-        /// The bound, in milliseconds.
-        waited_ms: u64,
-        /// The owner's thread id.
-        tid: u32,
-        /// The qpw signal.
-        signal: i32,
-        /// What keeps the handler from running.
-        reason: SignalTrouble,
-    },
-}
-
-/// Why an owner's handler did not run ([`FlushError::SignalNotHandled`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SignalTrouble {
-    /// The owner's thread blocks the signal (it blocked it after binding:
-    /// a thread that binds with it blocked runs its slot `remote`).
-    BlockedByOwner {
-        /// The signal is pending for the thread (or the process).
-        pending: bool,
-    },
-    /// The signal was sent and is neither blocked nor pending, yet the
-    /// handler never ran: something took it first, such as a `sigwait` or
-    /// `signalfd` on a set that includes it.
-    NeverHandled {
-        /// Signals sent since the handler last ran.
-        sent: u32,
-    },
 }
 
 impl fmt::Display for FlushError {
@@ -328,7 +286,7 @@ impl fmt::Display for FlushError {
             FlushError::Timeout { cpu, waited_ms } => write!(
                 f,
                 "work for slot {cpu} did not run within {waited_ms} ms: its owner did not reach a \
-                 quiescent point or take the signal"
+                 quiescent point or leave its local section"
             ),
             FlushError::Panicked { cpu } => write!(f, "work for slot {cpu} panicked"),
             FlushError::InLocalSection { cpu } => write!(
@@ -338,39 +296,13 @@ impl fmt::Display for FlushError {
             ),
             FlushError::LockTimeout { cpu, waited_ms } => write!(
                 f,
-                "work for slot {cpu} waited {waited_ms} ms for a cell lock its holder kept; it \
-                 stays queued for the slot's owner"
+                "work for slot {cpu} waited {waited_ms} ms for a cell lock its holder kept; the \
+                 run ended there (queue it again to retry)"
             ),
             FlushError::Retired { cpu } => write!(
                 f,
                 "slot {cpu} is retired (its owner vanished in a fork()): its work never runs"
             ),
-            FlushError::SignalNotHandled {
-                cpu,
-                waited_ms,
-                tid,
-                signal,
-                reason,
-            } => {
-                write!(
-                    f,
-                    "work for slot {cpu} did not run within {waited_ms} ms: signal {signal} "
-                )?;
-                match reason {
-                    SignalTrouble::BlockedByOwner { pending } => write!(
-                        f,
-                        "is blocked by the owner (thread {tid}; {}): it must unblock it (a thread \
-                         that binds with it blocked gets a remote slot instead)",
-                        if *pending { "pending" } else { "not pending" }
-                    ),
-                    SignalTrouble::NeverHandled { sent } => write!(
-                        f,
-                        "sent {sent} times to the owner (thread {tid}), never handled: consumed by \
-                         sigwait/signalfd? exclude it from their set, or pick another qpw signal \
-                         with QPW_SIGNAL or Builder::signal"
-                    ),
-                }
-            }
         }
     }
 }

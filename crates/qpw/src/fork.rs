@@ -126,17 +126,10 @@ pub(crate) fn register_domain(d: Weak<dyn ForkChild>) {
     });
 }
 
-/// Runs `f` with the list of signals qpw installed its handler for (kept
-/// here so that the lock around it is fork-safe).
-pub(crate) fn with_installed_signals<R>(f: impl FnOnce(&mut Vec<i32>) -> R) -> R {
-    with_registry(|r| f(&mut r.signals))
-}
-
 struct Registry {
     hooks: Vec<(u64, Arc<dyn ForkHook>)>,
     next_hook: u64,
     domains: Vec<Weak<dyn ForkChild>>,
-    signals: Vec<i32>,
     /// The hooks a fork under way runs (taken in `prepare`).
     forking: Vec<Arc<dyn ForkHook>>,
 }
@@ -160,7 +153,6 @@ static REGISTRY: Locked = Locked {
         hooks: Vec::new(),
         next_hook: 0,
         domains: Vec::new(),
-        signals: Vec::new(),
         forking: Vec::new(),
     }),
 };
@@ -226,7 +218,7 @@ pub(crate) enum GateOp {
 
 /// Applies a [`GateOp`] to the calling thread's own slots, returning how
 /// many waits expired: installed by the layer that keeps each thread's
-/// owned-slot list (`handler`, above this one) when a thread first binds.
+/// owned-slot list (`owned`, above this one) when a thread first binds.
 static OWN_GATES: OnceLock<fn(GateOp) -> usize> = OnceLock::new();
 
 /// Installs [`OWN_GATES`] (once; later calls change nothing).

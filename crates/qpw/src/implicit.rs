@@ -61,16 +61,23 @@ impl<C: Config> Domain<C> {
     /// Runs `f` with this thread's implicit owner of this domain, binding a
     /// free slot (unpinned) on first use. The binding lasts until the thread
     /// exits, when the slot is drained and freed. Between calls the owner
-    /// is offline, so an idle thread never holds up a drain.
+    /// is offline, so an idle thread never holds up a drain. Called from a
+    /// thread-local destructor after the thread's table of implicit owners
+    /// is gone, it returns [`Error::ThreadExiting`].
     pub fn with_local<R>(&self, f: impl FnOnce(&mut Owner<C>) -> R) -> Result<R, Error> {
         let id = self.id();
-        let taken = IMPLICIT.with(|m| {
-            let mut m = m.borrow_mut();
-            match m.iter_mut().find(|(d, _)| *d == id) {
-                Some((_, slot)) => slot.take().map(Some).ok_or(Error::Reentrant),
-                None => Ok(None),
-            }
-        })?;
+        // `try_with`: from another thread-local's destructor the table may
+        // be gone already; `with` would panic there, inside a destructor,
+        // and abort the process.
+        let taken = IMPLICIT
+            .try_with(|m| {
+                let mut m = m.borrow_mut();
+                match m.iter_mut().find(|(d, _)| *d == id) {
+                    Some((_, slot)) => slot.take().map(Some).ok_or(Error::Reentrant),
+                    None => Ok(None),
+                }
+            })
+            .map_err(|_| Error::ThreadExiting)??;
         let (owner, parked): (Box<dyn Any>, bool) = match taken {
             Some(o) => (o, true),
             None => {
@@ -81,9 +88,7 @@ impl<C: Config> Domain<C> {
             }
         };
         // Put the owner back however `f` ends: if it unwound with the owner
-        // dropped, the slot would be unbound under the caller, and inside this
-        // slot's own work (a signal handler) the unbinding would panic again
-        // and abort the process.
+        // dropped, the slot would be unbound under the caller.
         let mut back = PutBack::<C> {
             id,
             owner: Some(owner),

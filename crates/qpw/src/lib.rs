@@ -10,8 +10,9 @@
 //! exactly. The kernel has two ways, and QPW is its switch between them:
 //!
 //! - **queue** (`qpw=0`, and mainline): queue the work on the target CPU and
-//!   wait for it. The target is interrupted (here: a real-time signal whose
-//!   handler runs the work). The owner's local lock stays free.
+//!   wait for it. The target is interrupted once (here: an asymmetric fence,
+//!   `membarrier(2)`, after which the caller runs the work itself; no signal,
+//!   no handler). The owner's local lock stays free of atomics.
 //! - **remote** (`qpw=1`): make the local lock a real per-CPU spinlock, and run
 //!   the work *on the calling CPU* under the target's lock. The target is never
 //!   interrupted; its hot path pays one uncontended atomic.
@@ -28,7 +29,7 @@
 //! |---|---|
 //! | CPU | a slot of a [`Domain`]; a thread [binds](Domain::bind) to one and gets an [`Owner`] |
 //! | preemption off / `local_lock` | [`PerCpu::lock`] with the `&mut Owner`: a [`LocalGuard`] |
-//! | IPI + kworker | a real-time signal to the owner; work runs in its handler, or at the end of its local section |
+//! | IPI + kworker | the caller claims the slot, `membarrier(2)` makes the owner's CPU execute a full barrier (an IPI; no signal), the caller waits for the owner's section to close and runs the work on its own thread |
 //! | per-CPU spinlock | the cell's lock word, taken by owner and remote alike in `remote` mode; an owner that waits on a remote holder waits in the kernel with priority inheritance (`FUTEX_LOCK_PI`), as PREEMPT_RT's `local_lock` |
 //! | `INIT_QPW`, `queue_percpu_work_on`, `flush_percpu_work` | [`Domain::work`], [`Work::queue`], [`Work::flush`] |
 //! | `qpw_get_cpu`, `qpw_is_cpu_remote` | [`WorkCtx::cpu`], [`WorkCtx::is_remote`] |
@@ -54,7 +55,7 @@
 //! let drain = domain.work_all({
 //!     let (counts, total) = (counts.clone(), total.clone());
 //!     move |ctx| {
-//!         let mut c = counts.lock_ctx(ctx);
+//!         let Ok(mut c) = counts.lock_ctx(ctx) else { return };
 //!         total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
 //!     }
 //! });
@@ -72,8 +73,8 @@
 //! owner.join().unwrap();
 //! drain.run().unwrap(); // drain-all: every slot, and the caller knows it is done
 //! assert_eq!(total.load(Ordering::Relaxed), 1000);
-//! // `remote` mode never signals; in `queue` mode the owner had left before the drain.
-//! assert_eq!(domain.total_stats().signals_sent, 0);
+//! // `remote` mode never fences; in `queue` mode the owner had left before the drain.
+//! assert_eq!(domain.total_stats().fences(), 0);
 //! # Ok::<(), qpw::Error>(())
 //! ```
 //!
@@ -82,11 +83,12 @@
 //! 1. At any instant at most one context touches a slot's data.
 //! 2. Queued work runs exactly once, with its slot's data in hand; `flush`
 //!    returns only after it ran; no work is lost when its owner exits.
-//! 3. `remote` and `defer` never signal; `auto` never signals an isolated slot.
-//!    [`SlotStats`] counts what was sent and run.
-//! 4. The signal handler allocates nothing, takes no lock its thread may hold
-//!    outside a local section, and keeps `errno`; it is installed with
-//!    `SA_RESTART`.
+//! 3. `remote` and `defer` never interrupt an owner; `queue` interrupts only
+//!    the drained owner's CPU (pinned owners; an unpinned owner's drain
+//!    fences every CPU of the process), once per drain; `auto` never
+//!    interrupts an isolated slot. [`SlotStats`] counts fences and runs.
+//! 4. No code of qpw's or of the user's runs in signal context: qpw sends no
+//!    signal and installs no handler (see *Where work runs*).
 //! 5. An owner that exits hands its slot back, drained.
 //! 6. Bad input gets an [`Error`] naming what was wrong, and changes nothing.
 //! 7. A work never runs concurrently with itself (queued while it runs, it
@@ -95,63 +97,36 @@
 //!    on itself (see *Waits and their bounds*).
 //! 9. After `fork()` the child can use everything (see *fork*).
 //!
-//! # Signal-handler context
+//! # Where work runs
 //!
-//! In `queue` mode a work function may run inside a signal handler. It must
-//! then be async-signal-safe: no allocation, no lock the interrupted code
-//! could hold. Locking cells with [`PerCpu::lock_ctx`] is always fine. It
-//! also runs on the interrupted thread's stack, so keep it shallow.
+//! A work function always runs as ordinary code on an ordinary thread: it
+//! may allocate, free, lock a `Mutex` and drop the last `Arc` of anything.
+//! In `queue` and `remote` modes it runs on the thread that queued or
+//! flushed it (in `queue` mode after fencing the owner's CPU and waiting
+//! for its local section to close; the owner, if it opens a section
+//! meanwhile, waits in the kernel with priority inheritance until the work
+//! is done); in `defer` mode on the owner's thread at a quiescent point;
+//! for an absent or offline owner on the caller's. [`Work`] has the table.
+//! Signal masks, `sigwait` threads and `EINTR` are the application's own
+//! business: qpw sends nothing.
 //!
-//! A work function that panics is caught (no unwinding crosses the handler,
-//! no guard stays held, the slot stays usable, and the flush returns
-//! [`FlushError::Panicked`]), but Rust's panic machinery allocates: in a
-//! handler that is only safe if the thread was not interrupted inside the
-//! allocator. Treat a panicking work function as a bug, not as control flow.
+//! `queue` needs `membarrier(2)` (Linux 4.14; the targeted form of 5.10).
+//! Where the kernel refuses it (`ENOSYS`, or `EPERM` under a seccomp
+//! filter) its slots run `remote` ([`ModeReason::FenceUnavailable`] in
+//! [`Domain::slot_info`]); a configuration without `remote` mode fails to
+//! build with [`Error::FenceUnavailable`].
 //!
-//! # The qpw signal, and applications that wait on signals
-//!
-//! `queue` mode sends one real-time signal (default `SIGRTMIN + 7`). Pick
-//! another with [`Builder::signal`] or, for code you do not build yourself
-//! (a global allocator), the `QPW_SIGNAL` variable ([`SIGNAL_ENV_VAR`]: a
-//! number, `SIGRTMIN+<n>` or `SIGRTMAX-<n>`; a bad value fails the build
-//! with [`Error::BadSignalVar`]). A handler the application installed for
-//! that signal is never replaced ([`Error::SignalInUse`]).
-//!
-//! - **A thread that blocks the signal** (the classic "block everything in
-//!   `main`, then `sigwait` in one thread", inherited by every thread) binds
-//!   a `queue` slot in `remote` behaviour: its sections take the cell's lock
-//!   and drains run under it, so no signal is needed. [`Domain::slot_info`]
-//!   shows the slot's configured and effective modes and why
-//!   ([`ModeReason::SignalBlockedAtBind`]); it is `queue` again once the
-//!   owner unbinds, after waiting (at most the flush timeout) for remote
-//!   contexts still on the slot: a [`RemoteGuard`] held past it keeps the
-//!   slot `remote` ([`ModeReason::RemoteContextOutstayed`], counted in
-//!   [`SlotStats::mode_waits_expired`]) until a later bind or unbind finds
-//!   it gone. `NoQpw`/`RtNoQpw` (or the `qpw` feature off) have no
-//!   `remote` mode and refuse with [`Error::SignalBlocked`].
-//! - **An owner that blocks the signal after binding, or waits on it**
-//!   (`sigwait`, `sigtimedwait`, `signalfd` on a set that includes it) never
-//!   runs its handler. A flush on its slot ends at its bound with
-//!   [`FlushError::SignalNotHandled`], naming the slot and the reason read
-//!   from the thread's masks (`/proc/self/task/<tid>/status`): blocked by
-//!   the owner, or sent N times and never handled. It waits for the whole
-//!   bound rather than failing once the signal is seen blocked: a thread may
-//!   block signals for a while (around `fork`, in a library's critical
-//!   region) and then run the work.
-//! - **To coexist**: a thread that waits on signals with `sigwait` or
-//!   `signalfd` leaves qpw's signal out of its set (`sigdelset(&set,
-//!   domain.signal())`), or the application moves qpw to a signal it does
-//!   not wait on (`QPW_SIGNAL`). Blocking the signal in threads that do not
-//!   own slots is harmless: `tgkill` targets the owner's thread.
+//! A work function that panics is caught (the drain goes on, the slot stays
+//! usable, and the flush returns [`FlushError::Panicked`]). Treat it as a
+//! bug, not as control flow.
 //!
 //! # Drains that leave clean slots alone
 //!
-//! A drain-all signals (or locks) every slot it runs on; an owner blocked in
-//! `poll`, `epoll_wait` or `nanosleep` then returns `EINTR` (`SA_RESTART`
-//! does not restart those). A [`WorkSet`] may carry a per-slot check,
+//! A drain-all fences (or locks) every slot it runs on: in `queue` mode one
+//! IPI per online owner. A [`WorkSet`] may carry a per-slot check,
 //! evaluated remotely before queueing ([`WorkSet::with_check`],
 //! [`Domain::work_all_checked`]; the kernel's `has_pcs_used`,
-//! `cpu_needs_drain`): a slot it calls clean is neither signalled nor
+//! `cpu_needs_drain`): a slot it calls clean is neither fenced nor
 //! locked, and is counted in [`SlotInfo::drains_skipped_clean`]. The check
 //! reads only a hint the owner publishes (an atomic it sets when the slot
 //! gets something to drain, and the drain clears), never the slot's data.
@@ -164,8 +139,10 @@
 //! caller's own local section of the domain returns
 //! [`FlushError::InLocalSection`] at once (it would wait on itself, as
 //! `flush_work` with preemption off would hang). In `remote` mode the lock
-//! waits of work run remotely are bounded by the same deadline
-//! ([`FlushError::LockTimeout`]). Dropping a [`Work`] or [`WorkSet`] never
+//! waits of work run remotely are bounded by the same deadline: past it
+//! [`PerCpu::lock_ctx`] returns an `Err` the work returns (nothing unwinds,
+//! so this holds under `panic = "abort"` too), the run is over and the
+//! flush reports [`FlushError::LockTimeout`]. Dropping a [`Work`] or [`WorkSet`] never
 //! waits: work still queued keeps its memory until it has run.
 //!
 //! # fork
@@ -173,8 +150,9 @@
 //! qpw handles `fork()` itself (`pthread_atfork`, registered when the first
 //! domain is built). In the child, where only the forking thread exists:
 //!
-//! - the forking thread's owners keep their slots (their thread id is
-//!   updated) and work as before: sections, quiescent points, signals;
+//! - the forking thread's owners keep their slots and work as before:
+//!   sections, quiescent points, drains (the `membarrier` registration is
+//!   the child's too);
 //! - a slot whose owner thread is gone is handed over (freed, for any thread
 //!   to bind) when its data is known to be consistent: the owner was between
 //!   sections or offline, no remote thread held it (`BUSY`) or was running
@@ -214,12 +192,9 @@
 //!
 //! # Limits
 //!
-//! - An [`Owner`] leaked with `mem::forget` keeps its slot. If its thread has
-//!   exited, the next signal finds the thread gone (`ESRCH`) and the slot is
-//!   freed (retired, if it left inside a section), by a compare-and-swap on
-//!   that binding's generation, so a newer binding is never freed. If the
-//!   kernel has meanwhile given its thread id to another thread, that
-//!   thread takes the signal (harmlessly) and the slot's flushes time out.
+//! - An [`Owner`] leaked with `mem::forget` keeps its slot for the
+//!   process's life. In `queue` mode drains still run its work (the fence
+//!   finds its section closed), unless it leaked inside a section.
 //! - An owner can be preempted inside a local section, which the kernel's
 //!   spinlocks prevent. In `remote` mode, once a caller of the domain has
 //!   waited long on a cell lock, callers that find an owner's section counter
@@ -243,18 +218,20 @@
 
 // Layers, bottom to top (each file imports only files listed before it):
 // sync, sys, error, config, stats; cell_lock; slot (the per-slot protocol);
-// fork; handler (thread's owned list, signal handler); domain; work; owner;
+// fork; owned (thread's owned list); domain; work; owner;
 // implicit; percpu.
 mod cell_lock;
 mod config;
 mod cpu_list;
 mod domain;
 mod error;
+mod fence;
 mod fork;
-mod handler;
 mod implicit;
+mod owned;
 mod owner;
 mod percpu;
+mod section;
 mod slot;
 mod stats;
 mod sync;
@@ -273,12 +250,12 @@ mod loom_tests;
 pub struct ReadmeDoctests;
 
 pub use config::{
-    format_cpu_list, parse_cpu_list, parse_signal, Config, Mode, ModeReason, NoQpw, Rt, RtNoQpw,
-    SlotMode, Standard, ACCEPTED, ENV_VAR, SIGNAL_ACCEPTED, SIGNAL_ENV_VAR,
+    format_cpu_list, parse_cpu_list, Config, Mode, ModeReason, NoQpw, Rt, RtNoQpw, SlotMode,
+    Standard, ACCEPTED, ENV_VAR,
 };
 pub use cpu_list::{CpuListError, MAX_CPU};
 pub use domain::{Builder, Domain, DEFAULT_FLUSH_TIMEOUT, MAX_CPUS};
-pub use error::{Error, FlushError, SignalTrouble};
+pub use error::{Error, FlushError};
 pub use fork::{register_fork_hook, ForkHook, ForkHookHandle};
 pub use owner::{Offline, Owner};
 pub use percpu::{CtxGuard, LocalGuard, PerCpu, RemoteGuard};

@@ -1,11 +1,12 @@
 //! loom models of the slot protocol (run by `.ci/loom.sh`).
 //!
-//! The signal handler runs on the owner's thread, between two of its
-//! instructions, so it is modelled as a call the owner's loom thread makes at
-//! a chosen point (each model loops over every point), not as a thread of its
-//! own: loom then explores every interleaving of the owner (with its handler)
-//! against the remote threads. `UnsafeCell` accesses are tracked, so two
-//! contexts touching one slot's data at once fail the model (rule 1).
+//! `queue` mode's asymmetric fence is modelled as a `SeqCst` fence on both
+//! sides (`sync`/`fence::owner_side` on the owner's, `sys::fence_*` on the
+//! drainer's): the barrier `membarrier` makes the owner's CPU execute sits
+//! between the owner's section-opening store and its load of the claim
+//! word. `UnsafeCell` accesses are tracked, so two contexts touching one
+//! slot's data at once fail the model (rule 1). The `queue` models assert
+//! before any flush of their own, so a lost hand-off is not hidden by one.
 
 use crate::sync::{Arc, Ordering};
 use crate::{Config, Domain, Mode, PerCpu, Rt, Standard};
@@ -34,7 +35,6 @@ struct Fixture<C: Config> {
 
 impl<C: Config> Fixture<C> {
     fn new(mode: Mode) -> Self {
-        crate::sys::reset_signals();
         let domain = domain::<C>(mode);
         let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
         Self {
@@ -48,91 +48,108 @@ impl<C: Config> Fixture<C> {
         let (data, runs) = (self.data.clone(), self.runs.clone());
         self.domain
             .work(1, move |ctx| {
-                *data.lock_ctx(ctx) += 1;
+                if let Ok(mut g) = data.lock_ctx(ctx) {
+                    *g += 1;
+                }
                 runs.fetch_add(1, Ordering::SeqCst);
             })
             .unwrap()
     }
-
-    /// The owner's thread takes a signal here (the handler walks its list).
-    fn signal(&self) {
-        crate::handler::handle_signal();
-    }
-
-    /// Another thread queues slot 1's work and flushes it, while this
-    /// thread (the slot's owner) yields `quiet` times without taking a
-    /// signal, then takes signals at signal points until the flush is done.
-    fn flush_from_another_thread(&self, quiet: usize) {
-        let work = self.work();
-        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
-        let remote = thread::spawn({
-            let done = done.clone();
-            move || {
-                work.queue();
-                work.flush().unwrap();
-                done.store(true, Ordering::SeqCst);
-            }
-        });
-        for _ in 0..quiet {
-            thread::yield_now();
-        }
-        while !done.load(Ordering::SeqCst) {
-            crate::handler::signal_point();
-            thread::yield_now();
-        }
-        remote.join().unwrap();
-    }
 }
 
-/// Queue mode: the owner does a local section while a remote thread queues
-/// and flushes; the handler lands at point `at` of the owner's code. The work
-/// runs once, never inside the section, and the flush returns.
-fn queue_signal_at(at: usize) {
+/// Queue mode, the fence protocol: the owner runs `sections` local
+/// sections while a remote thread queues slot 1's work (which claims the
+/// slot, fences, waits for the section to close and runs the work on the
+/// remote thread). Their accesses never overlap (loom tracks the cell), the
+/// work has run once by the time `queue` returns, with no flush to help it.
+fn queue_fence_vs_sections(sections: u64) {
     loom::model(move || {
         let f = Fixture::<Standard>::new(Mode::Queue);
         let mut me = f.domain.bind_unpinned(1).unwrap();
-        let work = Arc::new(f.work());
-        let remote = thread::spawn({
-            let work = work.clone();
-            move || {
-                work.queue();
-            }
+        let work = f.work();
+        let runs = f.runs.clone();
+        let remote = thread::spawn(move || {
+            assert!(work.queue());
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                1,
+                "queue returned, work not run"
+            );
         });
-        if at == 0 {
-            f.signal();
-        }
-        {
-            let mut g = f.data.lock(&mut me);
-            if at == 1 {
-                f.signal(); // inside the section: must leave the work alone
-            }
-            *g += 10;
-        }
-        if at == 2 {
-            f.signal();
+        for _ in 0..sections {
+            *f.data.lock(&mut me) += 10;
         }
         remote.join().unwrap();
-        // The signal the remote thread sent is delivered by now at the latest.
-        f.signal();
-        work.flush().unwrap();
+        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(*f.data.lock(&mut me), 10 * sections + 1);
+        let st = f.domain.stats(1).unwrap();
+        assert_eq!(st.works_fenced + st.works_at_section_end, 1, "{st:?}");
+    });
+}
+
+#[test]
+fn loom_queue_fence_vs_one_section() {
+    queue_fence_vs_sections(1);
+}
+
+#[test]
+fn loom_queue_fence_vs_two_sections() {
+    queue_fence_vs_sections(2);
+}
+
+/// Queue mode: the owner goes offline (and back) while a remote thread
+/// queues: the work runs once, by the drainer (fenced, or holding `BUSY`
+/// while the owner is offline) or by the owner, never overlapping it.
+#[test]
+fn loom_queue_fence_vs_offline() {
+    loom::model(|| {
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        let work = f.work();
+        let remote = thread::spawn(move || {
+            work.queue();
+        });
+        drop(me.offline());
+        *f.data.lock(&mut me) += 10;
+        remote.join().unwrap();
         assert_eq!(f.runs.load(Ordering::SeqCst), 1);
         assert_eq!(*f.data.lock(&mut me), 11);
     });
 }
 
+/// Where the kernel refuses `membarrier`, a `queue` domain's slots run
+/// `remote`, under that reason.
 #[test]
-fn loom_queue_signal_before_section() {
-    queue_signal_at(0);
-}
-
-#[test]
-fn loom_queue_signal_inside_section() {
-    queue_signal_at(1);
-}
-
-#[test]
-fn loom_queue_signal_after_section() {
-    queue_signal_at(2);
+fn loom_queue_without_fence_runs_remote() {
+    loom::model(|| {
+        crate::sys::refuse_fences(true);
+        let f = Fixture::<Standard>::new(Mode::Queue);
+        let info = f.domain.slot_info(1).unwrap();
+        assert_eq!(info.effective, crate::SlotMode::Remote);
+        assert_eq!(info.reason, crate::ModeReason::FenceUnavailable);
+        let e = Domain::<crate::NoQpw>::builder()
+            .mode(Mode::Queue)
+            .nr_cpus(2)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            crate::Error::FenceUnavailable {
+                errno: crate::sys::EPERM
+            }
+        );
+        let mut me = f.domain.bind_unpinned(1).unwrap();
+        let work = f.work();
+        let remote = thread::spawn(move || {
+            work.queue();
+            work.flush().unwrap();
+        });
+        *f.data.lock(&mut me) += 10;
+        remote.join().unwrap();
+        assert_eq!(*f.data.lock(&mut me), 11);
+        assert_eq!(f.domain.total_stats().fences(), 0);
+        crate::sys::refuse_fences(false);
+    });
 }
 
 /// The owner unbinds while a remote thread queues (and does not flush: no
@@ -206,7 +223,7 @@ fn remote_mode_exclusion<C: Config>() {
         *f.data.lock(&mut me) += 10;
         remote.join().unwrap();
         assert_eq!(*f.data.lock(&mut me), 11);
-        assert_eq!(f.domain.total_stats().signals_sent, 0);
+        assert_eq!(f.domain.total_stats().fences(), 0);
     });
 }
 
@@ -292,7 +309,9 @@ fn loom_work_never_runs_twice_at_once() {
                             0,
                             "a work ran concurrently with itself"
                         );
-                        *data.lock_ctx(ctx) += 1;
+                        if let Ok(mut g) = data.lock_ctx(ctx) {
+                            *g += 1;
+                        }
                         running.fetch_sub(1, Ordering::SeqCst);
                         runs.fetch_add(1, Ordering::SeqCst);
                     }
@@ -329,7 +348,11 @@ fn loom_drain_all_inside_own_section_fails_at_once() {
             let f = Fixture::<Standard>::new(mode.clone());
             let drain = f.domain.work_all({
                 let data = f.data.clone();
-                move |ctx| *data.lock_ctx(ctx) += 1
+                move |ctx| {
+                    if let Ok(mut g) = data.lock_ctx(ctx) {
+                        *g += 1;
+                    }
+                }
             });
             let mut me = f.domain.bind_unpinned(1).unwrap();
             let g = f.data.lock(&mut me);
@@ -352,7 +375,11 @@ fn loom_two_remote_owners_drain_inside_sections() {
         let f = Fixture::<Standard>::new(Mode::Remote);
         let drain = Arc::new(f.domain.work_all({
             let data = f.data.clone();
-            move |ctx| *data.lock_ctx(ctx) += 1
+            move |ctx| {
+                if let Ok(mut g) = data.lock_ctx(ctx) {
+                    *g += 1;
+                }
+            }
         }));
         let other = thread::spawn({
             let (domain, data, drain) = (f.domain.clone(), f.data.clone(), drain.clone());
@@ -373,220 +400,6 @@ fn loom_two_remote_owners_drain_inside_sections() {
     });
 }
 
-/// Item 4 of issue 8: `tgkill` fails with `EAGAIN` (the signal queue is
-/// full): the flusher sends again and the owner runs the work; the flush
-/// does not cost the whole bound.
-#[test]
-fn loom_signal_send_fails_with_eagain() {
-    loom::model(|| {
-        let f = Fixture::<Standard>::new(Mode::Queue);
-        let me = f.domain.bind_unpinned(1).unwrap();
-        crate::sys::fail_next_signals(1, crate::sys::EAGAIN);
-        f.flush_from_another_thread(0);
-        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
-        drop(me);
-    });
-}
-
-/// A flusher that waits long with the signal not yet taken by the owner
-/// (loom: every resend look counts as long) sends it again only when the
-/// kernel shows it neither pending nor blocked: the model's `tgkill` counts
-/// sends to a thread that still has the signal pending. The owner takes no
-/// signal for its first yields, so the flusher looks while it is pending.
-///
-/// Before the fix (a signal in flight was "lost" after 100 ms, whatever the
-/// kernel held): "a signal was sent again while still pending: 1".
-#[test]
-fn loom_pending_signal_is_not_sent_again() {
-    loom::model(|| {
-        let f = Fixture::<Standard>::new(Mode::Queue);
-        let me = f.domain.bind_unpinned(1).unwrap();
-        f.flush_from_another_thread(12);
-        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
-        assert_eq!(
-            crate::sys::sends_while_pending(),
-            0,
-            "a signal was sent again while still pending: {}",
-            crate::sys::sends_while_pending()
-        );
-        drop(me);
-    });
-}
-
-/// Item 4 of issue 8: a remote thread queues (and signals) while the owner
-/// binds; the signal lands at any signal point of the bind or after it. Once
-/// every signal is delivered, the slot's in-flight mark is clear (a set mark
-/// with no handler to come would swallow the next signal). Delivery happens
-/// after the send in the model as with `tgkill` (see `sys::model`): without
-/// that edge loom reported a delivered signal still marked in flight.
-#[test]
-fn loom_signal_lands_during_bind() {
-    loom::model(|| {
-        let f = Fixture::<Standard>::new(Mode::Queue);
-        let work = Arc::new(f.work());
-        let remote = thread::spawn({
-            let work = work.clone();
-            move || {
-                work.queue();
-            }
-        });
-        let mut me = f.domain.bind_unpinned(1).unwrap();
-        crate::handler::signal_point();
-        remote.join().unwrap();
-        crate::handler::signal_point();
-        me.quiescent();
-        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
-        let pending = crate::sys::take_signal();
-        let slot = &f.domain.inner.slots[1];
-        assert!(
-            !slot.signal_in_flight(),
-            "every signal was delivered, yet one is marked in flight (undelivered: {pending}, \
-             me {} slot tid {} ctl {:#x} gen {}, stats {:?})",
-            crate::sys::current_tid(),
-            slot.tid.load(Ordering::SeqCst),
-            slot.ctl.load(Ordering::SeqCst),
-            me.gen(),
-            f.domain.stats(1).unwrap()
-        );
-    });
-}
-
-/// Item 4 of issue 8, the unbind side: the owner unbinds while a remote
-/// thread queues and signals it, so the signal may land between `FREE` and
-/// unlinking the record, or after (no record: nothing clears the in-flight
-/// mark), or during the next bind. Once the thread binds the slot again, no
-/// stale mark is left to swallow the next binding's signal: a second queue
-/// gets the work run by the new binding's handler.
-#[test]
-fn loom_signal_lands_during_unbind() {
-    loom::model(|| {
-        let f = Fixture::<Standard>::new(Mode::Queue);
-        let work = Arc::new(f.work());
-        let me = f.domain.bind_unpinned(1).unwrap();
-        let remote = thread::spawn({
-            let work = work.clone();
-            move || {
-                work.queue();
-            }
-        });
-        drop(me);
-        remote.join().unwrap();
-        crate::handler::signal_point();
-        assert_eq!(f.runs.load(Ordering::SeqCst), 1, "work lost or doubled");
-        let me = f.domain.bind_unpinned(1).unwrap();
-        let slot = &f.domain.inner.slots[1];
-        assert!(
-            !slot.signal_in_flight(),
-            "a new binding starts with a signal marked in flight (stats {:?})",
-            f.domain.stats(1).unwrap()
-        );
-        // The new binding's signal is not swallowed by an old mark.
-        let remote = thread::spawn({
-            let work = work.clone();
-            move || {
-                work.queue();
-            }
-        });
-        remote.join().unwrap();
-        crate::handler::signal_point();
-        assert_eq!(
-            f.runs.load(Ordering::SeqCst),
-            2,
-            "the new binding's handler did not run the work (stats {:?})",
-            f.domain.stats(1).unwrap()
-        );
-        assert!(!slot.signal_in_flight());
-        drop(me);
-    });
-}
-
-/// Issue 9: an owner that binds a `queue` slot with the signal blocked gets
-/// it `remote` (its sections take the cell's lock, the queuer runs the work
-/// under it); it unbinds and binds again unblocked (`queue`: its sections
-/// take no lock) while the queuer may still be under the cell lock from the
-/// first binding. The effective mode is set under `BUSY` and waits out
-/// remote contexts, which re-check it once counted: the cell is never
-/// touched by two contexts at once, and the work runs exactly once.
-#[test]
-fn loom_signal_blocked_binding_then_queue_binding() {
-    loom::model(|| {
-        let f = Fixture::<Standard>::new(Mode::Queue);
-        let work = Arc::new(f.work());
-        let remote = thread::spawn({
-            let work = work.clone();
-            move || {
-                work.queue();
-            }
-        });
-        crate::sys::set_blocks(true);
-        {
-            let mut me = f.domain.bind_unpinned(1).unwrap();
-            let info = f.domain.slot_info(1).unwrap();
-            assert_eq!(info.effective, crate::SlotMode::Remote);
-            assert_eq!(info.reason, crate::ModeReason::SignalBlockedAtBind);
-            *f.data.lock(&mut me) += 10;
-        }
-        crate::sys::set_blocks(false);
-        {
-            let mut me = f.domain.bind_unpinned(1).unwrap();
-            assert_eq!(
-                f.domain.slot_info(1).unwrap().effective,
-                crate::SlotMode::Queue
-            );
-            *f.data.lock(&mut me) += 100;
-            f.signal();
-        }
-        remote.join().unwrap();
-        work.flush().unwrap();
-        assert_eq!(f.runs.load(Ordering::SeqCst), 1);
-        let mut me = f.domain.bind_unpinned(1).unwrap();
-        assert_eq!(*f.data.lock(&mut me), 111);
-    });
-}
-/// Leaving `remote` is bounded (liveness fix: an unbind waited for a
-/// `RemoteGuard` without a deadline). With a flush timeout of zero every
-/// wait for remote contexts expires at once: a blocked owner binds `remote`
-/// and unbinds, then an unblocked one binds, while another thread holds a
-/// `RemoteGuard` on the cell at any point. Whenever the wait gives up, the
-/// slot must stay `remote` (and the new binding take the cell's lock): the
-/// cell is never touched by two contexts at once, and no update is lost.
-#[test]
-fn loom_leaving_remote_gives_up_and_stays_remote() {
-    loom::model(|| {
-        crate::sys::reset_signals();
-        let domain = Domain::<Standard>::builder()
-            .mode(Mode::Queue)
-            .nr_cpus(2)
-            .flush_timeout(Duration::ZERO)
-            .build()
-            .unwrap();
-        let data = Arc::new(PerCpu::new(&domain, |_| 0u64));
-        let remote = thread::spawn({
-            let data = data.clone();
-            move || match data.remote(1) {
-                Ok(mut g) => {
-                    *g += 1;
-                    1
-                }
-                Err(_) => 0,
-            }
-        });
-        crate::sys::set_blocks(true);
-        {
-            let mut me = domain.bind_unpinned(1).unwrap();
-            *data.lock(&mut me) += 10;
-        }
-        crate::sys::set_blocks(false);
-        {
-            let mut me = domain.bind_unpinned(1).unwrap();
-            *data.lock(&mut me) += 100;
-        }
-        let got = remote.join().unwrap();
-        let mut me = domain.bind_unpinned(1).unwrap();
-        assert_eq!(*data.lock(&mut me), 110 + got);
-    });
-}
-
 /// The fork gate (liveness fix: a fork child hung on its own cell, copied
 /// held by a vanished remote thread). The owner of slot 1 (`remote` mode)
 /// closes its gate as the fork `prepare` handler does, while another thread
@@ -597,7 +410,7 @@ fn loom_leaving_remote_gives_up_and_stays_remote() {
 /// would find it); after that the remote thread gets through.
 fn fork_gate_keeps_remote_contexts_out(direct: bool) {
     use crate::fork::GateOp;
-    use crate::handler::fork_gates;
+    use crate::owned::fork_gates;
     use std::time::Instant;
     loom::model(move || {
         let f = Fixture::<Standard>::new(Mode::Remote);

@@ -1,15 +1,14 @@
 //! Owners: the token that proves "this thread owns slot c", and binding.
 
-use crate::config::{Config, ModeReason, SlotMode};
+use crate::config::{Config, SlotMode};
 use crate::domain::Domain;
 use crate::error::Error;
-use crate::handler::{link, signal_point, unlink, OwnerRec};
+use crate::owned::{link, unlink, OwnerRec};
 use crate::slot::{AcquireError, SlotState, FREE};
 use crate::stats::RanAt;
 use crate::sync::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::Instant;
 
 /// Proof that the current thread owns one slot of a domain: the Rust form of
 /// "this code runs on CPU c with preemption off".
@@ -44,7 +43,7 @@ impl<C: Config> fmt::Debug for Owner<C> {
 impl<C: Config> Owner<C> {
     fn bind(domain: Domain<C>, cpu: usize, pin: bool) -> Result<Self, Error> {
         let slot = domain.slot(cpu)?;
-        if let Some(owned) = crate::handler::owned_in(domain.id()) {
+        if let Some(owned) = crate::owned::owned_in(domain.id()) {
             return Err(Error::AlreadyBound { cpu: owned });
         }
         if pin && !domain.inner.allowed.contains(&cpu) {
@@ -53,25 +52,7 @@ impl<C: Config> Owner<C> {
                 allowed: domain.allowed_cpus(),
             });
         }
-        // A `queue` slot whose owner blocks the signal could never be told
-        // of work: for this binding it runs `remote`, where no signal is
-        // needed, if the configuration has that mode.
-        let blocked = slot.mode == SlotMode::Queue && crate::sys::thread_blocks(domain.signal());
-        if blocked && !C::QPW {
-            return Err(Error::SignalBlocked {
-                signal: domain.signal(),
-            });
-        }
-        let eff = if blocked {
-            (SlotMode::Remote, ModeReason::SignalBlockedAtBind)
-        } else {
-            (slot.mode, slot.mode_reason)
-        };
-        let tid = crate::sys::current_tid() as u32;
-        // Leaving `remote` waits for remote contexts at most the flush
-        // timeout; past it the binding runs `remote` (`eff` says so).
-        let bound = Instant::now() + domain.inner.flush_timeout;
-        let (gen, eff) = slot.acquire_owner(tid, eff, bound).map_err(|e| match e {
+        let gen = slot.acquire_owner().map_err(|e| match e {
             AcquireError::Owned => Error::SlotOwned { cpu },
             AcquireError::Retired => Error::SlotRetired { cpu },
         })?;
@@ -79,14 +60,14 @@ impl<C: Config> Owner<C> {
             match crate::sys::pin_current(cpu) {
                 Ok(a) => Some(a),
                 Err(e) => {
-                    slot.abort_acquire(Instant::now() + domain.inner.flush_timeout);
+                    slot.abort_acquire();
                     return Err(e);
                 }
             }
         } else {
             None
         };
-        let remote = C::QPW && eff.0 == SlotMode::Remote;
+        let remote = C::QPW && slot.mode == SlotMode::Remote;
         let owner = Owner {
             rec: Box::new(OwnerRec::new(slot, gen)),
             slot: std::ptr::NonNull::from(slot),
@@ -96,13 +77,12 @@ impl<C: Config> Owner<C> {
             domain,
             _not_send: PhantomData,
         };
-        // The record is linked before the slot is published online, so a
-        // signal sent for this binding always finds it.
+        // The record is linked before the slot is published online: "is the
+        // caller this slot's owner" is true from the first instant.
         // SAFETY: the record is boxed (stable address) and unlinked in `drop`.
         unsafe { link(&owner.rec) };
-        signal_point();
-        owner.slot_state().publish_owner(gen);
-        signal_point();
+        let pinned = owner.affinity.is_some();
+        owner.slot_state().publish_owner(gen, pinned);
         // Work queued while the slot was changing hands.
         owner.slot_state().run_pending_as_owner(RanAt::Quiescent);
         Ok(owner)
@@ -180,12 +160,8 @@ impl<C: Config> Owner<C> {
 impl<C: Config> Drop for Owner<C> {
     fn drop(&mut self) {
         let slot = self.slot_state();
-        // Freed before the record is unlinked: a signal for this binding
-        // that lands in between still finds the record (and leaves).
-        slot.release_owner(self.gen(), Instant::now() + self.domain.inner.flush_timeout);
-        signal_point();
+        slot.release_owner(self.gen());
         unlink(&self.rec);
-        signal_point();
         // What was queued while we left.
         slot.help(false, None);
         if let Some(a) = &self.affinity {
@@ -216,10 +192,11 @@ impl<C: Config> Drop for Offline<'_, C> {
 impl<C: Config> Domain<C> {
     /// Binds the calling thread to slot `cpu` and pins it to CPU `cpu`.
     /// Errors: the CPU is not one this process may run on, the slot is
-    /// owned or retired, this thread owns another slot of this domain, or
-    /// (queue mode, in a configuration without QPW) it blocks the qpw
-    /// signal. With QPW, a thread that blocks the signal binds a `queue`
-    /// slot in `remote` behaviour ([`Domain::slot_info`]). On error nothing changed.
+    /// owned or retired, or this thread owns another slot of this domain.
+    /// On error nothing changed. A `queue` slot's drains fence this one CPU
+    /// only (an unpinned owner's fence every CPU of the process), so the
+    /// thread must not change its own CPU affinity while bound: a drain
+    /// would fence a CPU it no longer runs on.
     pub fn bind(&self, cpu: usize) -> Result<Owner<C>, Error> {
         Owner::bind(self.clone(), cpu, true)
     }
@@ -232,12 +209,11 @@ impl<C: Config> Domain<C> {
 
     /// Binds the calling thread, unpinned, to the first free slot.
     pub fn bind_any(&self) -> Result<Owner<C>, Error> {
-        if let Some(cpu) = crate::handler::owned_in(self.id()) {
+        if let Some(cpu) = crate::owned::owned_in(self.id()) {
             return Err(Error::AlreadyBound { cpu });
         }
         for cpu in 0..self.nr_cpus() {
-            // A load, not a bind attempt (which asks the kernel for the
-            // signal mask), for slots that are plainly taken.
+            // A load, not a bind attempt, for slots that are plainly taken.
             if crate::slot::state(self.inner.slots[cpu].ctl.load(Ordering::Relaxed)) != FREE {
                 continue;
             }

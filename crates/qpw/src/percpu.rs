@@ -1,10 +1,11 @@
 //! Per-CPU storage: one cache-padded cell per slot, each with its QPW lock.
 
-use crate::cell_lock::{CellLock, LockTimeout};
+use crate::cell_lock::CellLock;
 use crate::config::{Config, SlotMode, Standard};
 use crate::domain::Domain;
 use crate::error::Error;
 use crate::owner::Owner;
+use crate::section::Entered;
 use crate::slot::{far_deadline, CtxKind, RemoteHold, SlotState};
 use crate::sync::{Arc, MutPtr, UnsafeCell};
 use crate::work::WorkCtx;
@@ -43,7 +44,10 @@ struct Cell<T> {
 /// let mut me = domain.bind_unpinned(0)?;
 /// *counts.lock(&mut me) += 1;            // owner: local section
 /// if Standard::QPW {
-///     assert_eq!(*counts.remote(0)?, 1); // remote mode: anyone may lock
+///     // remote mode: any other thread may lock
+///     let c = &counts;
+///     let v = std::thread::scope(|s| s.spawn(|| c.remote(0).map(|g| *g)).join().unwrap())?;
+///     assert_eq!(v, 1);
 /// }
 /// drop(me);
 /// assert_eq!(*counts.remote(0)?, 1);     // any mode: the slot is free
@@ -160,17 +164,20 @@ impl<T, C: Config> PerCpu<T, C> {
     /// (`local_lock` + `this_cpu_ptr`).
     ///
     /// In `queue` and `defer` modes this is a flag with compiler ordering
-    /// only; with `remote` slots or the RT policy it is the cell's spinlock.
-    /// Work signalled in the meantime runs when the guard drops.
+    /// only (a plain store, and a plain load of the slot's claim word: while
+    /// a `queue` drainer holds the slot, the section waits for it, in the
+    /// kernel with priority inheritance); with `remote` slots or the RT
+    /// policy it is the cell's spinlock too. Work queued for this slot
+    /// during the section and left to the owner runs when the guard drops.
     #[inline(always)]
     pub fn lock<'a>(&'a self, owner: &'a mut Owner<C>) -> LocalGuard<'a, T, C> {
         let (cell, spin) = self.owner_cell(owner);
         let slot = owner.slot_state();
-        // The section flag, in every mode: `queue`'s handler reads it, a
-        // `remote` caller hands work to an owner that is in a section (and
-        // may be preempted there) instead of waiting, and an owner's own
-        // drain-all runs its work only outside one. `enter` refuses a
-        // section inside this slot's own work (see there).
+        // The section flag, in every mode: a `queue` drainer waits for it
+        // to close, a `remote` caller hands work to an owner that is in a
+        // section (and may be preempted there) instead of waiting, and an
+        // owner's own drain-all runs its work only outside one. `enter`
+        // refuses a section inside this slot's own work (see there).
         let entered = slot.enter();
         if spin {
             cell.lock
@@ -200,17 +207,17 @@ impl<T, C: Config> PerCpu<T, C> {
     }
 
     /// Enters the owner's local section like [`lock`](Self::lock), but never
-    /// waits: `None` when a remote thread holds the cell right now (only
-    /// possible where the cell lock is taken: `remote` slots and the RT
-    /// configurations). Work queued meanwhile is then left to the flusher,
+    /// waits: `None` when another thread holds the slot right now (a
+    /// `queue` drainer holds its claim word, or, where the cell lock is
+    /// taken, `remote` slots and the RT configurations, a remote thread
+    /// holds the cell). Work queued meanwhile is then left to the flusher,
     /// which runs it itself once the owner is outside its section.
     #[inline]
     pub fn try_lock<'a>(&'a self, owner: &'a mut Owner<C>) -> Option<LocalGuard<'a, T, C>> {
         let (cell, spin) = self.owner_cell(owner);
         let slot = owner.slot_state();
-        // In a section before the lock, as in `lock`: a signal arriving
-        // between the two must not run work that locks this cell.
-        let entered = slot.enter();
+        // In a section before the lock, as in `lock`.
+        let entered = slot.section.try_enter().ok()?;
         if spin && !cell.lock.try_lock_owner(crate::sys::current_tid() as u32) {
             slot.leave(entered);
             return None;
@@ -227,19 +234,31 @@ impl<T, C: Config> PerCpu<T, C> {
     /// Locks the value of the slot a work function runs for
     /// (`qpw_lock(lock, qpw_get_cpu(work))`).
     ///
+    /// What it takes depends on where the work runs (see
+    /// [`Work`](crate::Work)): on the owner's thread, nothing (or the cell's
+    /// lock where the owner takes it: `remote` slots, the RT policy); on a
+    /// `queue` drainer's thread, nothing (it holds the whole slot); for an
+    /// absent or offline owner, nothing (the caller holds the slot); on
+    /// another thread in `remote` mode, the cell's lock.
+    ///
     /// Run remotely in `remote` mode, this waits for the cell's lock at most
-    /// until the drain-all's deadline; past it, the run is abandoned here
-    /// (the function does not go on, the work stays queued for the slot's
-    /// owner, and the flush returns [`FlushError::LockTimeout`](crate::FlushError::LockTimeout)).
-    /// So a function that locks several cells may be cut at its second
-    /// lock and run again from the start: lock what you need first.
+    /// until the drain-all's deadline; past it, it returns
+    /// [`Error::LockTimeout`] (nothing unwinds): the function should return
+    /// (`let Ok(mut v) = cells.lock_ctx(ctx) else { return };`). The run is
+    /// then over: it is not retried within the drain, its flush returns
+    /// [`FlushError::LockTimeout`](crate::FlushError::LockTimeout) (even if
+    /// the function went on without the cell), and queueing it again runs
+    /// it again. A function that locks several cells decides itself what a
+    /// timeout at its second lock means for its first step. In every other
+    /// context it never fails.
     #[inline]
-    pub fn lock_ctx<'a>(&'a self, ctx: &'a mut WorkCtx<'_, C>) -> CtxGuard<'a, T> {
+    pub fn lock_ctx<'a>(&'a self, ctx: &'a mut WorkCtx<'_, C>) -> Result<CtxGuard<'a, T>, Error> {
         self.check_domain(ctx.slot.domain_id);
         let cell = &self.cells[ctx.slot.cpu];
         let lock = match ctx.kind {
             CtxKind::RemoteLocked => {
                 let deadline = ctx.deadline.unwrap_or_else(far_deadline);
+                let start = Instant::now();
                 if cell
                     .lock
                     .lock_remote(
@@ -249,40 +268,49 @@ impl<T, C: Config> PerCpu<T, C> {
                     )
                     .is_err()
                 {
-                    // Caught by the run (see `WorkInner::call`), which puts
-                    // the work back for the owner. No panic hook runs.
-                    std::panic::resume_unwind(Box::new(LockTimeout));
+                    // The run reports it whatever the function does next.
+                    ctx.timed_out = true;
+                    return Err(Error::LockTimeout {
+                        cpu: ctx.slot.cpu,
+                        waited_ms: start.elapsed().as_millis() as u64,
+                    });
                 }
                 Held::Remote
             }
             // Remote callers lock the cells of a `remote` slot: so must its owner.
-            CtxKind::Owner if C::RT || (C::QPW && ctx.slot.eff_mode() == SlotMode::Remote) => {
+            CtxKind::Owner if C::RT || (C::QPW && ctx.slot.mode == SlotMode::Remote) => {
                 cell.lock
                     .lock_owner(crate::sys::current_tid() as u32, &ctx.slot.counters);
                 Held::Owner
             }
-            CtxKind::Owner | CtxKind::Busy => Held::None,
+            CtxKind::Owner | CtxKind::Busy | CtxKind::Claimed => Held::None,
         };
-        CtxGuard {
+        Ok(CtxGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
             lock: &cell.lock,
             held: lock,
             _ctx: PhantomData,
-        }
+        })
     }
 
     /// Locks slot `cpu`'s value from any thread: always in `remote` mode
     /// (waiting at most the domain's flush timeout for the cell's lock:
     /// [`Error::LockTimeout`] past it); in the other modes only while the
     /// slot has no owner or its owner is offline ([`Error::OwnerOnline`]
-    /// otherwise: queue work instead). A retired slot gives [`Error::SlotRetired`].
+    /// otherwise: queue work instead). A retired slot gives [`Error::SlotRetired`];
+    /// a `remote` slot the calling thread owns gives [`Error::OwnSlot`] (its
+    /// own sections would wait on the guard).
     pub fn remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
         let slot = self.domain.slot(cpu)?;
         let cell = &self.cells[cpu];
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
         }
-        if C::QPW && slot.eff_mode() == SlotMode::Remote {
+        if C::QPW && slot.mode == SlotMode::Remote && crate::owned::current_thread_owns(slot) {
+            // Its own sections would wait on this guard's cell lock: on itself.
+            return Err(Error::OwnSlot { cpu });
+        }
+        if C::QPW && slot.mode == SlotMode::Remote {
             let timeout = self.domain.inner.flush_timeout;
             let deadline = Instant::now() + timeout;
             // The slot's owner may be forking (its fork gate is closed):
@@ -295,18 +323,14 @@ impl<T, C: Config> PerCpu<T, C> {
                 slot.counters.lock_timeout();
                 return Err(timed_out());
             };
-            // Counted, then checked again (see `SlotState::set_effective`):
-            // a binding that left `remote` meanwhile sends us the other way.
-            if slot.eff_mode_counted() == SlotMode::Remote {
-                if cell
-                    .lock
-                    .lock_remote(&slot.counters, Some(&*slot.owner_preempted), deadline)
-                    .is_err()
-                {
-                    return Err(timed_out());
-                }
-                return Ok(RemoteGuard::new(cell, slot, Some(hold)));
+            if cell
+                .lock
+                .lock_remote(&slot.counters, Some(&*slot.owner_preempted), deadline)
+                .is_err()
+            {
+                return Err(timed_out());
             }
+            return Ok(RemoteGuard::new(cell, slot, Some(hold)));
         }
         if slot.try_take() {
             return Ok(RemoteGuard::new(cell, slot, None));
@@ -324,18 +348,19 @@ impl<T, C: Config> PerCpu<T, C> {
         if slot.is_retired() {
             return Err(Error::SlotRetired { cpu });
         }
-        if C::QPW && slot.eff_mode() == SlotMode::Remote {
+        if C::QPW && slot.mode == SlotMode::Remote && crate::owned::current_thread_owns(slot) {
+            // Its own sections would wait on this guard's cell lock: on itself.
+            return Err(Error::OwnSlot { cpu });
+        }
+        if C::QPW && slot.mode == SlotMode::Remote {
             // A closed fork gate (the owner is forking) is waited for by `remote`.
             let Some(hold) = slot.enter_remote() else {
                 return Err(Error::WouldBlock { cpu });
             };
-            // Counted, then checked again (see `SlotState::set_effective`).
-            if slot.eff_mode_counted() == SlotMode::Remote {
-                if !cell.lock.try_lock_remote() {
-                    return Err(Error::WouldBlock { cpu });
-                }
-                return Ok(RemoteGuard::new(cell, slot, Some(hold)));
+            if !cell.lock.try_lock_remote() {
+                return Err(Error::WouldBlock { cpu });
             }
+            return Ok(RemoteGuard::new(cell, slot, Some(hold)));
         }
         // A few looks: the state may change between one and the next (that
         // is not waiting), but a slot that stays taken gives WouldBlock.
@@ -379,8 +404,8 @@ pub struct LocalGuard<'a, T, C: Config> {
     cell: &'a Cell<T>,
     slot: &'a SlotState<C>,
     spin: bool,
-    /// The section counter's value before this section.
-    entered: u32,
+    /// The section as it was opened (see `section.rs`).
+    entered: Entered,
     _owner: PhantomData<&'a mut Owner<C>>,
 }
 
@@ -388,7 +413,7 @@ impl<'a, T, C: Config> LocalGuard<'a, T, C> {
     /// The guard of a section just entered (`entered`), the cell's lock
     /// taken if `spin`.
     #[inline(always)]
-    fn new(cell: &'a Cell<T>, slot: &'a SlotState<C>, spin: bool, entered: u32) -> Self {
+    fn new(cell: &'a Cell<T>, slot: &'a SlotState<C>, spin: bool, entered: Entered) -> Self {
         LocalGuard {
             ptr: ManuallyDrop::new(cell.data.get_mut_ptr()),
             cell,
@@ -404,9 +429,11 @@ impl<T, C: Config> Deref for LocalGuard<'_, T, C> {
     type Target = T;
     #[inline(always)]
     fn deref(&self) -> &T {
-        // SAFETY: the section gives this guard exclusive access: the owner's
-        // flag keeps its handler out, the `&mut Owner` borrow keeps other
-        // sections out, remote threads stay out of an online owner's slot in
+        // SAFETY: the section gives this guard exclusive access: the
+        // `&mut Owner` borrow keeps other sections out; a `queue` drainer
+        // that claims the slot waits for the section to close, and one that
+        // claimed it before had finished (the section waited for it);
+        // other remote threads stay out of an online owner's slot in
         // queue/defer mode, and take the spinlock (held here) in remote mode.
         unsafe { (*self.ptr).deref() }
     }

@@ -15,7 +15,7 @@
 //! | state | meaning | who may touch the slot's data |
 //! |---|---|---|
 //! | `FREE` | no owner | nobody until a remote thread sets `BUSY` |
-//! | `ONLINE` | an owner is running | the owner's contexts (its code, its signal handler); in `remote` mode anyone holding a cell's lock |
+//! | `ONLINE` | an owner is running | the owner inside its sections; in `queue` mode a drainer holding the slot's claim word once the owner's section closed; in `remote` mode anyone holding a cell's lock |
 //! | `OFFLINE` | the owner is idle | nobody until a remote thread sets `BUSY` |
 //! | `FREE\|BUSY`, `OFFLINE\|BUSY` | a remote thread works on the slot (or a thread is binding it) | that thread alone |
 //! | `RETIRED` | its owner vanished in a `fork()` in a state that may be half-changed | nobody, ever |
@@ -31,12 +31,22 @@
 //! leaves `ONLINE` or drops `BUSY` writes `ctl`, then reads `head`. One of the
 //! two sees the other, so the work is run by the owner, or by whichever thread
 //! [`SlotState::help`]s it.
+//!
+//! # `queue` mode: the claim
+//!
+//! A drainer of an online `queue` owner claims the slot's claim word, fences
+//! the owner's CPU and waits for its section to close
+//! ([`SlotState::drain_fenced`]; the owner's side is in `section.rs`, the
+//! fence's argument in `fence.rs`). It then reads `ctl` again: the owner
+//! changes `ctl` (offline, unbinding) only inside a section, so a drainer
+//! that saw the section closed and `ctl` unchanged has the slot to itself
+//! until it lets go of the word.
 
 use crate::config::{Config, ModeReason, SlotMode};
+use crate::section::{Entered, Section};
 use crate::stats::{Counters, RanAt};
 use crate::sync::{
-    fence, signal_fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
-    Ordering,
+    fence, spin_hint, yield_now, Arc, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering,
 };
 use crossbeam_utils::CachePadded;
 use std::marker::PhantomData;
@@ -49,12 +59,6 @@ pub(crate) const OFFLINE: u64 = 2;
 pub(crate) const BUSY: u64 = 4;
 pub(crate) const RETIRED: u64 = 8;
 const STATE: u64 = 0xff;
-/// `sig_word`: a send is claimed and no handler has started since.
-pub(crate) const SIG_CLAIMED: u32 = 1;
-/// `sig_word`: the claimed send's `tgkill` succeeded.
-const SIG_SENT: u32 = 2;
-/// `sig_word`: one claim in the count above the two flags.
-const SIG_CLAIM_ONE: u32 = 4;
 const GEN_SHIFT: u32 = 8;
 
 /// The state bits of a `ctl` value.
@@ -76,9 +80,12 @@ fn ctl_of(gen: u64, st: u64) -> u64 {
 /// In which context a pending item runs, which decides what its locks do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CtxKind {
-    /// On the owner's thread (signal handler, section end, quiescent point):
-    /// the owner's exclusion is already in force.
+    /// On the owner's thread (section end, quiescent point): the owner's
+    /// exclusion is already in force.
     Owner,
+    /// On a `queue` drainer's thread, holding the slot's claim word with the
+    /// owner's section closed: nobody else touches the slot's data.
+    Claimed,
     /// On another thread, `remote` mode: each cell is locked with its lock.
     RemoteLocked,
     /// On another thread holding the slot's `BUSY` (owner absent or offline).
@@ -121,29 +128,24 @@ pub(crate) struct Node<C: Config> {
 /// read by remote callers and, at every section's end, by the owner), and
 /// the counters (written by whoever runs a work).
 pub(crate) struct SlotState<C: Config> {
-    /// The owner's section sequence counter (the `preempt_count` analogue):
-    /// odd while the owner is in a local section (or offline), and bumped at
-    /// every entry and exit, so a remote caller can tell an owner that is
-    /// running (the counter moves) from one preempted inside a section (it
-    /// does not). Written only by the owner's thread: its code, and its
-    /// signal handler while the counter is even, which leaves it even again.
-    pub(crate) section_seq: CachePadded<AtomicU32>,
+    /// The owner's section counter (the `preempt_count` analogue) and the
+    /// slot's claim word (see `section.rs`): odd while the owner is in a
+    /// local section (or offline), bumped at every entry and exit, so a
+    /// remote caller can tell an owner that is running (the counter moves)
+    /// from one preempted inside a section (it does not). Written only by
+    /// the owner's thread.
+    pub(crate) section: CachePadded<Section>,
     /// State and binding generation (see the module docs).
     pub(crate) ctl: AtomicU64,
     pub(crate) head: AtomicPtr<Node<C>>,
-    /// The owner's kernel thread id while bound (updated in a fork child).
-    pub(crate) tid: AtomicU32,
-    /// The signal in flight (see [`SIG_CLAIMED`]): bit 0, a sender claimed
-    /// the send (or its signal is on its way) and no handler has started
-    /// since; bit 1, that send's `tgkill` succeeded; above, a count of
-    /// claims, so a flusher's compare-and-swap fails if the signal it
-    /// looked at was handled and another one sent meanwhile.
-    pub(crate) sig_word: AtomicU32,
-    /// The last send failed (`EAGAIN`): a flusher sends again.
-    pub(crate) sig_failed: AtomicBool,
+    /// The current binding pinned its thread to CPU `cpu` alone: a `queue`
+    /// drain fences that CPU only (see `fence.rs`). Written by the binder
+    /// before the binding is published.
+    pub(crate) pinned: AtomicBool,
     /// Remote contexts that hold, or are about to take, a lock of this
-    /// slot's cells: a fork child retires a slot whose count is not zero
-    /// (a vanished thread may hold a lock with the data half-changed).
+    /// slot's cells or its claim word: a fork child retires a slot whose
+    /// count is not zero (a vanished thread may hold a lock with the data
+    /// half-changed).
     pub(crate) remote_holders: AtomicU32,
     /// Closed (`true`) by the owner's thread while it forks (see
     /// [`fork_close`](Self::fork_close)): no new remote context enters the
@@ -154,21 +156,13 @@ pub(crate) struct SlotState<C: Config> {
     /// machine is overcommitted), and `remote` callers check an owner's
     /// section counter before waiting on it. Sticky for the domain's life.
     pub(crate) owner_preempted: Arc<AtomicBool>,
-    /// The slot's mode as the domain was built (`auto` resolved).
+    /// The slot's mode (`auto` resolved; `remote` where `queue` was asked
+    /// for and the kernel refuses the fence).
     pub(crate) mode: SlotMode,
-    /// Why `mode` is what it is (configured, or an isolated CPU under `auto`).
+    /// Why `mode` is what it is.
     pub(crate) mode_reason: ModeReason,
-    /// The mode the slot runs in, and why (`mode_word`): `mode` except
-    /// while a `queue` slot's owner bound it with the signal blocked (then
-    /// `remote`). Written only by a thread holding `BUSY` (binding, or the
-    /// owner releasing), before the binding is published `ONLINE` or after
-    /// it left it; see [`set_effective`](Self::set_effective).
-    pub(crate) effective: AtomicU32,
-    /// Signals sent since the owner's handler last ran for this slot.
-    pub(crate) unhandled_sends: AtomicU32,
     pub(crate) cpu: usize,
     pub(crate) domain_id: usize,
-    pub(crate) signal: i32,
     pub(crate) counters: CachePadded<Counters>,
     _c: PhantomData<C>,
 }
@@ -184,6 +178,24 @@ pub(crate) enum Helped {
     Busy,
     /// The slot is retired: what is pending never runs.
     Retired,
+}
+
+/// How a [`SlotState::drain_fenced`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fenced {
+    /// The pending stack was run (or found empty).
+    Ran,
+    /// The slot left this binding's `ONLINE` meanwhile: look again.
+    Changed,
+    /// The deadline passed waiting for the claim word or for the owner's
+    /// section to close; the work stays queued (the owner's section end runs it).
+    Timeout,
+    /// The kernel refused the fence (counted); the work stays queued for
+    /// the owner's section end.
+    Refused,
+    /// The owner is forking (its fork gate is closed): it runs the stack
+    /// when it opens the gate again.
+    Forking,
 }
 
 /// Why [`SlotState::acquire_owner`] failed.
@@ -202,97 +214,26 @@ impl Drop for RemoteHold<'_> {
     }
 }
 
-/// `effective`'s encoding.
-fn mode_word(mode: SlotMode, why: ModeReason) -> u32 {
-    mode.code() | why.code() << 8
-}
-
 impl<C: Config> SlotState<C> {
-    /// The mode the slot runs in now (see `effective`).
-    #[inline]
-    pub(crate) fn eff_mode(&self) -> SlotMode {
-        SlotMode::from_code(self.effective.load(Ordering::SeqCst) & 0xff)
-    }
-
-    /// The mode the slot runs in now, read by a remote context that has
-    /// just counted itself in `remote_holders` (see
-    /// [`set_effective`](Self::set_effective)). A read-modify-write, so it
-    /// reads the latest mode: with the binder's read-modify-write of the
-    /// count this makes the "count, then look" / "change, then look" pair
-    /// hold in the models too (loom treats a `SeqCst` load as acquire only).
-    pub(crate) fn eff_mode_counted(&self) -> SlotMode {
-        SlotMode::from_code(self.effective.fetch_add(0, Ordering::SeqCst) & 0xff)
-    }
-
-    /// The mode the slot runs in now, and why.
-    pub(crate) fn eff_info(&self) -> (SlotMode, ModeReason) {
-        let w = self.effective.load(Ordering::SeqCst);
-        (SlotMode::from_code(w & 0xff), ModeReason::from_code(w >> 8))
-    }
-
-    /// Sets the effective mode; the mode actually set is returned. The
-    /// caller holds `BUSY` (it is binding the slot, or its owner is leaving
-    /// it), so no owner runs and no thread runs work as the absent owner.
-    /// Leaving `remote`, it waits until the remote contexts still counted
-    /// on the slot (running work under the cells' locks, or a
-    /// `RemoteGuard`) are done: each counts itself, then reads the mode
-    /// again (`SeqCst` both sides: either it sees the new mode and backs
-    /// off, or this sees its count and waits), so none is left under a cell
-    /// lock when an owner that takes no lock comes online.
-    ///
-    /// The wait ends at `deadline` (the domain's flush timeout from the
-    /// bind or unbind): a `RemoteGuard` may be held for any time. Past it
-    /// the slot stays `remote` (`ModeReason::RemoteContextOutstayed`,
-    /// counted in `mode_waits_expired`): remote contexts that backed off
-    /// meanwhile look again and find `remote`; a binder binds `remote`.
-    pub(crate) fn set_effective(
-        &self,
-        mode: SlotMode,
-        why: ModeReason,
-        deadline: Instant,
-    ) -> (SlotMode, ModeReason) {
-        let old = self.effective.swap(mode_word(mode, why), Ordering::SeqCst);
-        if SlotMode::from_code(old & 0xff) == SlotMode::Remote && mode != SlotMode::Remote {
-            while self.remote_holders.fetch_add(0, Ordering::SeqCst) != 0 {
-                if Instant::now() >= deadline {
-                    let stay = (SlotMode::Remote, ModeReason::RemoteContextOutstayed);
-                    self.effective
-                        .swap(mode_word(stay.0, stay.1), Ordering::SeqCst);
-                    self.counters.mode_wait_expired();
-                    return stay;
-                }
-                spin_hint();
-                yield_now();
-            }
-        }
-        (mode, why)
-    }
-
     pub(crate) fn new(
         cpu: usize,
         mode: SlotMode,
         mode_reason: ModeReason,
         domain_id: usize,
-        signal: i32,
         owner_preempted: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            section_seq: CachePadded::new(AtomicU32::new(0)),
+            section: CachePadded::new(Section::new()),
             ctl: AtomicU64::new(FREE),
             head: AtomicPtr::new(ptr::null_mut()),
-            tid: AtomicU32::new(0),
-            sig_word: AtomicU32::new(0),
-            sig_failed: AtomicBool::new(false),
+            pinned: AtomicBool::new(false),
             remote_holders: AtomicU32::new(0),
             fork_gate: AtomicBool::new(false),
             owner_preempted,
             mode,
             mode_reason,
-            effective: AtomicU32::new(mode_word(mode, mode_reason)),
-            unhandled_sends: AtomicU32::new(0),
             cpu,
             domain_id,
-            signal,
             counters: CachePadded::new(Counters::default()),
             _c: PhantomData,
         }
@@ -431,45 +372,29 @@ impl<C: Config> SlotState<C> {
     /// Whether the owner is inside a local section (or offline).
     #[inline(always)]
     pub(crate) fn section_open(&self, order: Ordering) -> bool {
-        self.section_seq.load(order) & 1 != 0
+        self.section.open(order)
     }
 
-    /// Owner's thread only: enters a section (even → odd); returns the even
-    /// value to give [`leave`](Self::leave). A plain load and store: only
-    /// this thread writes the counter.
-    ///
-    /// # Panics
-    /// If the owner is already in a section: a work function running in
-    /// this thread's signal handler that reached its owner (through
-    /// `with_local`) would alias the data. Checked before anything changes.
+    /// Owner's thread only: opens a section (see `section.rs`), waiting
+    /// while a `queue` drainer holds the slot.
     #[inline(always)]
-    pub(crate) fn enter(&self) -> u32 {
-        let v = self.section_seq.load(Ordering::Relaxed);
-        assert!(
-            v & 1 == 0,
-            "qpw: local section entered from inside this slot's work"
-        );
-        self.section_seq.store(v.wrapping_add(1), Ordering::Relaxed);
-        signal_fence(Ordering::SeqCst);
-        v
+    pub(crate) fn enter(&self) -> Entered {
+        self.section.enter(&self.counters)
     }
 
-    /// Owner's thread only: leaves the section entered when the counter was `v`.
+    /// Owner's thread only: closes the section `e`.
     #[inline(always)]
-    pub(crate) fn leave(&self, v: u32) {
-        signal_fence(Ordering::SeqCst);
-        self.section_seq.store(v.wrapping_add(2), Ordering::Relaxed);
-        signal_fence(Ordering::SeqCst);
+    pub(crate) fn leave(&self, e: Entered) {
+        self.section.leave(e)
     }
 
-    /// Runs pending work in one of the owner's own contexts (signal handler,
-    /// section end, quiescent point), marking the owner in a section meanwhile
-    /// so a signal arriving now leaves the work to this loop.
+    /// Runs pending work on the owner's thread (section end, quiescent
+    /// point), inside a section of its own.
     pub(crate) fn run_pending_as_owner(&self, at: RanAt) {
         loop {
-            let v = self.enter();
+            let e = self.enter();
             self.run_pending(RunCtx::owner(at));
-            self.leave(v);
+            self.leave(e);
             if self.head.load(Ordering::SeqCst).is_null() {
                 return;
             }
@@ -477,9 +402,11 @@ impl<C: Config> SlotState<C> {
     }
 
     /// Tries to take a slot whose owner is absent or offline (sets `BUSY`).
-    /// Fails on a slot running `remote` (its data is the cells' locks'),
-    /// checked once `BUSY` is held, when the mode cannot change.
+    /// Fails on a slot running `remote` (its data is the cells' locks').
     pub(crate) fn try_take(&self) -> bool {
+        if self.mode == SlotMode::Remote {
+            return false;
+        }
         let s = self.ctl.load(Ordering::SeqCst);
         let st = state(s);
         if st == ONLINE || st & (BUSY | RETIRED) != 0 {
@@ -499,12 +426,6 @@ impl<C: Config> SlotState<C> {
             self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
             return false;
         }
-        if self.eff_mode_counted() == SlotMode::Remote {
-            // Bound `remote` since the caller looked: let go, and run what
-            // was queued meanwhile the `remote` way.
-            self.release();
-            return false;
-        }
         true
     }
 
@@ -516,9 +437,12 @@ impl<C: Config> SlotState<C> {
     }
 
     /// Runs pending work on behalf of an owner that is absent or offline
-    /// (or, in `remote` mode, outside a local section). `caller_owns`: the
-    /// caller is this slot's owner (then, outside a section, it runs the
-    /// work itself: a quiescent point). `deadline` bounds remote lock waits.
+    /// (or, in `remote` mode, outside a local section; in `queue` mode, with
+    /// a `deadline`, after fencing it: [`drain_fenced`](Self::drain_fenced)).
+    /// `caller_owns`: the caller is this slot's owner (then, outside a
+    /// section, it runs the work itself: a quiescent point). `deadline`
+    /// bounds remote lock waits and fenced drains; without one an online
+    /// `queue` owner is left to run the work at its section's end.
     pub(crate) fn help(&self, caller_owns: bool, deadline: Option<Instant>) -> Helped {
         loop {
             if self.head.load(Ordering::SeqCst).is_null() {
@@ -535,7 +459,7 @@ impl<C: Config> SlotState<C> {
                 self.run_pending_as_owner(RanAt::Quiescent);
                 continue;
             }
-            if self.eff_mode() == SlotMode::Remote {
+            if self.mode == SlotMode::Remote {
                 // The cells' locks protect the data; only an owner inside
                 // a section (which runs the stack when it leaves) is waited for.
                 if st == ONLINE && self.section_open(Ordering::SeqCst) {
@@ -546,10 +470,6 @@ impl<C: Config> SlotState<C> {
                     // opens the gate again.
                     return Helped::Online;
                 };
-                if self.eff_mode_counted() != SlotMode::Remote {
-                    // A binder or a leaving owner changed it (see `set_effective`).
-                    continue;
-                }
                 self.run_pending(RunCtx {
                     kind: CtxKind::RemoteLocked,
                     at: RanAt::RemoteLocked,
@@ -558,6 +478,14 @@ impl<C: Config> SlotState<C> {
                 continue;
             }
             if st == ONLINE {
+                if self.mode == SlotMode::Queue {
+                    if let Some(d) = deadline {
+                        match self.drain_fenced(d) {
+                            Fenced::Ran | Fenced::Changed => continue,
+                            Fenced::Timeout | Fenced::Refused | Fenced::Forking => {}
+                        }
+                    }
+                }
                 return Helped::Online;
             }
             if st & BUSY != 0 {
@@ -602,11 +530,11 @@ impl<C: Config> SlotState<C> {
         if !self.owner_preempted.load(Ordering::Relaxed) {
             return true;
         }
-        let first = self.section_seq.load(Ordering::SeqCst);
+        let first = self.section.seq.load(Ordering::SeqCst);
         let mut spins = 0;
         while self.state() == ONLINE && first & 1 != 0 {
             spin_hint();
-            if self.section_seq.load(Ordering::SeqCst) != first {
+            if self.section.seq.load(Ordering::SeqCst) != first {
                 return true;
             }
             spins += 1;
@@ -617,240 +545,85 @@ impl<C: Config> SlotState<C> {
         true
     }
 
-    /// After a push: gets the work to whoever may run it.
-    pub(crate) fn kick(&self, caller_owns: bool, deadline: Option<Instant>) -> Helped {
-        let h = self.help(caller_owns, deadline);
-        if h == Helped::Online && self.eff_mode() == SlotMode::Queue && !caller_owns {
-            self.signal_owner();
-        }
-        h
-    }
-
-    /// Sends the qpw signal to the online owner, unless one is already on its
-    /// way (the handler clears the claim before it looks at `head`).
-    pub(crate) fn signal_owner(&self) {
-        // Claim the send: `SIG_CLAIMED` clear → set, with a new claim count.
-        let mut w = self.sig_word.load(Ordering::SeqCst);
-        let claim = loop {
-            if w & SIG_CLAIMED != 0 {
-                return;
-            }
-            let next = (w & !(SIG_CLAIMED | SIG_SENT)).wrapping_add(SIG_CLAIM_ONE) | SIG_CLAIMED;
-            match self
-                .sig_word
-                .compare_exchange(w, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => break next,
-                Err(now) => w = now,
-            }
+    /// `queue` mode, owner online, caller another thread: claims the slot,
+    /// fences the owner's CPU, waits (until `deadline`) for the owner's
+    /// section to close, runs the pending stack on this thread, and lets go
+    /// of the claim (handing it to an owner that waits for it). See the
+    /// module docs and `fence.rs` for why the owner is out of its data.
+    pub(crate) fn drain_fenced(&self, deadline: Instant) -> Fenced {
+        let Some(_hold) = self.enter_remote() else {
+            return Fenced::Forking;
         };
         let s = self.ctl.load(Ordering::SeqCst);
         if state(s) != ONLINE {
-            self.clear_signal_claim();
-            return;
+            return Fenced::Changed;
         }
-        let tid = self.tid.load(Ordering::SeqCst);
-        match crate::sys::signal_thread(tid as i32, self.signal) {
-            Ok(()) => {
-                // Sent: a flusher may now ask the kernel about it (see
-                // `resend`). Fails harmlessly if a handler already ran.
-                let _ = self.sig_word.compare_exchange(
-                    claim,
-                    claim | SIG_SENT,
-                    Ordering::SeqCst,
-                    Ordering::Relaxed,
-                );
-                self.unhandled_sends.fetch_add(1, Ordering::Relaxed);
-                self.counters.signal_sent()
-            }
-            Err(e) => {
-                // Not sent (EAGAIN: the signal queue is full; ESRCH: the
-                // thread is gone): nothing is in flight, and a flusher sends
-                // again (see `resend`).
-                self.clear_signal_claim();
-                self.sig_failed.store(true, Ordering::SeqCst);
-                self.counters.signal_failed();
-                if e == crate::sys::ESRCH {
-                    self.owner_thread_gone(s, tid);
-                }
-            }
-        }
-    }
-
-    /// Whether a signal is claimed or on its way with no handler started since.
-    pub(crate) fn signal_in_flight(&self) -> bool {
-        self.sig_word.load(Ordering::SeqCst) & SIG_CLAIMED != 0
-    }
-
-    /// Clears the in-flight claim (a handler started, the send failed, or
-    /// no signal can arrive any more); the claim count stays.
-    pub(crate) fn clear_signal_claim(&self) {
-        self.sig_word
-            .fetch_and(!(SIG_CLAIMED | SIG_SENT), Ordering::SeqCst);
-    }
-
-    /// The thread of binding `s` (thread id `tid`, read after `s`) no longer
-    /// exists: its owner was leaked (`mem::forget`) and its thread exited.
-    /// If the slot still holds that very binding (same generation), nobody
-    /// can touch its data any more: free it, or retire it if the thread
-    /// left inside a section (its data may be half-changed). A newer
-    /// binding (another generation) is never touched.
-    fn owner_thread_gone(&self, s: u64, tid: u32) {
-        if self.tid.load(Ordering::SeqCst) != tid {
-            return;
-        }
-        let next = if self.section_open(Ordering::SeqCst) {
-            ctl_of(generation(s), RETIRED)
-        } else {
-            ctl_of(generation(s), FREE)
-        };
         if self
-            .ctl
-            .compare_exchange(s, next, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
-            && state(next) == FREE
+            .section
+            .claim
+            .lock_remote(&self.counters, None, deadline)
+            .is_err()
         {
-            self.help(false, None);
+            return Fenced::Timeout;
         }
+        let out = self.drain_claimed(s, deadline);
+        self.section.claim.unlock_remote();
+        out
     }
 
-    /// For a flusher that has waited a while on an online owner in `queue`
-    /// mode with work pending: if the last send failed (`EAGAIN`), send
-    /// again. With `lost_too` (the flusher has waited long: an owner that
-    /// only waits for a core takes its signal well before), a signal sent
-    /// with no handler started since is sent again only if the kernel shows
-    /// it neither pending nor blocked for the owner's thread
-    /// (`sys::signal_view`): then it was lost (the thread was exiting as it
-    /// arrived, or something else took it), counted in `signals_resent_lost`.
-    /// A signal still pending (the owner was not scheduled, or blocks it for
-    /// a while) is left alone: with a real-time signal a second send would
-    /// queue a second delivery. An owner inside a section gets nothing: its
-    /// section's end runs the work.
-    ///
-    /// The one duplicate left: the kernel has dequeued the signal and the
-    /// thread is preempted before its handler's first store, exactly when
-    /// the flusher looks (the owner then runs one empty handler).
-    pub(crate) fn resend(&self, lost_too: bool) {
-        if self.eff_mode() != SlotMode::Queue
-            || self.state() != ONLINE
-            || !self.has_pending()
-            || self.section_open(Ordering::SeqCst)
-        {
-            return;
+    /// [`drain_fenced`](Self::drain_fenced) with the claim held; `s`: the
+    /// binding's `ctl` when the drain began.
+    fn drain_claimed(&self, s: u64, deadline: Instant) -> Fenced {
+        if self.ctl.load(Ordering::SeqCst) != s {
+            return Fenced::Changed;
         }
-        if self.sig_failed.swap(false, Ordering::SeqCst) {
-            self.signal_owner();
-            return;
+        if self.head.load(Ordering::SeqCst).is_null() {
+            return Fenced::Ran;
         }
-        if !lost_too {
-            return;
-        }
-        // Only a signal whose `tgkill` returned (so it is pending or was
-        // taken by now), with no handler started since.
-        let w = self.sig_word.load(Ordering::SeqCst);
-        if w & (SIG_CLAIMED | SIG_SENT) != SIG_CLAIMED | SIG_SENT {
-            return;
-        }
-        let tid = self.tid.load(Ordering::SeqCst);
-        // `None`: the status cannot be read (the thread is gone: the send
-        // finds `ESRCH` and frees the slot) or the platform has no view.
-        if let Some(v) = crate::sys::signal_view(tid, self.signal) {
-            if v.pending || v.blocked {
-                return;
+        let pinned = self.pinned.load(Ordering::SeqCst).then_some(self.cpu);
+        match crate::fence::issue(pinned) {
+            Ok(kind) => self
+                .counters
+                .fenced(kind == crate::fence::FenceKind::Targeted),
+            Err(_) => {
+                self.counters.fence_refused();
+                return Fenced::Refused;
             }
         }
-        // The same claim still stands (no handler started, no other send):
-        // it was lost. Clear it and send again.
-        if self
-            .sig_word
-            .compare_exchange(
-                w,
-                w & !(SIG_CLAIMED | SIG_SENT),
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-        {
-            self.counters.signal_resent_lost();
-            self.signal_owner();
+        let mut spins = 0u32;
+        loop {
+            // The counter first (acquire: the closed section's writes), then
+            // `ctl`: an owner that went offline or away did so in a section.
+            let even = !self.section.open(Ordering::Acquire);
+            if self.ctl.load(Ordering::SeqCst) != s {
+                return Fenced::Changed;
+            }
+            if even {
+                break;
+            }
+            spins = spins.saturating_add(1);
+            if spins < 64 {
+                spin_hint();
+                continue;
+            }
+            if spins % 16 == 0 && Instant::now() >= deadline {
+                return Fenced::Timeout;
+            }
+            yield_now();
         }
-    }
-
-    /// For a flusher whose deadline passed: what kept the online `queue`
-    /// owner's handler from running, read from its thread's signal masks.
-    /// `None` when nothing points at the signal (the owner is inside a
-    /// section, offline, or simply slow). Read at the deadline, not before:
-    /// a thread may block signals for a while (around a `fork`, in a
-    /// library's critical region) and then take the signal and run the work;
-    /// an early error would turn that delay into a failure.
-    pub(crate) fn signal_trouble(&self) -> Option<(u32, crate::error::SignalTrouble)> {
-        use crate::error::SignalTrouble;
-        if self.eff_mode() != SlotMode::Queue || self.state() != ONLINE || !self.has_pending() {
-            return None;
-        }
-        let tid = self.tid.load(Ordering::SeqCst);
-        let view = crate::sys::signal_view(tid, self.signal)?;
-        if view.blocked {
-            return Some((
-                tid,
-                SignalTrouble::BlockedByOwner {
-                    pending: view.pending,
-                },
-            ));
-        }
-        let sent = self.unhandled_sends.load(Ordering::Relaxed);
-        // Outside a section, not blocked, not pending, and sent with no
-        // handler run since (the in-flight mark is still set): taken by
-        // someone else.
-        if !self.section_open(Ordering::SeqCst)
-            && !view.pending
-            && sent > 0
-            && self.signal_in_flight()
-        {
-            return Some((tid, SignalTrouble::NeverHandled { sent }));
-        }
-        None
-    }
-
-    /// The signal handler's work for this slot, for the binding of
-    /// generation `gen` (the handler's record). Owner's thread, any point of
-    /// its code.
-    pub(crate) fn on_signal(&self, gen: u64) {
-        // Whatever binding the signal was sent for, it has landed: clearing
-        // the mark can at worst cause one more signal later.
-        self.clear_signal_claim();
-        self.unhandled_sends.store(0, Ordering::Relaxed);
-        let s = self.ctl.load(Ordering::SeqCst);
-        if generation(s) != gen {
-            // The record is of a binding that is ending or not yet published.
-            return;
-        }
-        if self.eff_mode() != SlotMode::Queue
-            || state(s) != ONLINE
-            || self.section_open(Ordering::Relaxed)
-        {
-            // In a local section (or offline): the section's end runs the work.
-            return;
-        }
-        if !self.head.load(Ordering::SeqCst).is_null() {
-            self.run_pending_as_owner(RanAt::Handler);
-        }
+        self.run_pending(RunCtx {
+            kind: CtxKind::Claimed,
+            at: RanAt::Fenced,
+            deadline: Some(deadline),
+        });
+        Fenced::Ran
     }
 
     /// Takes an unowned slot for binding: `FREE` → `FREE|BUSY`, waiting out a
     /// remote thread's `BUSY`. Returns the new binding's generation; the
     /// caller links its record, then [`publish_owner`](Self::publish_owner)s
     /// (or [`abort_acquire`](Self::abort_acquire)s).
-    /// `eff`: the binding's effective mode and why, set while `BUSY` is held
-    /// (waiting at most until `deadline` for remote contexts when that
-    /// leaves `remote`; past it the binding runs `remote`): returned with
-    /// the generation.
-    pub(crate) fn acquire_owner(
-        &self,
-        tid: u32,
-        eff: (SlotMode, ModeReason),
-        deadline: Instant,
-    ) -> Result<(u64, (SlotMode, ModeReason)), AcquireError> {
+    pub(crate) fn acquire_owner(&self) -> Result<u64, AcquireError> {
         let gen = loop {
             let s = self.ctl.load(Ordering::SeqCst);
             let st = state(s);
@@ -874,33 +647,32 @@ impl<C: Config> SlotState<C> {
             }
             return Err(AcquireError::Owned);
         };
-        let eff = self.set_effective(eff.0, eff.1, deadline);
-        self.tid.store(tid, Ordering::SeqCst);
-        self.section_seq.store(0, Ordering::Relaxed);
-        self.clear_signal_claim();
-        self.unhandled_sends.store(0, Ordering::Relaxed);
-        Ok((gen, eff))
+        self.section.seq.store(0, Ordering::Relaxed);
+        Ok(gen)
     }
 
     /// Publishes the binding of generation `gen`: the slot is `ONLINE`.
-    pub(crate) fn publish_owner(&self, gen: u64) {
+    /// `pinned`: its thread runs on CPU `cpu` alone (see `fence.rs`).
+    pub(crate) fn publish_owner(&self, gen: u64, pinned: bool) {
+        self.pinned.store(pinned, Ordering::SeqCst);
         self.ctl.store(ctl_of(gen, ONLINE), Ordering::SeqCst);
     }
 
-    /// Gives up a slot taken by `acquire_owner` without binding it
-    /// (`deadline`: see [`set_effective`](Self::set_effective)).
-    pub(crate) fn abort_acquire(&self, deadline: Instant) {
-        self.set_effective(self.mode, self.mode_reason, deadline);
+    /// Gives up a slot taken by `acquire_owner` without binding it.
+    pub(crate) fn abort_acquire(&self) {
         self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
         self.help(false, None);
     }
 
     /// The owner leaves: runs its pending work and frees the slot. The
     /// caller then unlinks its record and calls [`help`](Self::help) for
-    /// what was queued meanwhile. `deadline` bounds the wait for remote
-    /// contexts when the slot leaves `remote` (see
-    /// [`set_effective`](Self::set_effective)).
-    pub(crate) fn release_owner(&self, gen: u64, deadline: Instant) {
+    /// what was queued meanwhile.
+    ///
+    /// The slot changes hands inside a section: a `queue` drainer holding
+    /// the claim finishes first (the section waits for it), and one that
+    /// claims later finds the slot no longer this binding's. `BUSY` keeps
+    /// the next binder out until the section is closed.
+    pub(crate) fn release_owner(&self, gen: u64) {
         let st = self.state();
         if st & RETIRED != 0 {
             return;
@@ -910,18 +682,8 @@ impl<C: Config> SlotState<C> {
             self.go_online(gen);
         }
         self.run_pending_as_owner(RanAt::Quiescent);
-        if self.eff_mode() == self.mode {
-            let _ = self.ctl.compare_exchange(
-                ctl_of(gen, ONLINE),
-                ctl_of(gen, FREE),
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            );
-            return;
-        }
-        // Back to the slot's own mode, under `BUSY` (see `set_effective`);
-        // the caller helps with what was queued meanwhile.
-        if self
+        let e = self.enter();
+        let left = self
             .ctl
             .compare_exchange(
                 ctl_of(gen, ONLINE),
@@ -929,24 +691,27 @@ impl<C: Config> SlotState<C> {
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             )
-            .is_ok()
-        {
-            self.set_effective(self.mode, self.mode_reason, deadline);
+            .is_ok();
+        self.pinned.store(false, Ordering::SeqCst);
+        self.leave(e);
+        if left {
             self.ctl.fetch_and(!BUSY, Ordering::SeqCst);
         }
     }
 
     /// The owner goes idle: remote threads may work on the slot directly.
+    /// As [`release_owner`](Self::release_owner), the state changes inside
+    /// a section, which stays open while offline (the counter odd).
     pub(crate) fn go_offline(&self, gen: u64) {
         self.run_pending_as_owner(RanAt::Quiescent);
-        // Keep the signal handler away while offline: an odd counter.
-        self.enter();
+        let e = self.enter();
         let _ = self.ctl.compare_exchange(
             ctl_of(gen, ONLINE),
             ctl_of(gen, OFFLINE),
             Ordering::SeqCst,
             Ordering::Relaxed,
         );
+        self.section.park(e);
         self.help(false, None);
     }
 
@@ -970,48 +735,48 @@ impl<C: Config> SlotState<C> {
                 }
             }
         }
-        // Back to even: the signal handler may run work again.
-        self.leave(self.section_seq.load(Ordering::Relaxed).wrapping_sub(1));
+        // Close the section left open while offline.
+        self.section.unpark();
         if !self.head.load(Ordering::SeqCst).is_null() {
             self.run_pending_as_owner(RanAt::Quiescent);
         }
     }
 
     /// Fork child, forking thread (the only thread): makes the slot usable.
-    /// `mine`: the slot's binding is the forking thread's (it keeps it,
-    /// with its new thread id `tid`). Any other binding's thread is gone:
+    /// `mine`: the slot's binding is the forking thread's (it keeps it).
+    /// Any other binding's thread is gone:
     /// its slot is handed over (freed) only when its data is known to be
     /// consistent (owner between sections, no `BUSY`, no remote context on
-    /// it), and retired otherwise, never to be touched again.
-    pub(crate) fn fork_child(&self, mine: bool, tid: u32) {
+    /// it, claim word free), and retired otherwise, never to be touched again.
+    pub(crate) fn fork_child(&self, mine: bool) {
         let s = self.ctl.load(Ordering::Relaxed);
         let st = state(s);
-        // No signal sent in the parent reaches the child.
-        self.sig_word.store(0, Ordering::Relaxed);
         // Closed by another thread forking at the same time (the forking
         // thread's own gates are opened after the consumer hooks).
         if !mine {
             self.fork_gate.store(false, Ordering::Relaxed);
         }
         if mine {
-            self.tid.store(tid, Ordering::Relaxed);
             return;
         }
         if st & RETIRED != 0 || (st == FREE && self.remote_holders.load(Ordering::Relaxed) == 0) {
             return;
         }
+        // The claim word too: a drainer may have handed it to the owner
+        // (`FUTEX_UNLOCK_PI`) and left before the owner returned from the
+        // kernel; the word then names a thread the child does not have, and
+        // the next binder's sections would wait on it for ever.
         let consistent = st & BUSY == 0
             && self.remote_holders.load(Ordering::Relaxed) == 0
+            && self.section.claim.raw_load(Ordering::Relaxed) == 0
             && match st {
                 ONLINE => !self.section_open(Ordering::Relaxed),
                 OFFLINE => true,
                 _ => false,
             };
         let next = if consistent {
-            self.section_seq.store(0, Ordering::Relaxed);
-            // Nobody else runs here: the slot's own mode again at once.
-            self.effective
-                .store(mode_word(self.mode, self.mode_reason), Ordering::Relaxed);
+            self.section.seq.store(0, Ordering::Relaxed);
+            self.pinned.store(false, Ordering::Relaxed);
             ctl_of(generation(s), FREE)
         } else {
             ctl_of(generation(s), RETIRED)

@@ -7,20 +7,20 @@ use crate::sync::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct SlotStats {
-    /// Signals sent to the slot's owner (queue mode only).
-    pub signals_sent: u64,
-    /// Signals the kernel refused (`tgkill` failed, e.g. `EAGAIN` when the
-    /// signal queue is full); a flusher sends them again.
-    pub signals_failed: u64,
-    /// Signals sent again because they were lost: a flusher waited 100 ms
-    /// with the signal sent and no handler started since, and the owner's
-    /// thread showed it neither pending nor blocked (taken by `sigwait` or
-    /// a `signalfd`, or the thread was exiting). A signal still pending or
-    /// blocked is never sent again. Each is also in `signals_sent`.
-    pub signals_resent_lost: u64,
-    /// Works the owner ran in its signal handler.
-    pub works_in_handler: u64,
-    /// Works the owner ran when a local section ended (the signal came during it).
+    /// `queue` drains that fenced the owner's pinned CPU alone
+    /// (`membarrier`, one IPI to that CPU).
+    pub fences_targeted: u64,
+    /// `queue` drains that fenced every CPU running a thread of the process
+    /// (the owner is not pinned: one IPI to each such CPU).
+    pub fences_process_wide: u64,
+    /// Fences the kernel refused at drain time (a seccomp filter on the
+    /// draining thread): the work was left to the owner's section end.
+    pub fences_refused: u64,
+    /// Works run by a `queue` drainer on its own thread, after fencing the
+    /// owner's CPU and seeing its section closed.
+    pub works_fenced: u64,
+    /// Works the owner ran when a local section ended (queued from inside
+    /// its own section, or left by a drain that timed out).
     pub works_at_section_end: u64,
     /// Works the owner ran at a quiescent point, when coming online, binding or unbinding.
     pub works_at_quiescent: u64,
@@ -49,23 +49,23 @@ pub struct SlotStats {
     /// bound for remote contexts to leave the slot (a child may then find
     /// one of its cells held by a thread it does not have).
     pub fork_waits_expired: u64,
-    /// Times the slot should have left `remote` (an unbind, or a bind in the
-    /// slot's own mode) and a remote context (a `RemoteGuard`, or a work
-    /// run under a cell lock) stayed on it past the domain's flush timeout:
-    /// the slot stayed `remote` (reason
-    /// [`ModeReason::RemoteContextOutstayed`](crate::ModeReason::RemoteContextOutstayed)).
-    pub mode_waits_expired: u64,
 }
 
 impl SlotStats {
+    /// Fences issued, targeted and process-wide: the interruptions of
+    /// owners' CPUs that `queue` drains caused.
+    pub fn fences(&self) -> u64 {
+        self.fences_targeted + self.fences_process_wide
+    }
+
     /// Works run by the owner, in any of its contexts.
     pub fn works_by_owner(&self) -> u64 {
-        self.works_in_handler + self.works_at_section_end + self.works_at_quiescent
+        self.works_at_section_end + self.works_at_quiescent
     }
 
     /// All works run, by anyone.
     pub fn works_run(&self) -> u64 {
-        self.works_by_owner() + self.works_remote + self.works_for_absent_owner
+        self.works_by_owner() + self.works_fenced + self.works_remote + self.works_for_absent_owner
     }
 
     /// The counts from `earlier` to `self` (two snapshots of the same slot
@@ -73,10 +73,10 @@ impl SlotStats {
     pub fn since(&self, earlier: &SlotStats) -> SlotStats {
         let d = |a: u64, b: u64| a.saturating_sub(b);
         SlotStats {
-            signals_sent: d(self.signals_sent, earlier.signals_sent),
-            signals_failed: d(self.signals_failed, earlier.signals_failed),
-            signals_resent_lost: d(self.signals_resent_lost, earlier.signals_resent_lost),
-            works_in_handler: d(self.works_in_handler, earlier.works_in_handler),
+            fences_targeted: d(self.fences_targeted, earlier.fences_targeted),
+            fences_process_wide: d(self.fences_process_wide, earlier.fences_process_wide),
+            fences_refused: d(self.fences_refused, earlier.fences_refused),
+            works_fenced: d(self.works_fenced, earlier.works_fenced),
             works_at_section_end: d(self.works_at_section_end, earlier.works_at_section_end),
             works_at_quiescent: d(self.works_at_quiescent, earlier.works_at_quiescent),
             works_remote: d(self.works_remote, earlier.works_remote),
@@ -88,16 +88,15 @@ impl SlotStats {
             owner_waits_pi: d(self.owner_waits_pi, earlier.owner_waits_pi),
             owner_pi_unavailable: d(self.owner_pi_unavailable, earlier.owner_pi_unavailable),
             fork_waits_expired: d(self.fork_waits_expired, earlier.fork_waits_expired),
-            mode_waits_expired: d(self.mode_waits_expired, earlier.mode_waits_expired),
         }
     }
 
     /// Adds another slot's counters (for domain totals).
     pub fn add(&mut self, o: &SlotStats) {
-        self.signals_sent += o.signals_sent;
-        self.signals_failed += o.signals_failed;
-        self.signals_resent_lost += o.signals_resent_lost;
-        self.works_in_handler += o.works_in_handler;
+        self.fences_targeted += o.fences_targeted;
+        self.fences_process_wide += o.fences_process_wide;
+        self.fences_refused += o.fences_refused;
+        self.works_fenced += o.works_fenced;
         self.works_at_section_end += o.works_at_section_end;
         self.works_at_quiescent += o.works_at_quiescent;
         self.works_remote += o.works_remote;
@@ -109,7 +108,6 @@ impl SlotStats {
         self.owner_waits_pi += o.owner_waits_pi;
         self.owner_pi_unavailable += o.owner_pi_unavailable;
         self.fork_waits_expired += o.fork_waits_expired;
-        self.mode_waits_expired += o.mode_waits_expired;
     }
 }
 
@@ -118,22 +116,24 @@ impl SlotStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct SlotInfo {
-    /// The slot's mode as the domain was built (an `auto` domain resolved per CPU).
+    /// The slot's mode as the domain asked for it (an `auto` domain
+    /// resolved per CPU).
     pub configured: SlotMode,
-    /// The mode the slot runs in for its current binding (the configured
-    /// one while it has no owner).
+    /// The mode the slot runs in (`remote` for a `queue` slot when the
+    /// kernel refused the fence).
     pub effective: SlotMode,
     /// Why `effective` is what it is.
     pub reason: ModeReason,
     /// Drain-alls whose per-slot check ([`WorkSet::with_check`](crate::WorkSet::with_check))
-    /// said this slot needed nothing: it was neither signalled nor locked.
+    /// said this slot needed nothing: it was neither fenced nor locked.
     pub drains_skipped_clean: u64,
 }
 
 /// Where a work ran, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RanAt {
-    Handler,
+    /// A `queue` drainer's thread, holding the slot's claim.
+    Fenced,
     SectionEnd,
     Quiescent,
     /// Another thread, under the cells' locks (`remote` mode).
@@ -144,10 +144,10 @@ pub(crate) enum RanAt {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    signals_sent: AtomicU64,
-    signals_failed: AtomicU64,
-    resent_lost: AtomicU64,
-    in_handler: AtomicU64,
+    fences_targeted: AtomicU64,
+    fences_process_wide: AtomicU64,
+    fences_refused: AtomicU64,
+    fenced: AtomicU64,
     at_section_end: AtomicU64,
     at_quiescent: AtomicU64,
     remote: AtomicU64,
@@ -160,7 +160,6 @@ pub(crate) struct Counters {
     owner_pi_unavailable: AtomicU64,
     skipped_clean: AtomicU64,
     fork_waits_expired: AtomicU64,
-    mode_waits_expired: AtomicU64,
 }
 
 impl Counters {
@@ -168,14 +167,17 @@ impl Counters {
     fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn signal_sent(&self) {
-        Self::bump(&self.signals_sent)
+    /// A fence issued: of the owner's CPU alone (`targeted`), or of every
+    /// CPU of the process.
+    pub(crate) fn fenced(&self, targeted: bool) {
+        Self::bump(if targeted {
+            &self.fences_targeted
+        } else {
+            &self.fences_process_wide
+        })
     }
-    pub(crate) fn signal_failed(&self) {
-        Self::bump(&self.signals_failed)
-    }
-    pub(crate) fn signal_resent_lost(&self) {
-        Self::bump(&self.resent_lost)
+    pub(crate) fn fence_refused(&self) {
+        Self::bump(&self.fences_refused)
     }
     pub(crate) fn contended(&self) {
         Self::bump(&self.contended)
@@ -195,9 +197,6 @@ impl Counters {
     pub(crate) fn fork_wait_expired(&self) {
         Self::bump(&self.fork_waits_expired)
     }
-    pub(crate) fn mode_wait_expired(&self) {
-        Self::bump(&self.mode_waits_expired)
-    }
     pub(crate) fn owner_pi_unavailable(&self) {
         Self::bump(&self.owner_pi_unavailable)
     }
@@ -209,7 +208,7 @@ impl Counters {
     }
     pub(crate) fn ran(&self, at: RanAt) {
         Self::bump(match at {
-            RanAt::Handler => &self.in_handler,
+            RanAt::Fenced => &self.fenced,
             RanAt::SectionEnd => &self.at_section_end,
             RanAt::Quiescent => &self.at_quiescent,
             RanAt::RemoteLocked => &self.remote,
@@ -219,10 +218,10 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> SlotStats {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SlotStats {
-            signals_sent: l(&self.signals_sent),
-            signals_failed: l(&self.signals_failed),
-            signals_resent_lost: l(&self.resent_lost),
-            works_in_handler: l(&self.in_handler),
+            fences_targeted: l(&self.fences_targeted),
+            fences_process_wide: l(&self.fences_process_wide),
+            fences_refused: l(&self.fences_refused),
+            works_fenced: l(&self.fenced),
             works_at_section_end: l(&self.at_section_end),
             works_at_quiescent: l(&self.at_quiescent),
             works_remote: l(&self.remote),
@@ -234,7 +233,6 @@ impl Counters {
             owner_waits_pi: l(&self.owner_waits_pi),
             owner_pi_unavailable: l(&self.owner_pi_unavailable),
             fork_waits_expired: l(&self.fork_waits_expired),
-            mode_waits_expired: l(&self.mode_waits_expired),
         }
     }
 }

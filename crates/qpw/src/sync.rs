@@ -21,23 +21,10 @@ pub(crate) use std::sync::Arc;
 pub(crate) use std::sync::atomic::Ordering;
 
 /// Atomics of process-global state that no model explores (the fork
-/// registry, the handler-installation flag): always the real ones, since a
+/// registry): always the real ones, since a
 /// `static` cannot hold a loom atomic.
 pub(crate) mod process {
     pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
-}
-
-/// Orders the owner's code against its own signal handler.
-///
-/// A handler runs on the thread it interrupts, so only the compiler may
-/// reorder across it; no CPU fence is needed. Under loom the handler is
-/// modelled as a call made by the owner's thread, so this is a no-op there.
-#[inline(always)]
-pub(crate) fn signal_fence(order: Ordering) {
-    #[cfg(not(qpw_loom))]
-    std::sync::atomic::compiler_fence(order);
-    #[cfg(qpw_loom)]
-    let _ = order;
 }
 
 /// Hint for spin loops (a `loom::thread::yield_now` under loom, so models

@@ -33,16 +33,19 @@ impl fmt::Display for ModeReason {
 
 impl fmt::Display for SlotStats {
     /// One line of the counters a reader looks at first: who ran the works,
-    /// lock contention and timeouts, panics. `{:?}` shows every counter.
+    /// the fences `queue` drains issued, lock contention and timeouts, panics. `{:?}` shows every counter.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "works run: {} (by the owner {}, remotely {}, for an absent owner {}); \
+            "works run: {} (by the owner {}, remotely {}, after a fence {}, \
+             for an absent owner {}); fences {}; \
              lock contended {}, lock timeouts {}, works panicked {}",
             self.works_run(),
             self.works_by_owner(),
             self.works_remote,
+            self.works_fenced,
             self.works_for_absent_owner,
+            self.fences(),
             self.lock_contended,
             self.lock_timeouts,
             self.works_panicked

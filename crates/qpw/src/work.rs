@@ -19,7 +19,6 @@
 //! are freed when the last of its handles, stack entries and runs is gone,
 //! never under a run. Dropping a `Work` never waits.
 
-use crate::cell_lock::LockTimeout;
 use crate::config::{Config, SlotMode};
 use crate::domain::{Domain, DomainInner};
 use crate::error::{Error, FlushError};
@@ -45,6 +44,8 @@ pub struct WorkCtx<'a, C: Config = crate::Standard> {
     pub(crate) kind: CtxKind,
     /// Bounds this run's remote lock waits (`None` in the owner's contexts).
     pub(crate) deadline: Option<Instant>,
+    /// A lock wait of this run reached the deadline (set by `lock_ctx`).
+    pub(crate) timed_out: bool,
     // Not Send: the context belongs to the running call.
     _not_send: PhantomData<*mut ()>,
 }
@@ -55,6 +56,7 @@ impl<'a, C: Config> WorkCtx<'a, C> {
             slot,
             kind: run.kind,
             deadline: run.deadline,
+            timed_out: false,
             _not_send: PhantomData,
         }
     }
@@ -79,7 +81,7 @@ impl<'a, C: Config> WorkCtx<'a, C> {
     /// The mode the slot runs in (its current binding's, see
     /// [`Domain::slot_info`](crate::Domain::slot_info)).
     pub fn mode(&self) -> SlotMode {
-        self.slot.eff_mode()
+        self.slot.mode
     }
 }
 
@@ -101,7 +103,7 @@ const SEQ_ONE: u64 = 1 << SEQ_SHIFT;
 enum Outcome {
     Ran,
     Panicked,
-    /// A remote lock wait passed the deadline: abandoned at that lock.
+    /// A remote lock wait passed the deadline (the function saw the error).
     LockTimeout,
 }
 
@@ -186,20 +188,10 @@ impl<C: Config> WorkInner<C> {
                     this.done.fetch_max(seq, Ordering::SeqCst);
                 }
                 Outcome::LockTimeout => {
-                    // Not run: queue it again for the owner (its section's
-                    // end, or a later flusher), whatever came meanwhile.
+                    // Over, not retried here: the flush reports it, and a
+                    // new queueing runs it again.
                     this.timed_out.fetch_max(seq, Ordering::SeqCst);
-                    let mut s = this.state.load(Ordering::SeqCst);
-                    while let Err(now) = this.state.compare_exchange_weak(
-                        s,
-                        (s | PENDING) & !RUNNING,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    ) {
-                        s = now;
-                    }
-                    Self::push(this, slot);
-                    return;
+                    this.done.fetch_max(seq, Ordering::SeqCst);
                 }
             }
             slot.counters.ran(run.at);
@@ -226,13 +218,14 @@ impl<C: Config> WorkInner<C> {
         }
     }
 
-    /// Calls the function once. A panic must not unwind through the signal
-    /// handler or leave the slot half-run.
+    /// Calls the function once. A panic must not unwind into the drain
+    /// that runs it (other slots' works, the claim it holds) or leave the
+    /// slot half-run.
     fn call(&self, slot: &SlotState<C>, run: RunCtx) -> Outcome {
         let mut ctx = WorkCtx::new(slot, run);
         match catch_unwind(AssertUnwindSafe(|| (self.func)(&mut ctx))) {
+            Ok(()) if ctx.timed_out => Outcome::LockTimeout,
             Ok(()) => Outcome::Ran,
-            Err(payload) if payload.is::<LockTimeout>() => Outcome::LockTimeout,
             Err(_) => Outcome::Panicked,
         }
     }
@@ -260,16 +253,28 @@ impl<C: Config> WorkInner<C> {
 /// A work item bound to one slot and one function, prepared once (`INIT_QPW`).
 ///
 /// Queueing it never allocates. [`queue`](Self::queue) is
-/// `queue_percpu_work_on`, [`flush`](Self::flush) is `flush_percpu_work`; what
-/// they do depends on the slot's [`SlotMode`]:
+/// `queue_percpu_work_on`, [`flush`](Self::flush) is `flush_percpu_work`.
 ///
-/// - `Queue`: pushed on the slot's pending list, the owner is sent a signal,
-///   and its handler runs the work (or the end of its local section does);
-/// - `Remote`: run at once by the caller, which locks the cells it touches;
-/// - `Defer`: pushed; the owner runs it at its next quiescent point;
+/// # Where the function runs
 ///
-/// and in every mode, when the slot has no owner or the owner is offline,
-/// the caller runs it itself.
+/// Always as ordinary code on an ordinary thread, never in a signal handler
+/// (qpw installs none): it may allocate, free, lock a `Mutex`, drop the
+/// last `Arc` of anything, block briefly. Which thread depends on the
+/// slot's [`SlotMode`] and on its owner:
+///
+/// | slot | thread | the slot's data |
+/// |---|---|---|
+/// | `Queue`, owner online | the caller of `queue`/`flush` (or drain-all), after it claimed the slot, fenced the owner's CPU (`membarrier`) and saw the owner's section close; the owner waits if it opens a section meanwhile | the caller's alone |
+/// | `Remote`, owner online | the caller, at once | each cell under its lock ([`PerCpu::lock_ctx`](crate::PerCpu::lock_ctx) takes it) |
+/// | `Defer`, owner online | the owner, at its next quiescent point ([`Owner::quiescent`](crate::Owner::quiescent), going offline, unbinding) | the owner's |
+/// | any mode, work queued from inside the owner's own section, or left after a timeout | the owner, when its local section ends | the owner's |
+/// | any mode, no owner or owner offline | the caller | the caller's (the slot is taken) |
+///
+/// [`WorkCtx::is_remote`] tells the two apart. What the function must not
+/// do: open a local section of the slot it runs for from its owner's
+/// thread (`with_local` on that slot inside its own work panics: two `&mut`
+/// to one value), or wait for something only that slot's owner can do (the
+/// owner may be waiting for the function to finish).
 ///
 /// A work never runs concurrently with itself: queued while it runs, it runs
 /// again once the current run ends. Dropping a `Work` never waits: a work
@@ -289,7 +294,7 @@ impl<C: Config> fmt::Debug for Work<C> {
 /// The slot the caller owns in `domain` if it is inside its local section
 /// there: a flush would wait on itself.
 fn caller_in_section<C: Config>(domain: &DomainInner<C>) -> Option<usize> {
-    let cpu = crate::handler::owned_in(domain.id)?;
+    let cpu = crate::owned::owned_in(domain.id)?;
     let slot = &domain.slots[cpu];
     (slot.state() == crate::slot::ONLINE && slot.section_open(Ordering::Relaxed)).then_some(cpu)
 }
@@ -336,15 +341,12 @@ impl<C: Config> Work<C> {
             return true;
         }
         let slot = self.slot_state();
-        let owns = crate::handler::current_thread_owns(slot);
+        let owns = crate::owned::current_thread_owns(slot);
         // `enter_remote` is `None` while the owner forks (its fork gate).
-        let hold = (slot.eff_mode() == SlotMode::Remote
-            && !slot.is_retired()
-            && slot.run_now_remote(owns))
-        .then(|| slot.enter_remote())
-        .flatten()
-        // Counted, then checked again (see `SlotState::set_effective`).
-        .filter(|_| slot.eff_mode_counted() == SlotMode::Remote);
+        let hold =
+            (slot.mode == SlotMode::Remote && !slot.is_retired() && slot.run_now_remote(owns))
+                .then(|| slot.enter_remote())
+                .flatten();
         if let Some(_hold) = hold {
             WorkInner::run_claimed(
                 w,
@@ -358,8 +360,15 @@ impl<C: Config> Work<C> {
         } else {
             // `remote` with the owner stuck in a section: it runs the work
             // when it leaves, and so does a flusher once it sees it out.
+            // `queue` with the owner online: this thread fences it and runs
+            // the work, unless it is inside a local section of its own
+            // (fencing would wait on another owner while holding ours: the
+            // owner runs the work at its section's end, a flush fences).
             WorkInner::push(w, slot);
-            slot.kick(owns, Some(deadline));
+            let wait = caller_in_section(&self.domain)
+                .is_none()
+                .then_some(deadline);
+            slot.help(owns, wait);
         }
         true
     }
@@ -393,12 +402,12 @@ impl<C: Config> Work<C> {
         let w = &self.inner;
         let target = w.state.load(Ordering::SeqCst) >> SEQ_SHIFT;
         let slot = self.slot_state();
-        let owns = crate::handler::current_thread_owns(slot);
+        let owns = crate::owned::current_thread_owns(slot);
         // A flusher that owns a slot of the domain (outside a section: see
         // `flush_timeout`) is at a quiescent point while it waits: it runs its
         // own slot's work meanwhile, so two owners flushing each other's
         // slots (`defer`) do not wait on each other until the deadline.
-        let mine = crate::handler::owned_in(self.domain.id)
+        let mine = crate::owned::owned_in(self.domain.id)
             .map(|c| &*self.domain.slots[c])
             .filter(|s| !std::ptr::eq(*s, slot));
         let mut waiter = Waiter::new(deadline);
@@ -415,32 +424,20 @@ impl<C: Config> Work<C> {
                 if target > 0 && w.panicked.load(Ordering::SeqCst) == target {
                     return Err(FlushError::Panicked { cpu: self.cpu });
                 }
+                if target > 0 && w.timed_out.load(Ordering::SeqCst) == target {
+                    return Err(FlushError::LockTimeout {
+                        cpu: self.cpu,
+                        waited_ms: bound.as_millis() as u64,
+                    });
+                }
                 return Ok(());
             }
             // The owner may have gone offline or away since it was queued.
             if slot.help(owns, Some(deadline)) == Helped::Retired {
                 return Err(FlushError::Retired { cpu: self.cpu });
             }
-            if waiter.resend_due() {
-                slot.resend(waiter.waited_long());
-            }
             if waiter.wait() {
                 let waited_ms = bound.as_millis() as u64;
-                if w.timed_out.load(Ordering::SeqCst) >= target {
-                    return Err(FlushError::LockTimeout {
-                        cpu: self.cpu,
-                        waited_ms,
-                    });
-                }
-                if let Some((tid, reason)) = slot.signal_trouble() {
-                    return Err(FlushError::SignalNotHandled {
-                        cpu: self.cpu,
-                        waited_ms,
-                        tid,
-                        signal: self.domain.signal,
-                        reason,
-                    });
-                }
                 return Err(FlushError::Timeout {
                     cpu: self.cpu,
                     waited_ms,
@@ -452,49 +449,13 @@ impl<C: Config> Work<C> {
 
 /// Spins briefly, then yields, then sleeps, until a deadline.
 struct Waiter {
-    #[cfg_attr(qpw_loom, allow(dead_code))] // time does not pass in the models
-    start: Instant,
     deadline: Instant,
     spins: u32,
-    /// When to look for a failed or lost signal next.
-    #[cfg_attr(qpw_loom, allow(dead_code))]
-    resend_at: Duration,
 }
 
 impl Waiter {
     fn new(deadline: Instant) -> Self {
-        Self {
-            start: Instant::now(),
-            deadline,
-            spins: 0,
-            resend_at: Duration::from_millis(10),
-        }
-    }
-
-    /// Whether to look for a failed or lost signal now: after 10 ms, then
-    /// each time 10 times later (under the models: every 8 waits, since
-    /// their time does not pass). Not sooner: an owner that is only
-    /// waiting for a core would get a second signal for nothing.
-    fn resend_due(&mut self) -> bool {
-        #[cfg(qpw_loom)]
-        return self.spins % 8 == 7;
-        #[cfg(not(qpw_loom))]
-        {
-            if self.spins % 16 != 0 || self.start.elapsed() < self.resend_at {
-                return false;
-            }
-            self.resend_at = self.resend_at.saturating_mul(10);
-            true
-        }
-    }
-
-    /// Whether the wait has lasted long enough to call a signal still in
-    /// flight lost: 100 ms (under the models: always).
-    fn waited_long(&self) -> bool {
-        #[cfg(qpw_loom)]
-        return true;
-        #[cfg(not(qpw_loom))]
-        return self.start.elapsed() >= Duration::from_millis(100);
+        Self { deadline, spins: 0 }
     }
 
     /// Waits a little; `true` once the deadline has passed. Spins first
@@ -523,15 +484,17 @@ impl Waiter {
 ///
 /// [`run`](Self::run) queues the work on every slot, then flushes every one,
 /// all under one deadline (the domain's flush timeout, for the whole
-/// drain-all): in `remote` mode each runs at once under its slot's locks;
-/// in `queue` mode every owner is signalled before the first wait, so their
-/// handlers run in parallel; in `defer` mode each owner runs it at its next
-/// quiescent point. Slots without an owner, or whose owner is offline, are
-/// run by the caller. Retired slots (see [`Domain::is_retired`]) are
-/// skipped and counted in their [`SlotStats`](crate::SlotStats).
+/// drain-all). The functions run where [`Work`] says, one slot after the
+/// other: on the caller's thread in `remote` mode (under each slot's cell
+/// locks) and in `queue` mode (after fencing each online owner's CPU, one
+/// IPI per slot, and waiting for its section to close); on each owner's
+/// thread at its next quiescent point in `defer` mode. Slots without an
+/// owner, or whose owner is offline, are run by the caller. Retired slots
+/// (see [`Domain::is_retired`]) are skipped and counted in their
+/// [`SlotStats`](crate::SlotStats).
 ///
 /// A set may carry a per-slot check ([`with_check`](Self::with_check)): a
-/// slot it says needs nothing is neither signalled nor locked.
+/// slot it says needs nothing is neither fenced nor locked.
 pub struct WorkSet<C: Config = crate::Standard> {
     works: Vec<Work<C>>,
     needs: Option<Box<NeedsFn>>,
@@ -553,7 +516,7 @@ impl<C: Config> WorkSet<C> {
     /// Adds a per-slot "needs this work" check (the kernel's
     /// `has_pcs_used`, `cpu_needs_drain`, memcg stock check): every drain-all
     /// calls `needs(slot)` once per slot before queueing there, and a slot
-    /// for which it returns `false` is skipped: not signalled, not locked,
+    /// for which it returns `false` is skipped: not fenced, not locked,
     /// not waited for (counted in
     /// [`SlotInfo::drains_skipped_clean`](crate::SlotInfo::drains_skipped_clean)).
     ///
@@ -643,6 +606,11 @@ impl<C: Config> WorkSet<C> {
 
 impl<C: Config> Domain<C> {
     /// Prepares a work for slot `cpu` (`INIT_QPW(work, fn, cpu)`).
+    ///
+    /// `f` runs as ordinary code, never in a signal handler: on the caller's
+    /// thread (`queue` and `remote` modes, or an absent or offline owner)
+    /// or on the owner's (`defer`, or work left to the owner's section
+    /// end); see [`Work`] for the table and what `f` may do.
     pub fn work(
         &self,
         cpu: usize,
@@ -653,6 +621,7 @@ impl<C: Config> Domain<C> {
     }
 
     /// Prepares one work per slot with the same function, for drain-all.
+    /// Each slot's run happens where [`Work`] says (see [`WorkSet`]).
     pub fn work_all(
         &self,
         f: impl Fn(&mut WorkCtx<'_, C>) + Send + Sync + Clone + 'static,

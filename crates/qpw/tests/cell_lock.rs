@@ -57,7 +57,11 @@ fn exclusion<C: Config>(mode: Mode) {
     let direct = Arc::new(AtomicU64::new(0));
     let drain = Arc::new(d.work_all({
         let data = data.clone();
-        move |ctx| data.lock_ctx(ctx).bump()
+        move |ctx| {
+            if let Ok(mut g) = data.lock_ctx(ctx) {
+                g.bump()
+            }
+        }
     }));
     let bound = Arc::new(Barrier::new(3));
     let stop = Arc::new(AtomicBool::new(false));
@@ -336,10 +340,10 @@ fn try_calls<C: Config>() {
     held_rx.recv().unwrap();
     let mut me = d.bind_unpinned(1).unwrap();
     assert!(data.try_lock(&mut me).is_none(), "try_lock got a held cell");
-    assert!(matches!(
-        data.try_remote(1),
-        Err(Error::WouldBlock { cpu: 1 })
-    ));
+    let r = std::thread::scope(|s| s.spawn(|| data.try_remote(1).map(|_| ())).join().unwrap());
+    assert_eq!(r, Err(Error::WouldBlock { cpu: 1 }));
+    // The owner itself is refused at once: its sections would wait on it.
+    assert!(matches!(data.try_remote(1), Err(Error::OwnSlot { cpu: 1 })));
     release_tx.send(()).unwrap();
     holder.join().unwrap();
     // Free now: both succeed, and see the holder's write.
@@ -349,6 +353,7 @@ fn try_calls<C: Config>() {
     let r = std::thread::scope(|s| s.spawn(|| data.try_remote(1).map(|_| ())).join().unwrap());
     assert_eq!(r, Err(Error::WouldBlock { cpu: 1 }));
     drop(g);
-    assert_eq!(*data.try_remote(1).unwrap(), 1);
+    let v = std::thread::scope(|s| s.spawn(|| *data.try_remote(1).unwrap()).join().unwrap());
+    assert_eq!(v, 1);
     assert_eq!(d.stats(1).unwrap().owner_waits_pi, 0, "nothing ever waited");
 }

@@ -1,11 +1,10 @@
 //! Faults and churn: work that panics, owners that exit at any point
 //! (also with their work queued), thousands of short threads, more threads
-//! than slots, signal storms, and threads that block the qpw signal. Each
+//! than slots, fence storms, and owners that block every signal. Each
 //! checks conservation and that no flush hangs and no lock is left held.
 
 mod common;
 
-use common::set_blocked;
 use qpw::{Config, Domain, Error, FlushError, Mode, NoQpw, Owner, PerCpu, Rt, SlotMode, Standard};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -58,7 +57,10 @@ impl<C: Config> Counted<C> {
             (self.counts.clone(), self.drained.clone(), self.runs.clone());
         move |ctx| {
             let cpu = ctx.cpu();
-            let n = std::mem::take(&mut *counts.lock_ctx(ctx));
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
+            let n = std::mem::take(&mut *c);
             drained.fetch_add(n, Ordering::Relaxed);
             runs[cpu].fetch_add(1, Ordering::Relaxed);
         }
@@ -75,7 +77,7 @@ enum Cmd {
 /// An owner thread of slot `cpu`: serves commands, acknowledging each. In a
 /// `defer` slot it passes a quiescent point whenever it has nothing to do;
 /// in the other modes it blocks in `recv`, so queued work reaches it only
-/// through its signal handler (`queue`) or the caller (`remote`).
+/// through a fenced drain (`queue`) or the caller (`remote`).
 fn owner_thread<C: Config>(
     domain: &Domain<C>,
     counts: &Arc<PerCpu<u64, C>>,
@@ -121,7 +123,7 @@ fn owner_thread<C: Config>(
 /// A work function that panics: the flush reports it, the slot stays
 /// usable, no lock is left held (the panicking work held the cell's lock in
 /// `remote` mode and under RT), and no flush hangs. In `queue` mode the panic
-/// happens, and is caught, inside the owner's signal handler.
+/// happens, and is caught, inside a fenced drain on the caller.s thread.
 fn panicking_work<C: Config>(mode: Mode) {
     let domain = domain::<C>(mode, 2);
     let c = Counted::new(&domain);
@@ -132,7 +134,9 @@ fn panicking_work<C: Config>(mode: Mode) {
             let panic_next = panic_next.clone();
             move |ctx| {
                 let cpu = ctx.cpu();
-                let mut cell = counts.lock_ctx(ctx);
+                let Ok(mut cell) = counts.lock_ctx(ctx) else {
+                    return;
+                };
                 drained.fetch_add(std::mem::take(&mut *cell), Ordering::Relaxed);
                 runs[cpu].fetch_add(1, Ordering::Relaxed);
                 if panic_next.swap(false, Ordering::SeqCst) {
@@ -173,9 +177,9 @@ fn panicking_work<C: Config>(mode: Mode) {
     let after = domain.stats(0).unwrap();
     if queue_slot {
         assert_eq!(
-            after.works_in_handler - before.works_in_handler,
+            after.works_fenced - before.works_fenced,
             2,
-            "both runs, the panicking one included, were in the signal handler"
+            "both runs, the panicking one included, were fenced drains"
         );
     }
     if domain.slot_mode(0).unwrap() == SlotMode::Remote {
@@ -405,7 +409,7 @@ fn thousands_of_threads<C: Config>(mode: Mode) {
         );
     }
     if matches!(domain.mode(), Mode::Remote | Mode::Defer) {
-        assert_eq!(domain.total_stats().signals_sent, 0);
+        assert_eq!(domain.total_stats().fences(), 0);
     }
 }
 
@@ -506,8 +510,8 @@ fn slot_exhaustion() {
         })
         .collect();
     bound.wait();
-    // Every slot is owned, by threads blocked in a barrier: the drain reaches
-    // them through their signal handlers.
+    // Every slot is owned, by threads blocked in a barrier: the drain fences
+    // them and runs their work itself.
     set.run().expect("drain with every slot owned");
     assert_eq!(c.drained.load(Ordering::SeqCst), SLOTS as u64);
     let e = domain.bind_unpinned(0).unwrap_err();
@@ -537,11 +541,13 @@ fn slot_exhaustion() {
     assert_eq!(me.slot(), 0);
 }
 
-/// Many drains per millisecond in `queue` mode while the owners go in and
-/// out of local sections: the work runs once per queueing, in the handler
-/// or at the section's end; conservation holds; and the library sent at most
-/// one signal per queueing.
-fn signal_storm<C: Config>() {
+/// The fence protocol's lost-update stress test: many drains per
+/// millisecond in `queue` mode while the owners go in and out of local
+/// sections (pinned to their CPUs, or unpinned and free to migrate): every
+/// count an owner added is drained exactly once (an overlap of a drain and
+/// a section would lose or double updates), the work runs once per
+/// queueing, and the library issued at most one fence per queueing.
+fn fence_storm<C: Config>(pinned: bool) {
     const OWNERS: usize = 2;
     const DRAINS: u64 = 20_000;
     const STORM: Duration = Duration::from_secs(3);
@@ -559,13 +565,17 @@ fn signal_storm<C: Config>() {
                 ready.clone(),
             );
             thread::spawn(move || {
-                let mut me = domain.bind_unpinned(cpu).expect("bind");
+                let mut me = if pinned {
+                    domain.bind(cpu).expect("bind pinned")
+                } else {
+                    domain.bind_unpinned(cpu).expect("bind")
+                };
                 ready.wait();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let mut g = counts.lock(&mut me);
                     *g += 1;
-                    // Longer sections now and then, so signals land inside.
+                    // Longer sections now and then, so fences land inside.
                     if n % 64 == 0 {
                         for _ in 0..200 {
                             std::hint::spin_loop();
@@ -608,18 +618,24 @@ fn signal_storm<C: Config>() {
             "slot {cpu}: one run per drain"
         );
     }
-    let sent = storm.signals_sent - before.signals_sent;
+    let sent = storm.fences() - before.fences();
     assert!(
         sent <= drains * OWNERS as u64,
-        "{sent} signals for {drains} drains of {OWNERS} slots"
+        "{sent} fences for {drains} drains of {OWNERS} slots"
     );
+    let targeted = storm.fences_targeted - before.fences_targeted;
+    if pinned {
+        assert_eq!(targeted, sent, "pinned owners get targeted fences");
+    } else {
+        assert_eq!(targeted, 0, "unpinned owners get process-wide fences");
+    }
     let ran = storm.works_run() - before.works_run();
     assert_eq!(ran, drains * OWNERS as u64);
     eprintln!(
-        "{}: {drains} drains in {:?}; {sent} signals; {} works in the handler, {} at section end",
+        "{} (pinned: {pinned}): {drains} drains in {:?}; {sent} fences; {} works fenced, {} at section end",
         C::NAME,
         start.elapsed(),
-        storm.works_in_handler - before.works_in_handler,
+        storm.works_fenced - before.works_fenced,
         storm.works_at_section_end - before.works_at_section_end
     );
     assert_eq!(
@@ -631,23 +647,28 @@ fn signal_storm<C: Config>() {
 }
 
 #[test]
-fn signal_storm_standard() {
-    signal_storm::<Standard>();
+fn fence_storm_standard_migrating() {
+    fence_storm::<Standard>(false);
 }
 
 #[test]
-fn signal_storm_no_qpw() {
-    signal_storm::<NoQpw>();
+fn fence_storm_standard_pinned() {
+    fence_storm::<Standard>(true);
 }
 
 #[test]
-fn signal_storm_rt() {
-    signal_storm::<Rt>();
+fn fence_storm_no_qpw_migrating() {
+    fence_storm::<NoQpw>(false);
+}
+
+#[test]
+fn fence_storm_rt_pinned() {
+    fence_storm::<Rt>(true);
 }
 
 /// An owner whose token was leaked (`mem::forget`) by a thread that then
-/// exited: in `queue` mode the signal finds no thread (ESRCH), the library
-/// frees the slot and runs the work itself; the slot can be bound again.
+/// exited outside a section: in `queue` mode drains still run its work (the
+/// fence finds its section closed); the slot stays owned.
 #[test]
 fn owner_leaked_by_an_exited_thread() {
     let domain = domain::<Standard>(Mode::Queue, 2);
@@ -665,138 +686,40 @@ fn owner_leaked_by_an_exited_thread() {
     assert!(w.queue());
     assert_eq!(w.flush(), Ok(()));
     assert_eq!(c.drained.load(Ordering::SeqCst), 4);
-    assert!(
-        !domain.is_owned(1).unwrap(),
-        "the dead owner's slot was freed"
-    );
-    let me = domain.bind_unpinned(1).expect("the slot is reusable");
-    assert_eq!(me.slot(), 1);
+    assert!(w.queue());
+    assert_eq!(w.flush(), Ok(()));
+    assert_eq!(c.runs[1].load(Ordering::SeqCst), 2);
 }
 
-/// A thread that blocks the qpw signal binds a `queue` slot in `remote`
-/// behaviour where the configuration has that mode (`NoQpw` refuses, with
-/// the reason), and every way of binding agrees.
+/// Signal masks are the application's own: an owner that blocks every
+/// signal binds a `queue` slot in `queue` mode, and drains of it run (qpw
+/// sends no signal), in every configuration.
 #[test]
-fn blocked_signal_binds_queue_slot_as_remote() {
-    let d = domain::<Standard>(Mode::Queue, 2);
-    let sig = d.signal();
-    thread::spawn(move || {
-        set_blocked(sig, true);
-        if cfg!(feature = "qpw") {
-            let me = d.bind_unpinned(0).expect("a remote slot needs no signal");
-            assert_eq!(d.slot_info(0).unwrap().effective, SlotMode::Remote);
-            drop(me);
-            let me = d.bind_any().expect("bind_any binds too");
-            assert_eq!(d.slot_info(me.slot()).unwrap().effective, SlotMode::Remote);
-            drop(me);
-            let eff = d
-                .with_local(|o| d.slot_info(o.slot()).unwrap().effective)
-                .expect("implicit owner binds too");
-            assert_eq!(eff, SlotMode::Remote);
-        } else {
-            let e = d.bind_unpinned(0).unwrap_err();
-            assert_eq!(e, Error::SignalBlocked { signal: sig });
-            assert!(e.to_string().contains("blocks signal"), "{e}");
-            assert!(!d.is_owned(0).unwrap(), "a refused bind changed nothing");
-            assert_eq!(
-                d.with_local(|_| ()).unwrap_err(),
-                Error::SignalBlocked { signal: sig }
-            );
-            assert_eq!(
-                d.bind_any().unwrap_err(),
-                Error::SignalBlocked { signal: sig }
-            );
-        }
-    })
-    .join()
-    .unwrap();
-    if cfg!(feature = "qpw") {
-        for mode in [Mode::Remote, Mode::Defer] {
-            let d = domain_of(mode);
-            thread::spawn(move || {
-                set_blocked(d.signal(), true);
-                d.bind_unpinned(0).expect("no signal needed in this mode");
-            })
-            .join()
-            .unwrap();
-        }
-    }
-    // No remote mode without QPW: the refusal stays.
-    let d = domain::<NoQpw>(Mode::Queue, 1);
-    thread::spawn(move || {
-        set_blocked(d.signal(), true);
-        let e = d.bind_unpinned(0).unwrap_err();
-        assert_eq!(e, Error::SignalBlocked { signal: d.signal() });
-    })
-    .join()
-    .unwrap();
-}
-
-fn domain_of(mode: Mode) -> Domain<Standard> {
-    domain::<Standard>(mode, 2)
-}
-
-/// A thread that blocks the signal after binding: a bounded flush returns
-/// `SignalNotHandled` naming the slot and the reason instead of hanging; once the thread unblocks
-/// (or exits) the work runs, once.
-#[test]
-fn signal_blocked_after_binding_times_out() {
-    for exit_instead in [false, true] {
-        let domain = domain::<Standard>(Mode::Queue, 2);
+fn owner_blocking_every_signal_is_drained() {
+    fn check<C: Config>() {
+        let domain = domain::<C>(Mode::Queue, 2);
         let c = Counted::new(&domain);
         let w = domain.work(0, c.drain_fn()).unwrap();
         let (tx, rx) = mpsc::channel::<()>();
         let (ack_tx, ack_rx) = mpsc::channel::<()>();
-        let sig = domain.signal();
         let (d, counts) = (domain.clone(), c.counts.clone());
         let t = thread::spawn(move || {
+            common::block_every_signal();
             let mut me = d.bind_unpinned(0).unwrap();
             *counts.lock(&mut me) += 3;
-            set_blocked(sig, true);
             ack_tx.send(()).unwrap();
             rx.recv().unwrap();
-            if !exit_instead {
-                // The pending signal is delivered here, and its handler runs the work.
-                set_blocked(sig, false);
-                ack_tx.send(()).unwrap();
-                rx.recv().unwrap();
-            }
         });
         ack_rx.recv_timeout(HANG).unwrap();
+        assert_eq!(domain.slot_info(0).unwrap().effective, SlotMode::Queue);
         assert!(w.queue());
-        let e = w.flush_timeout(Duration::from_millis(50)).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                FlushError::SignalNotHandled {
-                    cpu: 0,
-                    waited_ms: 50,
-                    reason: qpw::SignalTrouble::BlockedByOwner { .. },
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        assert!(e.to_string().contains("slot 0"), "{e}");
-        assert!(w.is_pending());
-        assert_eq!(c.runs[0].load(Ordering::SeqCst), 0);
-        tx.send(()).unwrap();
-        if exit_instead {
-            t.join().unwrap();
-            assert_eq!(w.flush(), Ok(()));
-            assert!(!domain.is_owned(0).unwrap());
-        } else {
-            ack_rx.recv_timeout(HANG).unwrap();
-            assert_eq!(w.flush(), Ok(()));
-            assert_eq!(domain.stats(0).unwrap().works_in_handler, 1);
-            tx.send(()).unwrap();
-            t.join().unwrap();
-        }
-        assert_eq!(
-            c.runs[0].load(Ordering::SeqCst),
-            1,
-            "the work ran exactly once"
-        );
+        assert_eq!(w.flush_timeout(HANG), Ok(()));
         assert_eq!(c.drained.load(Ordering::SeqCst), 3);
+        assert_eq!(domain.stats(0).unwrap().fences(), 1);
+        tx.send(()).unwrap();
+        t.join().unwrap();
     }
+    check::<Standard>();
+    check::<NoQpw>();
+    check::<Rt>();
 }

@@ -52,7 +52,7 @@ fn child(domain: &Domain, data: &Arc<PerCpu<u64>>, me: &mut qpw::Owner) -> i32 {
             let drain = domain.work_all({
                 let data = data.clone();
                 move |ctx| {
-                    let _ = *data.lock_ctx(ctx);
+                    let _ = data.lock_ctx(ctx);
                 }
             });
             if drain.run().is_err() {
@@ -63,7 +63,9 @@ fn child(domain: &Domain, data: &Arc<PerCpu<u64>>, me: &mut qpw::Owner) -> i32 {
                 .work(0, {
                     let (data, ran) = (data.clone(), ran.clone());
                     move |ctx| {
-                        *data.lock_ctx(ctx) += 1;
+                        if let Ok(mut g) = data.lock_ctx(ctx) {
+                            *g += 1;
+                        }
                         ran.store(true, Ordering::SeqCst);
                     }
                 })
@@ -181,13 +183,17 @@ fn fork_storm(mode: Mode) -> Option<Outcome> {
             let other = domain
                 .work(3 - slot, {
                     let data = data.clone();
-                    move |ctx| *data.lock_ctx(ctx) += 1
+                    move |ctx| {
+                        if let Ok(mut g) = data.lock_ctx(ctx) {
+                            *g += 1;
+                        }
+                    }
                 })
                 .unwrap();
             let drain = domain.work_all({
                 let data = data.clone();
                 move |ctx| {
-                    let _ = *data.lock_ctx(ctx);
+                    let _ = data.lock_ctx(ctx);
                 }
             });
             let mut i = 0u64;
@@ -213,7 +219,7 @@ fn fork_storm(mode: Mode) -> Option<Outcome> {
             let drain = domain.work_all({
                 let data = data.clone();
                 move |ctx| {
-                    let _ = *data.lock_ctx(ctx);
+                    let _ = data.lock_ctx(ctx);
                 }
             });
             while !stop.load(Ordering::Relaxed) {
@@ -305,7 +311,11 @@ fn fork_child_keeps_the_forking_threads_slot() {
                     let work = domain
                         .work(0, {
                             let data = data.clone();
-                            move |ctx| *data.lock_ctx(ctx) += 1
+                            move |ctx| {
+                                if let Ok(mut g) = data.lock_ctx(ctx) {
+                                    *g += 1;
+                                }
+                            }
                         })
                         .unwrap();
                     work.queue();
@@ -327,7 +337,7 @@ fn fork_child_keeps_the_forking_threads_slot() {
                 return 21; // the live owner's slot was freed
             }
             let s = domain.stats(0).unwrap();
-            if s.works_in_handler != 1 {
+            if s.works_fenced != 1 {
                 return 22;
             }
             if *data.lock(&mut me) != 2 {
@@ -385,7 +395,9 @@ fn fork_while_remote_threads_hold_the_forking_threads_cell() {
                 .work(0, {
                     let data = data.clone();
                     move |ctx| {
-                        let mut g = data.lock_ctx(ctx);
+                        let Ok(mut g) = data.lock_ctx(ctx) else {
+                            return;
+                        };
                         // Hold the lock a while: a wide window for fork.
                         for _ in 0..20_000 {
                             *g = std::hint::black_box(*g + 1);

@@ -108,7 +108,11 @@ fn remote_lock_wait_is_bounded_by_the_deadline() {
     let work = domain
         .work(1, {
             let data = data.clone();
-            move |ctx| *data.lock_ctx(ctx) += 1
+            move |ctx| {
+                if let Ok(mut g) = data.lock_ctx(ctx) {
+                    *g += 1;
+                }
+            }
         })
         .unwrap();
     assert!(work.queue());
@@ -121,9 +125,13 @@ fn remote_lock_wait_is_bounded_by_the_deadline() {
         "{r:?}"
     );
     out_tx.send(()).unwrap();
-    // The owner ran it at its section's end.
-    assert_eq!(owner.join().unwrap(), 11);
+    // The timed-out run is over (issue 14: not re-run behind the caller's
+    // back); queueing it again runs it.
+    assert_eq!(owner.join().unwrap(), 10);
     assert!(!work.is_pending());
+    assert!(work.queue());
+    assert_eq!(work.flush(), Ok(()));
+    assert_eq!(*data.remote(1).unwrap(), 11);
 }
 
 /// Item 5: a thread that once used `with_local` and then idles does not
@@ -159,7 +167,11 @@ fn idle_implicit_owner_never_holds_up_a_defer_drain() {
     let slot = used_rx.recv().unwrap();
     let drain = domain.work_all({
         let data = data.clone();
-        move |ctx| *data.lock_ctx(ctx) *= 2
+        move |ctx| {
+            if let Ok(mut g) = data.lock_ctx(ctx) {
+                *g *= 2;
+            }
+        }
     });
     assert_eq!(drain.run(), Ok(()));
     assert!(domain.stats(slot).unwrap().works_for_absent_owner >= 1);

@@ -260,7 +260,9 @@ impl<C: Config> Case<C> {
             let shared = shared.clone();
             move |ctx| {
                 let cpu = ctx.cpu();
-                let mut g = shared.counts.lock_ctx(ctx);
+                let Ok(mut g) = shared.counts.lock_ctx(ctx) else {
+                    return;
+                };
                 shared.enter(cpu);
                 shared.drained[cpu].fetch_add(std::mem::take(&mut *g), Ordering::SeqCst);
                 shared.runs[cpu].fetch_add(1, Ordering::SeqCst);
@@ -610,7 +612,7 @@ impl<C: Config> Case<C> {
             assert_eq!(self.shared.runs[c].load(Ordering::SeqCst), s.trues + 1);
             if s.mode != SlotMode::Queue {
                 assert_eq!(
-                    d.stats(c).unwrap().signals_sent,
+                    d.stats(c).unwrap().fences(),
                     0,
                     "slot {c} ({:?}) was signalled",
                     s.mode

@@ -26,7 +26,9 @@ fn conservation<C: Config>(mode: Mode) -> Domain<C> {
     let drain = domain.work_all({
         let (counts, total) = (counts.clone(), total.clone());
         move |ctx| {
-            let mut c = counts.lock_ctx(ctx);
+            let Ok(mut c) = counts.lock_ctx(ctx) else {
+                return;
+            };
             total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
         }
     });
@@ -81,19 +83,16 @@ fn conservation<C: Config>(mode: Mode) -> Domain<C> {
         match slot_mode {
             SlotMode::Queue => {
                 assert!(
-                    s.signals_sent >= 1,
-                    "queue slot {cpu} was drained without a signal: {s:?}"
+                    s.fences() >= 1,
+                    "queue slot {cpu} was drained without a fence: {s:?}"
                 );
                 assert!(
-                    s.works_by_owner() >= 1,
-                    "queue slot {cpu}: owner ran nothing: {s:?}"
+                    s.works_fenced >= 1,
+                    "queue slot {cpu}: no fenced drain ran: {s:?}"
                 );
             }
             SlotMode::Remote | SlotMode::Defer => {
-                assert_eq!(
-                    s.signals_sent, 0,
-                    "{slot_mode:?} slot {cpu} was signalled: {s:?}"
-                )
+                assert_eq!(s.fences(), 0, "{slot_mode:?} slot {cpu} was fenced: {s:?}")
             }
             other => panic!("slot {cpu}: a mode this test does not know: {other}"),
         }
@@ -106,8 +105,8 @@ fn conservation<C: Config>(mode: Mode) -> Domain<C> {
             // Never interrupted: the caller ran it, or (owner preempted
             // inside a section) the owner did as its section ended.
             assert_eq!(
-                s.works_in_handler, 0,
-                "remote slot {cpu} ran work in a handler: {s:?}"
+                s.works_fenced, 0,
+                "remote slot {cpu} ran work in a fenced drain: {s:?}"
             );
             assert_eq!(
                 s.works_remote + s.works_at_section_end + s.works_at_quiescent,
@@ -127,19 +126,19 @@ fn conservation_queue() {
 #[test]
 fn conservation_remote() {
     let d = conservation::<Standard>(Mode::Remote);
-    assert_eq!(d.total_stats().signals_sent, 0);
+    assert_eq!(d.total_stats().fences(), 0);
 }
 
 #[cfg(feature = "qpw")]
 #[test]
 fn conservation_defer() {
     let d = conservation::<Standard>(Mode::Defer);
-    assert_eq!(d.total_stats().signals_sent, 0);
+    assert_eq!(d.total_stats().fences(), 0);
 }
 
 #[cfg(feature = "qpw")]
 #[test]
-fn conservation_auto_isolated_slots_are_never_signalled() {
+fn conservation_auto_isolated_slots_are_never_fenced() {
     let d = conservation::<Standard>(Mode::Auto(Some(vec![1, 2, 5])));
     for cpu in 0..OWNERS {
         let expected = if [1, 2, 5].contains(&cpu) {
@@ -149,7 +148,7 @@ fn conservation_auto_isolated_slots_are_never_signalled() {
         };
         assert_eq!(d.slot_mode(cpu).unwrap(), expected);
         if expected == SlotMode::Remote {
-            assert_eq!(d.stats(cpu).unwrap().signals_sent, 0);
+            assert_eq!(d.stats(cpu).unwrap().fences(), 0);
         }
     }
 }
@@ -168,7 +167,7 @@ fn conservation_rt_queue() {
 #[test]
 fn conservation_rt_remote() {
     let d = conservation::<Rt>(Mode::Remote);
-    assert_eq!(d.total_stats().signals_sent, 0);
+    assert_eq!(d.total_stats().fences(), 0);
 }
 
 #[test]
@@ -176,10 +175,11 @@ fn conservation_rt_no_qpw() {
     conservation::<RtNoQpw>(Mode::Queue);
 }
 
-/// A signal that arrives while the owner is inside a local section: the work
-/// runs after the section ends, never inside it.
+/// A queue drain that finds the owner inside a local section: the drainer
+/// fences, waits for the section to close, then runs the work on its own
+/// thread; never inside the section.
 #[test]
-fn signal_during_section_runs_at_section_end() {
+fn fence_during_section_waits_for_section_end() {
     let domain: Domain = Domain::builder()
         .mode(Mode::Queue)
         .nr_cpus(2)
@@ -201,7 +201,9 @@ fn signal_during_section_runs_at_section_end() {
                 if in_section.load(Ordering::SeqCst) {
                     ran_inside.fetch_add(1, Ordering::SeqCst);
                 }
-                *data.lock_ctx(ctx) += 1;
+                if let Ok(mut g) = data.lock_ctx(ctx) {
+                    *g += 1;
+                }
                 ran.fetch_add(1, Ordering::SeqCst);
             }
         })
@@ -220,9 +222,8 @@ fn signal_during_section_runs_at_section_end() {
                 let mut g = data.lock(&mut me);
                 in_section.store(true, Ordering::SeqCst);
                 entered.wait();
-                // Wait until the signal was sent, then make system calls: a
-                // pending signal is delivered on the way back from the kernel.
-                while domain.stats(1).unwrap().signals_sent == 0 {
+                // Wait until the drainer fenced this CPU, then stay a while.
+                while domain.stats(1).unwrap().fences() == 0 {
                     std::hint::spin_loop();
                 }
                 for _ in 0..20 {
@@ -237,6 +238,11 @@ fn signal_during_section_runs_at_section_end() {
     });
     entered.wait();
     assert!(work.queue());
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "queue returned before the work ran"
+    );
     work.flush().unwrap();
     let (after, stats) = owner.join().unwrap();
     assert_eq!(ran.load(Ordering::SeqCst), 1);
@@ -246,14 +252,15 @@ fn signal_during_section_runs_at_section_end() {
         "work ran inside the local section"
     );
     assert_eq!(after, 101);
-    assert_eq!(stats.signals_sent, 1);
-    assert_eq!(stats.works_at_section_end, 1, "{stats:?}");
-    assert_eq!(stats.works_in_handler, 0, "{stats:?}");
+    assert_eq!(stats.fences(), 1);
+    assert_eq!(stats.works_fenced, 1, "{stats:?}");
+    assert_eq!(stats.works_at_section_end, 0, "{stats:?}");
 }
 
-/// The handler runs the work when the owner is outside any section.
+/// A queue drain of an online owner outside any section runs the work on
+/// the drainer's own thread (no signal, no handler), after one fence.
 #[test]
-fn signal_outside_section_runs_in_handler() {
+fn fenced_work_runs_on_the_callers_thread() {
     let domain: Domain = Domain::builder()
         .mode(Mode::Queue)
         .nr_cpus(2)
@@ -264,7 +271,7 @@ fn signal_outside_section_runs_in_handler() {
         .work(0, {
             let ran_on = ran_on.clone();
             move |ctx| {
-                assert!(!ctx.is_remote());
+                assert!(ctx.is_remote());
                 ran_on.store(libc_gettid(), Ordering::SeqCst);
             }
         })
@@ -287,13 +294,14 @@ fn signal_outside_section_runs_in_handler() {
     work.flush().unwrap();
     stop.store(true, Ordering::SeqCst);
     let owner_tid = owner.join().unwrap();
+    assert_ne!(owner_tid, libc_gettid());
     assert_eq!(
         ran_on.load(Ordering::SeqCst),
-        owner_tid,
-        "work ran on another thread"
+        libc_gettid(),
+        "work ran on another thread than the drainer"
     );
     let s = domain.stats(0).unwrap();
-    assert_eq!((s.signals_sent, s.works_in_handler), (1, 1), "{s:?}");
+    assert_eq!((s.fences(), s.works_fenced), (1, 1), "{s:?}");
 }
 
 fn libc_gettid() -> u64 {
@@ -326,8 +334,8 @@ fn owner_exit_runs_queued_work_once() {
             let domain = domain.clone();
             move || {
                 let me = domain.bind_unpinned(1).unwrap();
-                // Block the signal's effect: wait on a channel (the handler may
-                // still run it in queue mode; either way it runs once).
+                // Wait on a channel (a queue drainer may run it meanwhile;
+                // either way it runs once).
                 bound_tx.send(()).unwrap();
                 queued_rx.recv().unwrap();
                 drop(me);
@@ -420,11 +428,7 @@ fn defer_bounded_flush_and_offline_owner() {
     owner.join().unwrap();
     let s = domain.stats(1).unwrap();
     assert_eq!(
-        (
-            s.signals_sent,
-            s.works_for_absent_owner,
-            s.works_at_quiescent
-        ),
+        (s.fences(), s.works_for_absent_owner, s.works_at_quiescent),
         (0, 1, 1),
         "{s:?}"
     );
@@ -506,44 +510,6 @@ fn bad_input_gets_clear_errors() {
         .build()
         .unwrap_err();
     assert!(e.to_string().contains("only `queue`"), "{e}");
-    // Not a real-time signal.
-    let e = Domain::<Standard>::builder()
-        .signal(libc::SIGUSR1)
-        .build()
-        .unwrap_err();
-    assert!(matches!(e, Error::BadSignal { .. }), "{e}");
-}
-
-extern "C" fn app_handler(_: i32) {}
-
-/// A signal number the application already uses is refused, and the
-/// application's handler stays in place.
-#[cfg(feature = "qpw")]
-#[test]
-fn signal_already_in_use_is_refused() {
-    let sig = libc::SIGRTMIN() + 11;
-    // SAFETY: installing a plain handler for a real-time signal nobody else uses.
-    let prev = unsafe { libc::signal(sig, app_handler as *const () as libc::sighandler_t) };
-    assert_ne!(prev, libc::SIG_ERR);
-    let e = Domain::<Standard>::builder()
-        .mode(Mode::Queue)
-        .signal(sig)
-        .build()
-        .unwrap_err();
-    assert_eq!(e, Error::SignalInUse { signal: sig });
-    assert!(e.to_string().contains("already has a handler"));
-    // SAFETY: querying the current handler.
-    let now = unsafe { libc::signal(sig, libc::SIG_DFL) };
-    assert_eq!(
-        now, app_handler as *const () as libc::sighandler_t,
-        "our handler must not replace the application's"
-    );
-    // Remote mode needs no signal, so it does not care.
-    assert!(Domain::<Standard>::builder()
-        .mode(Mode::Remote)
-        .signal(sig)
-        .build()
-        .is_ok());
 }
 
 /// Implicit binding: a free slot on first use, freed and drained at thread exit.
@@ -598,11 +564,19 @@ fn domains_of_different_modes_coexist() {
     let rd = Arc::new(PerCpu::new(&r, |_| 0u64));
     let qw = q.work_all({
         let qd = qd.clone();
-        move |ctx| *qd.lock_ctx(ctx) += 1
+        move |ctx| {
+            if let Ok(mut g) = qd.lock_ctx(ctx) {
+                *g += 1;
+            }
+        }
     });
     let rw = r.work_all({
         let rd = rd.clone();
-        move |ctx| *rd.lock_ctx(ctx) += 1
+        move |ctx| {
+            if let Ok(mut g) = rd.lock_ctx(ctx) {
+                *g += 1;
+            }
+        }
     });
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Barrier::new(2));
@@ -634,8 +608,8 @@ fn domains_of_different_modes_coexist() {
     t.join().unwrap();
     assert_eq!(*qd.remote(1).unwrap(), 10);
     assert_eq!(*rd.remote(1).unwrap(), 10);
-    assert!(q.stats(1).unwrap().signals_sent >= 1);
-    assert_eq!(r.total_stats().signals_sent, 0);
+    assert!(q.stats(1).unwrap().fences() >= 1);
+    assert_eq!(r.total_stats().fences(), 0);
 }
 
 /// Without the `qpw` feature only `queue` exists, and asking for another
@@ -674,7 +648,10 @@ fn owner_drains_its_own_slot() {
         let drain = domain.work_all({
             let (data, total) = (data.clone(), total.clone());
             move |ctx| {
-                total.fetch_add(std::mem::take(&mut *data.lock_ctx(ctx)), Ordering::SeqCst);
+                let Ok(mut c) = data.lock_ctx(ctx) else {
+                    return;
+                };
+                total.fetch_add(std::mem::take(&mut *c), Ordering::SeqCst);
             }
         });
         let mut me = domain.bind_unpinned(0).unwrap();
@@ -682,10 +659,7 @@ fn owner_drains_its_own_slot() {
         drain.run().unwrap();
         assert_eq!(total.load(Ordering::SeqCst), 3, "{mode}");
         let s = domain.stats(0).unwrap();
-        assert_eq!(
-            s.signals_sent, 0,
-            "{mode}: the owner signalled itself: {s:?}"
-        );
+        assert_eq!(s.fences(), 0, "{mode}: the owner signalled itself: {s:?}");
         assert_eq!(s.works_at_quiescent, 1, "{mode}: {s:?}");
         drop(me);
     }
@@ -728,7 +702,11 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
     let work = domain
         .work(1, {
             let data = data.clone();
-            move |ctx| *data.lock_ctx(ctx) += 1
+            move |ctx| {
+                if let Ok(mut g) = data.lock_ctx(ctx) {
+                    *g += 1;
+                }
+            }
         })
         .unwrap();
     let (in_tx, in_rx) = std::sync::mpsc::channel::<()>();
@@ -779,19 +757,22 @@ fn remote_mode_hands_work_to_an_owner_stuck_in_a_section() {
     assert_eq!(v, 112);
     // The second: by the owner as its section ended, or by the flusher once
     // it saw it out.
-    assert_eq!((s.signals_sent, s.works_in_handler), (0, 0), "{s:?}");
+    assert_eq!((s.fences(), s.works_fenced), (0, 0), "{s:?}");
     assert_eq!(s.works_at_section_end + s.works_remote, 2, "{s:?}");
 }
 
-/// A work running in the owner's signal handler that reaches its own owner
-/// (through `with_local`) and tries a local section would alias the data the
-/// handler already holds: it is refused (`with_local` is re-entered: an
-/// error, here unwrapped into a panic the flush reports) before anything
-/// changes, and the owner's sections work afterwards.
+/// A work running on the owner's thread (a `defer` quiescent point inside
+/// `with_local`) that reaches its own owner (through `with_local`) and
+/// tries a local section would alias the data the owner already holds: it
+/// is refused (`with_local` is re-entered: an error, here unwrapped into a
+/// panic the flush reports) before anything changes, and the owner's
+/// sections work afterwards. (`defer` needs the `qpw` feature; in `queue`
+/// mode works no longer run on the owner's thread while it is online.)
+#[cfg(feature = "qpw")]
 #[test]
 fn section_inside_own_work_is_refused_and_changes_nothing() {
     let domain: Domain = Domain::builder()
-        .mode(Mode::Queue)
+        .mode(Mode::Defer)
         .nr_cpus(1)
         .build()
         .unwrap();
@@ -810,14 +791,14 @@ fn section_inside_own_work_is_refused_and_changes_nothing() {
     let owner = std::thread::spawn({
         let (domain, data, go) = (domain.clone(), data.clone(), go.clone());
         move || {
-            // Online only inside `with_local`: wait there, outside any
-            // section and outside any allocation (the work's panic
-            // allocates), so the handler runs the work here.
+            // Online only inside `with_local`: reach quiescent points
+            // there, so the work runs here.
             domain
                 .with_local(|me| {
                     *data.lock(me) += 10;
                     bound_tx.send(()).unwrap();
                     while !go.load(Ordering::SeqCst) {
+                        me.quiescent();
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                 })
@@ -828,14 +809,12 @@ fn section_inside_own_work_is_refused_and_changes_nothing() {
         }
     });
     bound_rx.recv().unwrap();
-    // Let the owner leave `send` (which may allocate) before the signal.
-    std::thread::sleep(std::time::Duration::from_millis(20));
     work.queue();
     assert_eq!(work.flush(), Err(FlushError::Panicked { cpu: 0 }));
     go.store(true, Ordering::SeqCst);
     done_tx.send(()).unwrap();
     let s = owner.join().unwrap();
-    assert_eq!((s.works_in_handler, s.works_panicked), (1, 1), "{s:?}");
+    assert_eq!((s.works_at_quiescent, s.works_panicked), (1, 1), "{s:?}");
     assert_eq!(
         *data.remote(0).unwrap(),
         110,

@@ -1,4 +1,4 @@
-//! Linux: `sched_{get,set}affinity`, `tgkill`, `sigaction`, sysfs.
+//! Linux: `sched_{get,set}affinity`, `membarrier`, PI futexes, sysfs.
 
 use crate::error::Error;
 use std::mem::MaybeUninit;
@@ -116,12 +116,12 @@ pub(crate) fn gettid() -> i32 {
 
 thread_local! {
     // Const-initialised, no destructor: reading it never allocates, so the
-    // signal handler and fork handlers may. 0 = not known yet.
+    // fork handlers may. 0 = not known yet.
     static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
 }
 
 /// The calling thread's kernel thread id, cached per thread (one TLS load
-/// after the first call). Async-signal-safe. The cache is dropped in a fork
+/// after the first call). The cache is dropped in a fork
 /// child ([`forget_tid`]), where the forking thread has a new id.
 #[inline]
 pub(crate) fn current_tid() -> i32 {
@@ -157,100 +157,6 @@ pub(crate) fn at_fork(
         });
     }
     Ok(())
-}
-
-/// Sends `sig` to thread `tid` of this process. Async-signal-safe.
-pub(crate) fn signal_thread(tid: i32, sig: i32) -> Result<(), i32> {
-    // SAFETY: tgkill takes plain integers; a stale tid yields ESRCH, never UB.
-    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-/// The ESRCH errno value: the thread no longer exists.
-pub(crate) const ESRCH: i32 = libc::ESRCH;
-
-/// The real-time signal range usable by applications.
-pub(crate) fn rt_signal_range() -> (i32, i32) {
-    (libc::SIGRTMIN(), libc::SIGRTMAX())
-}
-
-/// The default qpw signal: a real-time signal a few above `SIGRTMIN`, away from
-/// the ones libraries commonly take first.
-pub(crate) fn default_signal() -> i32 {
-    libc::SIGRTMIN() + 7
-}
-
-/// Installs `handler` for `sig` with `SA_SIGINFO | SA_RESTART`, unless the
-/// application already handles `sig` (then [`Error::SignalInUse`], nothing changed).
-/// Returns `Ok(false)` when our handler is already there.
-pub(crate) fn install_handler(
-    sig: i32,
-    handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void),
-) -> Result<bool, Error> {
-    let mut old = MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: a null new action only queries; `old` is writable.
-    if unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) } != 0 {
-        return Err(Error::Os {
-            what: "sigaction (query)",
-            errno: errno(),
-        });
-    }
-    // SAFETY: initialised by the successful query above.
-    let old = unsafe { old.assume_init() };
-    if old.sa_sigaction == handler as usize {
-        return Ok(false);
-    }
-    if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
-        return Err(Error::SignalInUse { signal: sig });
-    }
-    let mut new = MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: zeroed memory is a valid sigaction to fill in.
-    let new = unsafe { new.assume_init_mut() };
-    new.sa_sigaction = handler as usize;
-    new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: `sa_mask` is a valid sigset_t to clear.
-    unsafe { libc::sigemptyset(&mut new.sa_mask) };
-    // SAFETY: `new` is a fully initialised sigaction whose handler is an
-    // extern "C" fn of the SA_SIGINFO signature.
-    if unsafe { libc::sigaction(sig, new, std::ptr::null_mut()) } != 0 {
-        return Err(Error::Os {
-            what: "sigaction (install)",
-            errno: errno(),
-        });
-    }
-    Ok(true)
-}
-
-/// Whether the calling thread blocks `sig`.
-pub(crate) fn thread_blocks(sig: i32) -> bool {
-    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
-    // SAFETY: a null new set only queries the mask into `set`.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), set.as_mut_ptr()) };
-    // SAFETY: filled in by pthread_sigmask when rc == 0; zeroed otherwise.
-    rc == 0 && unsafe { libc::sigismember(set.as_ptr(), sig) } == 1
-}
-
-/// Keeps `errno` across a signal handler.
-pub(crate) struct ErrnoGuard(i32);
-
-impl ErrnoGuard {
-    #[inline]
-    pub(crate) fn save() -> Self {
-        // SAFETY: __errno_location returns this thread's errno slot.
-        Self(unsafe { *libc::__errno_location() })
-    }
-}
-
-impl Drop for ErrnoGuard {
-    #[inline]
-    fn drop(&mut self) {
-        // SAFETY: as above; writing back the saved value.
-        unsafe { *libc::__errno_location() = self.0 };
-    }
 }
 
 /// The isolated CPUs the kernel reports (`isolated` and `nohz_full` in
@@ -320,26 +226,53 @@ fn futex_pi(word: &crate::sync::AtomicU32, op: i32) -> Result<(), i32> {
     }
 }
 
-/// Signal `sig` as one thread sees it, read from `/proc/self/task/<tid>/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SignalView {
-    /// In the thread's blocked mask (`SigBlk`).
-    pub(crate) blocked: bool,
-    /// Pending for the thread (`SigPnd`) or the process (`ShdPnd`).
-    pub(crate) pending: bool,
+// `membarrier(2)` commands and flags (linux/membarrier.h; not all are in
+// the libc crate).
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: i32 = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: i32 = 1 << 4;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: i32 = 1 << 7;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ: i32 = 1 << 8;
+const MEMBARRIER_CMD_FLAG_CPU: i32 = 1;
+
+fn membarrier(cmd: i32, flags: i32, cpu: i32) -> Result<(), i32> {
+    // SAFETY: membarrier takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, cmd, flags, cpu) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
 }
 
-/// How thread `tid` of this process sees `sig`; `None` if its status cannot
-/// be read (the thread is gone) or parsed.
-pub(crate) fn signal_view(tid: u32, sig: i32) -> Option<SignalView> {
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
-    let has = |key: &str| -> Option<bool> {
-        let line = text.lines().find_map(|l| l.strip_prefix(key))?;
-        let mask = u64::from_str_radix(line.trim(), 16).ok()?;
-        Some((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
-    };
-    Some(SignalView {
-        blocked: has("SigBlk:")?,
-        pending: has("SigPnd:")? || has("ShdPnd:")?,
-    })
+/// Registers this process for private expedited `membarrier` (needed once
+/// per process before [`fence_process`]); the errno if the kernel refuses
+/// (`ENOSYS`: no membarrier; `EINVAL`: not this command; `EPERM`: a seccomp
+/// filter).
+pub(crate) fn fence_register() -> Result<(), i32> {
+    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0)
+}
+
+/// Registers this process for the `RSEQ` flavour, the only one that
+/// accepts `MEMBARRIER_CMD_FLAG_CPU` (one CPU); needed before [`fence_cpu`].
+pub(crate) fn fence_register_targeted() -> Result<(), i32> {
+    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0)
+}
+
+/// Makes every CPU that runs a thread of this process execute a full
+/// memory barrier (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`: an IPI to each).
+pub(crate) fn fence_process() -> Result<(), i32> {
+    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0)
+}
+
+/// Makes CPU `cpu` execute a full memory barrier if it runs a thread of
+/// this process (`MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ` with
+/// `MEMBARRIER_CMD_FLAG_CPU`: one IPI; its handler `ipi_rseq` issues
+/// `smp_mb()` before it notes the rseq event).
+pub(crate) fn fence_cpu(cpu: usize) -> Result<(), i32> {
+    let cpu = i32::try_from(cpu).map_err(|_| libc::EINVAL)?;
+    membarrier(
+        MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+        MEMBARRIER_CMD_FLAG_CPU,
+        cpu,
+    )
 }

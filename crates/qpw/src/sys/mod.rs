@@ -14,9 +14,7 @@ mod model;
 pub(crate) use model::*;
 
 #[cfg(not(any(target_os = "linux", qpw_loom)))]
-compile_error!(
-    "qpw supports Linux only (it needs tgkill, sched_setaffinity and real-time signals)"
-);
+compile_error!("qpw supports Linux only (it needs membarrier, PI futexes and sched_setaffinity)");
 
 /// The kernel's "a thread waits in `FUTEX_LOCK_PI`" bit of a PI futex word
 /// (the same on every Linux architecture; the models use it too).

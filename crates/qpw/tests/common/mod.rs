@@ -5,27 +5,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A signal set holding `sig` alone.
-pub fn sigset(sig: i32) -> libc::sigset_t {
-    // SAFETY: plain libc calls on a local sigset_t, initialised by sigemptyset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        set
-    }
-}
-
-/// Blocks (or unblocks) `sig` in the calling thread.
-pub fn set_blocked(sig: i32, block: bool) {
-    let set = sigset(sig);
-    let how = if block {
-        libc::SIG_BLOCK
-    } else {
-        libc::SIG_UNBLOCK
+/// Blocks every signal in the calling thread (as programs that leave
+/// signals to one `sigwait` thread do).
+#[allow(dead_code)] // not every test binary that has `mod common` uses it
+pub fn block_every_signal() {
+    // SAFETY: plain libc calls on a local sigset_t, filled by sigfillset; a
+    // null old set is allowed.
+    let rc = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut())
     };
-    // SAFETY: `set` is an initialised sigset_t; a null old set is allowed.
-    let rc = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "pthread_sigmask");
 }
 

@@ -1,27 +1,23 @@
-//! The thread's list of the slots it owns, and the qpw signal handler that
-//! walks it.
+//! The thread's list of the slots it owns.
 //!
 //! Each binding links an [`OwnerRec`] (heap-allocated at bind time) into a
-//! thread-local list that the handler reads without allocating or locking.
-//! A record names its slot and its binding's generation, so neither the
-//! handler nor "is the caller this slot's owner" can mistake one binding for
-//! another. Under `--cfg qpw_loom` the list is kept per loom thread and the
-//! handler runs at [`signal_point`]s, so the models explore the paths where
-//! the owner is the caller.
+//! thread-local list, read without allocating or locking (the fork handlers
+//! walk it too). A record names its slot and its binding's generation, so
+//! "is the caller this slot's owner" cannot mistake one binding for
+//! another. Under `--cfg qpw_loom` the list is kept per loom thread, so the
+//! models explore the paths where the owner is the caller.
 
 use crate::config::Config;
-use crate::error::Error;
 use crate::fork::GateOp;
 use crate::slot::{generation, SlotState};
 use std::cell::Cell;
-use std::sync::atomic::{compiler_fence, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// One entry of this thread's list of owned slots.
 pub(crate) struct OwnerRec {
     next: AtomicPtr<OwnerRec>,
     slot: *const (),
-    on_signal: unsafe fn(*const (), u64),
-    fork_child: unsafe fn(*const (), u64, u32),
+    fork_child: unsafe fn(*const (), u64),
     fork_gate: unsafe fn(*const (), GateOp) -> bool,
     domain_id: usize,
     cpu: usize,
@@ -34,7 +30,6 @@ impl OwnerRec {
         Self {
             next: AtomicPtr::new(std::ptr::null_mut()),
             slot: slot as *const SlotState<C> as *const (),
-            on_signal: on_signal_for::<C>,
             fork_child: fork_child_for::<C>,
             fork_gate: fork_gate_for::<C>,
             domain_id: slot.domain_id,
@@ -46,27 +41,19 @@ impl OwnerRec {
 
 /// # Safety
 /// `slot` must point to a live `SlotState<C>`.
-unsafe fn on_signal_for<C: Config>(slot: *const (), gen: u64) {
+unsafe fn fork_child_for<C: Config>(slot: *const (), gen: u64) {
     // SAFETY: the caller guarantees `slot` is a live SlotState<C> (the record
     // is unlinked before its owner, which keeps the domain alive, is dropped).
     let slot = unsafe { &*(slot as *const SlotState<C>) };
-    slot.on_signal(gen);
-}
-
-/// # Safety
-/// As [`on_signal_for`].
-unsafe fn fork_child_for<C: Config>(slot: *const (), gen: u64, tid: u32) {
-    // SAFETY: as in `on_signal_for`.
-    let slot = unsafe { &*(slot as *const SlotState<C>) };
     if generation(slot.ctl.load(Ordering::Relaxed)) == gen {
-        slot.fork_child(true, tid);
+        slot.fork_child(true);
     }
 }
 
 /// # Safety
-/// As [`on_signal_for`].
+/// As [`fork_child_for`].
 unsafe fn fork_gate_for<C: Config>(slot: *const (), op: GateOp) -> bool {
-    // SAFETY: as in `on_signal_for`.
+    // SAFETY: as in `fork_child_for`.
     let slot = unsafe { &*(slot as *const SlotState<C>) };
     match op {
         GateOp::Close(deadline) => slot.fork_close(deadline),
@@ -98,7 +85,7 @@ pub(crate) fn fork_gates(op: GateOp) -> usize {
 #[cfg(not(qpw_loom))]
 thread_local! {
     // Const-initialised and without a destructor: reading it never allocates
-    // or registers anything, so the signal handler may.
+    // or registers anything, so the fork handlers may.
     static OWNED: Cell<*const OwnerRec> = const { Cell::new(std::ptr::null()) };
 }
 
@@ -127,8 +114,7 @@ fn find<R>(mut f: impl FnMut(&OwnerRec) -> Option<R>) -> Option<R> {
     None
 }
 
-/// Links `rec` at the head of this thread's list. A signal arriving at any
-/// point sees either the old list or the new one.
+/// Links `rec` at the head of this thread's list.
 ///
 /// # Safety
 /// `rec` must stay at its address, live, until [`unlink`]ed by this thread.
@@ -136,9 +122,7 @@ pub(crate) unsafe fn link(rec: &OwnerRec) {
     crate::fork::set_own_gates(fork_gates);
     OWNED.with(|h| {
         rec.next.store(h.get() as *mut OwnerRec, Ordering::Relaxed);
-        compiler_fence(Ordering::SeqCst);
         h.set(rec);
-        compiler_fence(Ordering::SeqCst);
     });
 }
 
@@ -159,7 +143,6 @@ pub(crate) fn unlink(rec: &OwnerRec) {
                 }
             });
         }
-        compiler_fence(Ordering::SeqCst);
     });
 }
 
@@ -168,72 +151,25 @@ pub(crate) fn owned_in(domain_id: usize) -> Option<usize> {
     find(|r| (r.domain_id == domain_id).then_some(r.cpu))
 }
 
-/// Whether the calling thread holds the current binding of `slot`
-/// (async-signal-safe; a short list walk).
+/// Whether the calling thread holds the current binding of `slot` (a short
+/// list walk).
 pub(crate) fn current_thread_owns<C: Config>(slot: &SlotState<C>) -> bool {
     let target = slot as *const SlotState<C> as *const ();
     find(|r| std::ptr::eq(r.slot, target).then_some(r.gen))
         .is_some_and(|gen| generation(slot.ctl.load(Ordering::SeqCst)) == gen)
 }
 
-/// The handler's body: runs pending work of every slot this thread owns,
-/// unless the thread is inside that slot's local section.
-pub(crate) fn handle_signal() {
-    find(|r| {
-        // SAFETY: a linked record's slot is live (its owner holds the domain).
-        unsafe { (r.on_signal)(r.slot, r.gen) };
-        None::<()>
-    });
-}
-
-/// The qpw signal handler.
-///
-/// Async-signal-safe as long as the work functions are: it allocates nothing,
-/// takes no lock its thread may hold outside a local section (a cell's lock
-/// is only ever held by the owner inside a section), and keeps `errno`.
-#[cfg(not(qpw_loom))]
-extern "C" fn handler(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut libc::c_void) {
-    let _errno = crate::sys::ErrnoGuard::save();
-    handle_signal();
-}
-
-#[cfg(qpw_loom)]
-extern "C" fn handler(_sig: i32, _info: *mut core::ffi::c_void, _uctx: *mut core::ffi::c_void) {}
-
-/// Where a signal may land in the owner's own code. In the models a signal
-/// sent to this thread is delivered here; outside them, anywhere (no-op).
-#[inline(always)]
-pub(crate) fn signal_point() {
-    #[cfg(qpw_loom)]
-    if crate::sys::take_signal() {
-        handle_signal();
-    }
-}
-
-/// Fork child, forking thread: its bindings keep their slots, with its new
-/// thread id. Returns whether `slot` is one of them.
+/// Fork child, forking thread: its bindings keep their slots. Returns
+/// whether `slot` is one of them.
 pub(crate) fn fork_child_mine<C: Config>(slot: &SlotState<C>) -> bool {
     let target = slot as *const SlotState<C> as *const ();
-    let tid = crate::sys::current_tid() as u32;
     find(|r| {
         if std::ptr::eq(r.slot, target) {
             // SAFETY: a linked record's slot is live.
-            unsafe { (r.fork_child)(r.slot, r.gen, tid) };
+            unsafe { (r.fork_child)(r.slot, r.gen) };
             return Some(generation(slot.ctl.load(Ordering::Relaxed)) == r.gen);
         }
         None
     })
     .unwrap_or(false)
-}
-
-/// Installs the handler for `signal` once per process.
-pub(crate) fn ensure_handler(signal: i32) -> Result<(), Error> {
-    crate::fork::with_installed_signals(|installed| {
-        if installed.contains(&signal) {
-            return Ok(());
-        }
-        crate::sys::install_handler(signal, handler)?;
-        installed.push(signal);
-        Ok(())
-    })
 }
