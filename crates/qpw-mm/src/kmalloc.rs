@@ -254,6 +254,16 @@ impl<C: Config> Kmalloc<C> {
                 p
             }
         };
+        if !p.is_null() {
+            // SAFETY: `p` is an object of class `c` just taken from a sheaf
+            // or a slab: at least 8 bytes, 8-aligned, ours until returned.
+            // Clearing its first word wipes the free stamp an earlier free
+            // left there, so freeing it again (without the program having
+            // written that word) does not scan the sheaves as a suspected
+            // double free: with the stamp left, every such free scanned both
+            // sheaves (kmalloc(64) free: 36 -> 174 cycles).
+            unsafe { p.cast::<u64>().write(0) };
+        }
         self.debug_mark(c, p);
         p
     }
