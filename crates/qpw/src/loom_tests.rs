@@ -127,7 +127,7 @@ fn loom_queue_without_fence_runs_remote() {
         let info = f.domain.slot_info(1).unwrap();
         assert_eq!(info.effective, crate::SlotMode::Remote);
         assert_eq!(info.reason, crate::ModeReason::FenceUnavailable);
-        let e = Domain::<crate::NoQpw>::builder()
+        let e = crate::Builder::<crate::NoQpw>::new()
             .mode(Mode::Queue)
             .nr_cpus(2)
             .build()
