@@ -9,7 +9,7 @@
 //! | `QPW` | qpw's modes: `0`/`queue`, `1`/`remote`, `defer`, `auto`, `auto:<cpu-list>` (read by qpw itself when the allocator starts) | `queue` |
 //! | `QPW_MALLOC_STATS` | `0`, `1` | `0` |
 //! | `QPW_MALLOC_DECAY_MS` | `off`, or whole milliseconds from 1 to 86,400,000 | qpw-mm's default (1 s) |
-//! | `QPW_MALLOC_DECAY_THREAD` | `0`, `1` | `0` |
+//! | `QPW_MALLOC_DECAY_THREAD` | `0`, `1` | `1` |
 //!
 //! What each does:
 //!
@@ -85,7 +85,7 @@ pub(crate) fn parse_decay_thread(v: &[u8]) -> Result<bool, Refused> {
         b"1" => Ok(true),
         _ => Err(Refused {
             accepted: "0, 1",
-            default: "0 (the decay runs from the program's own calls)",
+            default: "1 (the decay runs on a thread of its own)",
         }),
     }
 }

@@ -245,23 +245,23 @@ impl Decay {
         self.thread.store(NO_THREAD, Ordering::Release);
     }
 
-    /// Sleeps until the next pass is due (or the delay changes). Returns
-    /// whether a pass is due (false: decay disabled, slept until changed).
-    pub(crate) fn sleep(&self) -> bool {
+    /// Sleeps until the pass due at `last_ns + period` (`now_ns` clock),
+    /// at most [`ALONE_CHECK`] (so the thread looks whether it is alone
+    /// that often), or until the delay changes. Returns whether the pass
+    /// is due (false: not yet, or the decay is disabled).
+    pub(crate) fn sleep(&self, last_ns: u64) -> bool {
         let seen = self.wake.load(Ordering::Acquire);
-        match self.delay() {
-            None => {
-                sys::futex_wait(&self.wake, seen, None);
-                false
-            }
-            Some(d) => {
-                let period = d / PASSES_PER_DELAY;
-                let start = sys::now_ns();
-                sys::futex_wait(&self.wake, seen, Some(period));
-                // Woken early by a changed delay: a pass only once due.
-                sys::now_ns() - start >= period.as_nanos() as u64 && self.delay().is_some()
-            }
+        let Some(d) = self.delay() else {
+            sys::futex_wait(&self.wake, seen, Some(ALONE_CHECK));
+            return false;
+        };
+        let due = last_ns.saturating_add((d / PASSES_PER_DELAY).as_nanos() as u64);
+        let now = sys::now_ns();
+        if now < due {
+            let left = Duration::from_nanos(due - now).min(ALONE_CHECK);
+            sys::futex_wait(&self.wake, seen, Some(left));
         }
+        sys::now_ns() >= due && self.delay().is_some()
     }
 
     /// Takes the pass state: the slots to drain this pass are marked in
@@ -337,6 +337,15 @@ pub(crate) unsafe fn start_thread<T: Decaying>(target: &T) {
     if !d.claim_start() {
         return;
     }
+    if sys::alone_in_process().is_none() {
+        // It could not tell when the program's last thread has ended, and
+        // would keep the process alive after `main`'s `pthread_exit`.
+        sys::write_stderr(
+            "qpw-mm: /proc/self/status is unreadable: no decay thread; the decay runs from slow paths\n",
+        );
+        d.started(false);
+        return;
+    }
     let arg = target as *const T as *mut libc::c_void;
     let ok = sys::spawn_detached(decay_main::<T>, arg).is_ok();
     if !ok {
@@ -347,20 +356,36 @@ pub(crate) unsafe fn start_thread<T: Decaying>(target: &T) {
     d.started(ok);
 }
 
+/// How often at most the decay thread looks whether it is the process's
+/// last thread (and sleeps at most this long between looks).
+pub(crate) const ALONE_CHECK: Duration = Duration::from_millis(100);
+
 /// The decay thread: a pass every quarter of the delay, until it is no
-/// longer asked for.
+/// longer asked for. Every wake-up (at least every [`ALONE_CHECK`]) it
+/// looks whether it is the last thread of the process (the program's
+/// threads have all ended: `main` called `pthread_exit` and every other
+/// thread has ended); then it ends the process as glibc's last thread
+/// does (`start_thread` calls `exit(0)` when the thread count reaches
+/// zero): `exit(0)`, so `atexit` handlers run and stdio is flushed.
 extern "C" fn decay_main<T: Decaying>(arg: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: `start_thread`'s caller promised the target lives, unmoved,
     // for the rest of the process.
     let target = unsafe { &*(arg as *const T) };
+    let mut last = sys::now_ns();
     loop {
         let d = target.decay_state();
         if !d.thread_wanted() {
             d.thread_ended();
             return std::ptr::null_mut();
         }
-        if d.sleep() && d.thread_wanted() {
+        if sys::alone_in_process() == Some(true) {
+            // SAFETY: the program has no thread left to disturb: this is
+            // what glibc's last thread does at its end.
+            unsafe { libc::exit(0) };
+        }
+        if d.sleep(last) && d.thread_wanted() {
             target.decay_pass();
+            last = sys::now_ns();
         }
     }
 }

@@ -169,7 +169,7 @@ impl<C: Config> QpwAlloc<C> {
             km: AtomicPtr::new(std::ptr::null_mut()),
             early_shared: AtomicU64::new(0),
             decay_ns: AtomicU64::new(DECAY_UNSET),
-            decay_thread: AtomicBool::new(false),
+            decay_thread: AtomicBool::new(true),
             nr_cpus: DEFAULT_GLOBAL_NR_CPUS,
             mode: GlobalMode::FromEnv,
             _c: PhantomData,
