@@ -19,16 +19,18 @@
 //!   the process exits.
 //! - `QPW_MALLOC_DECAY_MS` is how long free memory stays cached before it
 //!   goes back to the OS by itself; `off` keeps it until `malloc_trim`.
-//!   The decay runs from the program's own allocator calls (their slow
-//!   paths check the time), with no thread of the allocator's: a program
-//!   that stops calling `malloc`/`free` keeps its cached memory until its
-//!   next call.
-//! - `QPW_MALLOC_DECAY_THREAD=1` runs the decay on a background thread
-//!   instead, so memory goes back while the program sleeps too. The thread
+//!   The decay runs on a thread of the allocator's (below).
+//! - `QPW_MALLOC_DECAY_THREAD` (default `1`) runs the decay on a background
+//!   thread, so memory goes back while the program sleeps too. The thread
 //!   blocks every signal before it is created (it never takes one of the
-//!   program's), but, being a thread, it keeps the process alive after
-//!   `main` calls `pthread_exit` while the program's other threads have
-//!   ended; a forked child gets its own at its first slow path.
+//!   program's); once the program's threads have all ended (`main` called
+//!   `pthread_exit`) it calls `exit(0)`, as glibc's last thread does, so it
+//!   keeps no process alive; a forked child gets its own at its first slow
+//!   path. It is not started if `/proc/self/status` cannot be read (one
+//!   line on stderr). `0`: no thread; the decay runs from the program's own
+//!   allocator calls (their slow paths check the time), and a program that
+//!   stops calling `malloc`/`free` keeps its cached memory until its next
+//!   call.
 use crate::backend::ALLOC;
 use crate::sys;
 use std::ffi::CStr;

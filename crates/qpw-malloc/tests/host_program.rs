@@ -73,9 +73,9 @@ fn blocked_signals_stay_pending() {
     assert_signals_stay_pending(&[]);
 }
 
-/// The optional decay thread (`QPW_MALLOC_DECAY_THREAD=1`, a pass every
-/// 2.5 ms here) blocks every signal from its creation: it takes none of
-/// the program's either.
+/// The decay thread (on by default) with a pass every 2.5 ms here: it
+/// blocks every signal from its creation, so it takes none of the
+/// program's even when it runs all the time.
 #[test]
 fn blocked_signals_stay_pending_with_the_decay_thread() {
     assert_signals_stay_pending(&[
