@@ -254,6 +254,10 @@ impl<C: Config> QpwAlloc<C> {
     /// [`usable_size`](Self::usable_size), returning what it finds wrong
     /// with `ptr` rather than aborting.
     ///
+    /// # Errors
+    /// The [`FreeError`] found in `ptr` (not from this allocator, not at
+    /// an object's start, ...).
+    ///
     /// # Safety
     /// As [`usable_size`](Self::usable_size).
     pub unsafe fn usable_size_checked(&self, ptr: *mut u8) -> Result<usize, FreeError> {
@@ -276,6 +280,9 @@ impl<C: Config> QpwAlloc<C> {
     /// cache (see [`Kmalloc`]'s free for what is checked). Nothing is
     /// changed then.
     ///
+    /// # Errors
+    /// The [`FreeError`] found, as above; the memory is left as it was.
+    ///
     /// # Safety
     /// `ptr` was allocated by this allocator and is given up; on an error
     /// the caller must not go on as if it were freed (abort).
@@ -294,6 +301,9 @@ impl<C: Config> QpwAlloc<C> {
     /// [`free_checked`](Self::free_checked)'s) rather than aborting: then
     /// nothing is read, moved or freed. `Ok(null)` when out of memory
     /// (`ptr` still allocated).
+    ///
+    /// # Errors
+    /// The [`FreeError`] found in `ptr`, as [`free_checked`](Self::free_checked)'s.
     ///
     /// # Safety
     /// `ptr` is live from this allocator; `new_size` rounded up to `align`
