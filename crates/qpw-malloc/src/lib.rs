@@ -31,9 +31,13 @@
 //! See [`options`]: `QPW` (the mode, read by qpw), `QPW_MALLOC_STATS=1`
 //! (statistics on stderr at exit), `QPW_MALLOC_DECAY_MS` (how long free
 //! memory stays cached before it goes back to the OS by itself, or `off`),
-//! `QPW_MALLOC_DECAY_THREAD=1` (run that decay on a background thread, not
-//! from the program's own calls). A bad value is reported on one line of
-//! stderr and the default used. By default the library starts no thread.
+//! `QPW_MALLOC_DECAY_THREAD` (`1`, the default: that decay runs on a
+//! background thread; `0`: from the program's own calls). A bad value is
+//! reported on one line of stderr and the default used. The library starts
+//! one thread, the decay thread: every signal blocked before it is created,
+//! and it calls `exit(0)` once it is the process's last thread (as glibc's
+//! last thread does), so a `main` that calls `pthread_exit` still ends the
+//! process.
 //!
 //! # Start-up, threads, fork
 //!

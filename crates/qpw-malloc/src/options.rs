@@ -9,7 +9,7 @@
 //! | `QPW` | qpw's modes: `0`/`queue`, `1`/`remote`, `defer`, `auto`, `auto:<cpu-list>` (read by qpw itself when the allocator starts) | `queue` |
 //! | `QPW_MALLOC_STATS` | `0`, `1` | `0` |
 //! | `QPW_MALLOC_DECAY_MS` | `off`, or whole milliseconds from 1 to 86,400,000 | qpw-mm's default (1 s) |
-//! | `QPW_MALLOC_DECAY_THREAD` | `0`, `1` | `0` |
+//! | `QPW_MALLOC_DECAY_THREAD` | `0`, `1` | `1` |
 //!
 //! What each does:
 //!
@@ -19,16 +19,18 @@
 //!   the process exits.
 //! - `QPW_MALLOC_DECAY_MS` is how long free memory stays cached before it
 //!   goes back to the OS by itself; `off` keeps it until `malloc_trim`.
-//!   The decay runs from the program's own allocator calls (their slow
-//!   paths check the time), with no thread of the allocator's: a program
-//!   that stops calling `malloc`/`free` keeps its cached memory until its
-//!   next call.
-//! - `QPW_MALLOC_DECAY_THREAD=1` runs the decay on a background thread
-//!   instead, so memory goes back while the program sleeps too. The thread
+//!   The decay runs on a thread of the allocator's (below).
+//! - `QPW_MALLOC_DECAY_THREAD` (default `1`) runs the decay on a background
+//!   thread, so memory goes back while the program sleeps too. The thread
 //!   blocks every signal before it is created (it never takes one of the
-//!   program's), but, being a thread, it keeps the process alive after
-//!   `main` calls `pthread_exit` while the program's other threads have
-//!   ended; a forked child gets its own at its first slow path.
+//!   program's); once the program's threads have all ended (`main` called
+//!   `pthread_exit`) it calls `exit(0)`, as glibc's last thread does, so it
+//!   keeps no process alive; a forked child gets its own at its first slow
+//!   path. It is not started if `/proc/self/status` cannot be read (one
+//!   line on stderr). `0`: no thread; the decay runs from the program's own
+//!   allocator calls (their slow paths check the time), and a program that
+//!   stops calling `malloc`/`free` keeps its cached memory until its next
+//!   call.
 use crate::backend::ALLOC;
 use crate::sys;
 use std::ffi::CStr;
@@ -85,7 +87,7 @@ pub(crate) fn parse_decay_thread(v: &[u8]) -> Result<bool, Refused> {
         b"1" => Ok(true),
         _ => Err(Refused {
             accepted: "0, 1",
-            default: "0 (the decay runs from the program's own calls)",
+            default: "1 (the decay runs on a thread of its own)",
         }),
     }
 }

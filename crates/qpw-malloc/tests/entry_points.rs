@@ -242,7 +242,7 @@ fn decay_delay_from_the_environment() {
     assert_eq!(
         r.stderr(),
         "qpw-malloc: invalid value \"yes\" for environment variable QPW_MALLOC_DECAY_THREAD \
-         (accepted: 0, 1); using the default, 0 (the decay runs from the program's own calls)\n"
+         (accepted: 0, 1); using the default, 1 (the decay runs on a thread of its own)\n"
     );
 
     for bad in ["0", "soon", "-1", "1.5", "86400001"] {

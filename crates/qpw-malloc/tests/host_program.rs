@@ -2,7 +2,8 @@
 //! ours keeps the process alive after `main` calls `pthread_exit`, takes a
 //! signal the program blocks, or stands in the way of a child forked from a
 //! non-main thread. `tests/c/host.c`, in both of qpw's usual modes, with
-//! the default options (decay on).
+//! the default options (decay on, on its own thread). An idle program still
+//! gets its freed memory back.
 
 mod common;
 
@@ -22,12 +23,34 @@ fn host_with(mode: &str, qpw: &str, env: &[(&str, &str)]) -> common::Run {
     run(cmd, None, LIMIT)
 }
 
+/// With the decay thread (the default) and without it: the decay thread
+/// ends the process, as glibc's last thread does, once the program's
+/// threads have all ended.
 #[test]
 fn pthread_exit_from_main_ends_the_process() {
+    for env in [&[][..], &[("QPW_MALLOC_DECAY_THREAD", "0")][..]] {
+        for qpw in ["0", "1"] {
+            let r = host_with("pthread_exit", qpw, env);
+            r.assert_ok(&format!("host pthread_exit, QPW={qpw}, {env:?}"));
+            assert!(r.stdout().contains("main: pthread_exit"), "{}", r.stdout());
+        }
+    }
+}
+
+/// A program that frees a burst and then only sleeps (calls no allocator
+/// function: a server after a burst) gets its memory back, with the
+/// default options: `decay idle` exits 0 once its RSS is back near where
+/// it started, 1 if not within 20 s (the default delay is 1 s). The wall
+/// deadline only bounds the wait; the check is on the amount of memory.
+#[test]
+fn idle_program_gets_its_memory_back() {
+    let exe = compile_c("decay", "decay", &[]);
     for qpw in ["0", "1"] {
-        let r = host_with("pthread_exit", qpw, &[]);
-        r.assert_ok(&format!("host pthread_exit, QPW={qpw}"));
-        assert!(r.stdout().contains("main: pthread_exit"), "{}", r.stdout());
+        let mut cmd = preloaded(&exe);
+        cmd.args(["idle", "20000"]).env("QPW", qpw);
+        let r = run(cmd, None, Duration::from_secs(40));
+        r.assert_ok(&format!("decay idle, QPW={qpw}"));
+        assert!(r.stdout().contains("back:"), "QPW={qpw}: {}", r.stdout());
     }
 }
 
@@ -50,9 +73,9 @@ fn blocked_signals_stay_pending() {
     assert_signals_stay_pending(&[]);
 }
 
-/// The optional decay thread (`QPW_MALLOC_DECAY_THREAD=1`, a pass every
-/// 2.5 ms here) blocks every signal from its creation: it takes none of
-/// the program's either.
+/// The decay thread (on by default) with a pass every 2.5 ms here: it
+/// blocks every signal from its creation, so it takes none of the
+/// program's even when it runs all the time.
 #[test]
 fn blocked_signals_stay_pending_with_the_decay_thread() {
     assert_signals_stay_pending(&[

@@ -16,7 +16,7 @@
 //!    `queue` mode the owner runs it (once per idle period, and only if it
 //!    may hold sheaves); in `defer` mode the owner runs it at its next
 //!    quiescent point. A slot nobody binds any more is drained by the pass
-//!    itself. A pass called by hand or run by the optional thread waits for
+//!    itself. A pass called by hand or run by the decay thread waits for
 //!    the drains (at most the flush timeout each, counted in
 //!    [`KmallocStats::decay_drain_timeouts`](crate::KmallocStats)); a pass
 //!    run from a program's allocation queues them and returns.
@@ -29,28 +29,48 @@
 //!
 //! # Who runs it
 //!
-//! [`QpwAlloc`](crate::QpwAlloc) runs passes from the program's own calls,
-//! with no thread of its own (as jemalloc's decay ticks and mimalloc's
-//! purge checks do): every slow path (a sheaf refilled or flushed, a large
-//! block mapped or freed, a call on the shared path) reads the coarse
-//! monotonic clock (the vDSO, no system call) and, once a quarter of the
-//! delay has passed since the last pass, runs one, in the calling thread
-//! (one thread at a time; the others go on). The fast paths pay nothing.
-//! So a program that goes on allocating returns what it stopped using; a
-//! program that stops calling the allocator altogether keeps its free
-//! memory cached until its next call (or `shrink`, `malloc_trim`). That is
-//! the price of being invisible: no thread of ours takes the program's
-//! signals, keeps it alive after `main` calls `pthread_exit`, or exists in
-//! a forked child.
+//! [`QpwAlloc`](crate::QpwAlloc), by default, runs passes on a thread of
+//! its own (the *decay thread*), so memory goes back while the program
+//! sleeps too (a server after a burst calls no allocator function again).
+//! The thread is made to be invisible to the program:
 //!
-//! A program that wants memory back while it sleeps asks for the thread
-//! ([`QpwAlloc::set_decay_thread`](crate::QpwAlloc::set_decay_thread),
-//! `QPW_MALLOC_DECAY_THREAD=1` in qpw-malloc): a bare pthread (no Rust
-//! runtime), started at the first slow path after it is asked for (and
-//! again in a forked child), with every signal blocked before it is
-//! created; it allocates nothing, binds no slot and sleeps on a futex
-//! between passes. Being a thread, it keeps the process alive after the
-//! program's last thread ends with `pthread_exit`.
+//! - it is a bare pthread (no Rust runtime), started at the first slow
+//!   path, with a small stack; it allocates nothing, binds no slot and
+//!   sleeps on a futex between passes;
+//! - it blocks every signal before it is created (the mask is set around
+//!   `pthread_create`), so it never takes a signal the program sends to
+//!   itself or blocks in its own threads;
+//! - it does not keep the process alive: at every wake-up (every pass, and
+//!   at least every 250 ms) it reads `/proc/self/status`
+//!   (raw system calls into a stack buffer) and, when it is the only live
+//!   thread left (`Threads:`, less a thread group leader that has ended:
+//!   `State: Z` after `main` called `pthread_exit`), it calls `exit(0)`,
+//!   as glibc's last thread does at its end (`start_thread`, and
+//!   `__libc_start_call_main` after `main`'s `pthread_exit`, call
+//!   `exit(0)` when glibc's thread count reaches zero). So `atexit`
+//!   handlers run and stdio is flushed, on this thread, with its signals
+//!   blocked; the exit status is 0, as with glibc;
+//! - it does not exist in a forked child (only the forking thread does);
+//!   the child starts its own at its first slow path, and the pass state
+//!   the parent's thread may have held is reset in the child.
+//!
+//! If `/proc/self/status` cannot be read when the thread would start (no
+//! `/proc` in a container or chroot), it is not started (it could not tell
+//! when to end the process): one line on stderr, and the passes run from
+//! the program's slow paths, as below. A read that fails later (no free file
+//! descriptor) skips that look; the next wake-up looks again.
+//!
+//! Without the thread ([`QpwAlloc::set_decay_thread`](crate::QpwAlloc::set_decay_thread)`(false)`,
+//! `QPW_MALLOC_DECAY_THREAD=0` in qpw-malloc) passes run from the
+//! program's own calls (as jemalloc's decay ticks and mimalloc's purge
+//! checks do): every slow path (a sheaf refilled or flushed, a large block
+//! mapped or freed, a call on the shared path) reads the coarse monotonic
+//! clock (the vDSO, no system call) and, once a quarter of the delay has
+//! passed since the last pass, runs one, in the calling thread (one thread
+//! at a time; the others go on). The fast paths pay nothing. A program that
+//! goes on allocating returns what it stopped using; a program that stops
+//! calling the allocator altogether keeps its free memory cached until its
+//! next call (or `shrink`, `malloc_trim`).
 //!
 //! Instances of [`Kmalloc`](crate::Kmalloc) made by hand have neither:
 //! their owner calls `decay()` when it likes.
@@ -245,23 +265,23 @@ impl Decay {
         self.thread.store(NO_THREAD, Ordering::Release);
     }
 
-    /// Sleeps until the next pass is due (or the delay changes). Returns
-    /// whether a pass is due (false: decay disabled, slept until changed).
-    pub(crate) fn sleep(&self) -> bool {
+    /// Sleeps until the pass due at `last_ns + period` (`now_ns` clock),
+    /// at most [`ALONE_CHECK`] (so the thread looks whether it is alone
+    /// that often), or until the delay changes. Returns whether the pass
+    /// is due (false: not yet, or the decay is disabled).
+    pub(crate) fn sleep(&self, last_ns: u64) -> bool {
         let seen = self.wake.load(Ordering::Acquire);
-        match self.delay() {
-            None => {
-                sys::futex_wait(&self.wake, seen, None);
-                false
-            }
-            Some(d) => {
-                let period = d / PASSES_PER_DELAY;
-                let start = sys::now_ns();
-                sys::futex_wait(&self.wake, seen, Some(period));
-                // Woken early by a changed delay: a pass only once due.
-                sys::now_ns() - start >= period.as_nanos() as u64 && self.delay().is_some()
-            }
+        let Some(d) = self.delay() else {
+            sys::futex_wait(&self.wake, seen, Some(ALONE_CHECK));
+            return false;
+        };
+        let due = last_ns.saturating_add((d / PASSES_PER_DELAY).as_nanos() as u64);
+        let now = sys::now_ns();
+        if now < due {
+            let left = Duration::from_nanos(due - now).min(ALONE_CHECK);
+            sys::futex_wait(&self.wake, seen, Some(left));
         }
+        sys::now_ns() >= due && self.delay().is_some()
     }
 
     /// Takes the pass state: the slots to drain this pass are marked in
@@ -337,6 +357,15 @@ pub(crate) unsafe fn start_thread<T: Decaying>(target: &T) {
     if !d.claim_start() {
         return;
     }
+    if sys::alone_in_process().is_none() {
+        // It could not tell when the program's last thread has ended, and
+        // would keep the process alive after `main`'s `pthread_exit`.
+        sys::write_stderr(
+            "qpw-mm: /proc/self/status is unreadable: no decay thread; the decay runs from slow paths\n",
+        );
+        d.started(false);
+        return;
+    }
     let arg = target as *const T as *mut libc::c_void;
     let ok = sys::spawn_detached(decay_main::<T>, arg).is_ok();
     if !ok {
@@ -347,20 +376,36 @@ pub(crate) unsafe fn start_thread<T: Decaying>(target: &T) {
     d.started(ok);
 }
 
+/// How often at most the decay thread looks whether it is the process's
+/// last thread (and sleeps at most this long between looks).
+pub(crate) const ALONE_CHECK: Duration = Duration::from_millis(250);
+
 /// The decay thread: a pass every quarter of the delay, until it is no
-/// longer asked for.
+/// longer asked for. Every wake-up (at least every [`ALONE_CHECK`]) it
+/// looks whether it is the last thread of the process (the program's
+/// threads have all ended: `main` called `pthread_exit` and every other
+/// thread has ended); then it ends the process as glibc's last thread
+/// does (`start_thread` calls `exit(0)` when the thread count reaches
+/// zero): `exit(0)`, so `atexit` handlers run and stdio is flushed.
 extern "C" fn decay_main<T: Decaying>(arg: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: `start_thread`'s caller promised the target lives, unmoved,
     // for the rest of the process.
     let target = unsafe { &*(arg as *const T) };
+    let mut last = sys::now_ns();
     loop {
         let d = target.decay_state();
         if !d.thread_wanted() {
             d.thread_ended();
             return std::ptr::null_mut();
         }
-        if d.sleep() && d.thread_wanted() {
+        if sys::alone_in_process() == Some(true) {
+            // SAFETY: the program has no thread left to disturb: this is
+            // what glibc's last thread does at its end.
+            unsafe { libc::exit(0) };
+        }
+        if d.sleep(last) && d.thread_wanted() {
             target.decay_pass();
+            last = sys::now_ns();
         }
     }
 }

@@ -10,7 +10,7 @@
 //! and released in the child; the forking thread may still allocate in
 //! between (see there).
 //!
-//! In the child: a decay pass or the optional decay thread of another
+//! In the child: a decay pass or the decay thread of another
 //! thread does not exist (an asked-for thread is started again at the next
 //! slow path), and the decay pass state it may have held is reset.
 //! Slots of the parent's other threads are qpw's business (its own fork

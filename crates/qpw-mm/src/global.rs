@@ -103,12 +103,18 @@ const DEAD: u8 = 4;
 ///   slots ([`DEFAULT_GLOBAL_NR_CPUS`], or [`with_nr_cpus`](Self::with_nr_cpus))
 ///   until it exits (a pthread key, not a Rust TLS destructor); threads
 ///   beyond the slots take a shared, locked path. Binding pins nothing.
+///   It starts one thread of its own, the decay thread (off with
+///   [`set_decay_thread`](Self::set_decay_thread)`(false)`): every signal
+///   blocked before it is created, none in a forked child until the
+///   child's first slow path, and it calls `exit(0)` once it is the last
+///   thread of the process (`main` called `pthread_exit` and the other
+///   threads ended), as glibc's last thread does. Without `/proc` it is not
+///   started.
 /// - **Decay**: free memory (empty slabs, idle threads' cached objects,
 ///   cached mappings) goes back to the OS after [`decay_delay`](Self::decay_delay)
 ///   (default 1 s; [`set_decay`](Self::set_decay)`(None)` turns it off).
 ///   How the passes are scheduled is in [`decay`](crate::decay).
-///   <!-- LEAD: malloc15 is removing the decay thread; say here, in one
-///   line, what runs the passes after that change. -->
+///   By default a thread of its own runs them (see Threads).
 /// - **Signals**: whatever the mode's drains use (see the `qpw` crate's
 ///   documentation of modes).
 /// - **fork**: it registers a `qpw::ForkHook` that holds its locks across
@@ -169,7 +175,7 @@ impl<C: Config> QpwAlloc<C> {
             km: AtomicPtr::new(std::ptr::null_mut()),
             early_shared: AtomicU64::new(0),
             decay_ns: AtomicU64::new(DECAY_UNSET),
-            decay_thread: AtomicBool::new(false),
+            decay_thread: AtomicBool::new(true),
             nr_cpus: DEFAULT_GLOBAL_NR_CPUS,
             mode: GlobalMode::FromEnv,
             _c: PhantomData,
@@ -248,6 +254,10 @@ impl<C: Config> QpwAlloc<C> {
     /// [`usable_size`](Self::usable_size), returning what it finds wrong
     /// with `ptr` rather than aborting.
     ///
+    /// # Errors
+    /// The [`FreeError`] found in `ptr` (not from this allocator, not at
+    /// an object's start, ...).
+    ///
     /// # Safety
     /// As [`usable_size`](Self::usable_size).
     pub unsafe fn usable_size_checked(&self, ptr: *mut u8) -> Result<usize, FreeError> {
@@ -270,6 +280,9 @@ impl<C: Config> QpwAlloc<C> {
     /// cache (see [`Kmalloc`]'s free for what is checked). Nothing is
     /// changed then.
     ///
+    /// # Errors
+    /// The [`FreeError`] found, as above; the memory is left as it was.
+    ///
     /// # Safety
     /// `ptr` was allocated by this allocator and is given up; on an error
     /// the caller must not go on as if it were freed (abort).
@@ -288,6 +301,9 @@ impl<C: Config> QpwAlloc<C> {
     /// [`free_checked`](Self::free_checked)'s) rather than aborting: then
     /// nothing is read, moved or freed. `Ok(null)` when out of memory
     /// (`ptr` still allocated).
+    ///
+    /// # Errors
+    /// The [`FreeError`] found in `ptr`, as [`free_checked`](Self::free_checked)'s.
     ///
     /// # Safety
     /// `ptr` is live from this allocator; `new_size` rounded up to `align`
@@ -331,11 +347,10 @@ impl<C: Config> QpwAlloc<C> {
 
     /// Sets the decay delay (default [`DEFAULT_DECAY`], 1 s): free slabs,
     /// cached large mappings and idle threads' cached objects go back to
-    /// the OS after about this long unused. Passes run from the program's
-    /// own slow paths, with no thread of ours (see [`decay`](crate::decay)):
-    /// a program that stops calling the allocator keeps its free memory
-    /// until its next call, unless it asks for a thread
-    /// ([`set_decay_thread`](Self::set_decay_thread)). `None` disables the
+    /// the OS after about this long unused. Passes run on the decay thread
+    /// by default, or from the program's own slow paths without it
+    /// ([`set_decay_thread`](Self::set_decay_thread); see
+    /// [`decay`](crate::decay)). `None` disables the
     /// decay (memory then goes back on [`shrink`](Self::shrink) only).
     /// Delays below [`MIN_DECAY`](crate::decay::MIN_DECAY) act as that.
     /// Callable at any time, before or after the first allocation.
@@ -353,13 +368,17 @@ impl<C: Config> QpwAlloc<C> {
         }
     }
 
-    /// Runs the decay's passes on a background thread of its own (`true`)
-    /// rather than from the program's slow paths (`false`, the default):
-    /// memory then goes back while the program sleeps too. The thread is
-    /// started at the next slow path (again in a forked child), with every
-    /// signal blocked before it is created; like any thread it keeps the
-    /// process alive after `main` calls `pthread_exit`. Switched off, it
-    /// ends within a pass. Callable at any time.
+    /// Runs the decay's passes on a background thread of its own (`true`,
+    /// the default) or from the program's slow paths (`false`: a program
+    /// that stops calling the allocator then keeps its free memory until
+    /// its next call). The thread is started at the next slow path (again
+    /// in a forked child), with every signal blocked before it is created;
+    /// once it is the process's last thread it calls `exit(0)`, as glibc's
+    /// last thread does, so it never keeps the process alive after `main`
+    /// calls `pthread_exit` (see [`decay`](crate::decay)). It is not started
+    /// if `/proc/self/status` cannot be read (one line on stderr; the slow
+    /// paths run the passes). Switched off, it ends within a pass. Callable
+    /// at any time.
     pub fn set_decay_thread(&self, on: bool) {
         self.decay_thread.store(on, Ordering::Release);
         if let Some(k) = self.kmalloc() {

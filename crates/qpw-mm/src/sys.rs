@@ -377,9 +377,99 @@ pub(crate) fn spawn_detached(
     Ok(())
 }
 
+/// Whether the calling thread is the only live thread of its process, from
+/// `/proc/self/status` (read with raw system calls into a stack buffer:
+/// nothing allocated): `Threads:` counts the live threads plus a thread
+/// group leader that has ended while others live (`main` called
+/// `pthread_exit`: `State:` is then `Z`, zombie, until the process ends).
+/// `None` if the file cannot be read or parsed (no `/proc`, no free file
+/// descriptor).
+pub(crate) fn alone_in_process() -> Option<bool> {
+    let mut buf = [0u8; 4096];
+    let len = read_small_file(c"/proc/self/status", &mut buf)?;
+    let (threads, leader_gone) = parse_status(&buf[..len])?;
+    Some(threads.saturating_sub(u64::from(leader_gone)) <= 1)
+}
+
+/// `Threads:` and whether `State:` says the leader has ended (`Z`/`X`).
+fn parse_status(text: &[u8]) -> Option<(u64, bool)> {
+    let field = |name: &[u8]| -> Option<&[u8]> {
+        let at = text
+            .windows(name.len())
+            .position(|w| w == name)
+            .filter(|&i| i == 0 || text[i - 1] == b'\n')?;
+        let rest = &text[at + name.len()..];
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        Some(rest[..end].trim_ascii())
+    };
+    let threads = std::str::from_utf8(field(b"Threads:")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let state = *field(b"State:")?.first()?;
+    Some((threads, matches!(state, b'Z' | b'X')))
+}
+
+/// Reads the file at `path` into `buf` (open, read until end or full,
+/// close: raw system calls). Returns the length, `None` on any failure.
+fn read_small_file(path: &std::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: `path` is NUL-terminated; openat with AT_FDCWD only reads it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut len = 0;
+    let ok = loop {
+        if len == buf.len() {
+            break false;
+        }
+        // SAFETY: writes at most `buf.len() - len` bytes into `buf` past
+        // `len`, inside the slice; `fd` is ours, open.
+        let n =
+            unsafe { libc::syscall(libc::SYS_read, fd, buf[len..].as_mut_ptr(), buf.len() - len) };
+        if n == 0 {
+            break true;
+        }
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            break false;
+        }
+        len += n as usize;
+    };
+    // SAFETY: `fd` is ours, closed once.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    ok.then_some(len)
+}
+
 /// This thread's `pthread_self()` (never 0; the same in a fork child for
 /// the forking thread).
 pub(crate) fn thread_self() -> usize {
     // SAFETY: pthread_self has no preconditions.
     unsafe { libc::pthread_self() as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields() {
+        let alive = b"Name:\tx\nState:\tS (sleeping)\nTgid:\t1\nThreads:\t2\nSigQ:\t0/1\n";
+        assert_eq!(parse_status(alive), Some((2, false)));
+        let gone = b"Name:\tx\nState:\tZ (zombie)\nThreads:\t2\n";
+        assert_eq!(parse_status(gone), Some((2, true)));
+        assert_eq!(parse_status(b"State:\tR\n"), None);
+        assert_eq!(parse_status(b"XThreads:\t1\nState:\tR\n"), None);
+        // This test's process has the test harness's threads too.
+        let _ = alone_in_process().expect("/proc/self/status readable");
+    }
 }

@@ -2,12 +2,13 @@
 //! all freed, and without any call by the program to the allocator's API
 //! (no `shrink`, no `flush_all`), while it goes on working (a batch of
 //! small allocations between looks: the decay runs from the program's own
-//! slow paths, with no thread of ours), the resident set falls to within
+//! slow paths: the decay thread is switched off here), the resident set falls to within
 //! 10% of what an explicit `shrink()` reaches. The deadline only bounds
 //! the wait (it polls); the assertion is on the amount of memory, not on
 //! speed. One test per binary: the program's global allocator is
 //! `QpwAlloc`, default decay delay (1 s). `decay_rss_thread.rs` is the
-//! program that stops allocating altogether, with the decay thread.
+//! program that stops allocating altogether, with the decay thread (the
+//! default).
 
 mod rss;
 use qpw_mm::QpwAlloc;
@@ -23,6 +24,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 #[test]
 fn freed_memory_goes_back_while_the_program_works() {
+    ALLOC.set_decay_thread(false);
     let w = burst_then_wait(DEADLINE, || {
         // More objects than a thread's sheaves hold: slow paths.
         let batch: Vec<Box<[u8; 48]>> = (0..4096).map(|i| Box::new([i as u8; 48])).collect();

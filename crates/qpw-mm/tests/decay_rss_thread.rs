@@ -1,8 +1,8 @@
 //! Memory goes back by itself from a program that stops allocating: the
 //! burst of `decay_rss.rs`, all freed, then the program only sleeps and
-//! reads its resident set; with the decay thread asked for
-//! (`set_decay_thread(true)`), the resident set falls to within 10% of
-//! what an explicit `shrink()` reaches. (Without the thread, such a program
+//! reads its resident set; with the default options (the decay thread on),
+//! the resident set falls to within 10% of what an explicit `shrink()`
+//! reaches. (Without the thread, `set_decay_thread(false)`, such a program
 //! keeps its free memory cached until its next slow path.) The deadline
 //! only bounds the wait; the assertion is on the amount of memory.
 
@@ -17,8 +17,7 @@ static ALLOC: QpwAlloc = QpwAlloc::new();
 const DEADLINE: Duration = Duration::from_secs(30);
 
 #[test]
-fn freed_memory_goes_back_from_an_idle_program_with_the_thread() {
-    ALLOC.set_decay_thread(true);
+fn freed_memory_goes_back_from_an_idle_program_by_default() {
     let w = burst_then_wait(DEADLINE, || {});
     assert_back_as_shrink(&ALLOC, &w);
 }

@@ -10,8 +10,8 @@
  *                                the peak's growth, 1 if not within the limit
  *        decay idle <limit-ms>   the same, but the program calls no
  *                                allocator function at all while it waits
- *                                (memory goes back only with the decay
- *                                thread, QPW_MALLOC_DECAY_THREAD=1)
+ *                                (memory goes back only from the decay
+ *                                thread, on by default)
  *        decay kept <wait-ms>    working as in `back`: exit 0 if RSS is
  *                                still above half of it after the wait
  *                                (decay off or long), 1 if it fell */
