@@ -64,6 +64,13 @@ impl<C: Config> Domain<C> {
     /// is offline, so an idle thread never holds up a drain. Called from a
     /// thread-local destructor after the thread's table of implicit owners
     /// is gone, it returns [`Error::ThreadExiting`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Reentrant`] when called for this domain from inside its own
+    /// closure; [`Error::ThreadExiting`] as above; on first use, the errors of
+    /// [`bind_any`](Self::bind_any) ([`Error::NoFreeSlot`] when every slot is
+    /// owned: give the domain more with [`Builder::nr_cpus`](crate::Builder::nr_cpus)).
     pub fn with_local<R>(&self, f: impl FnOnce(&mut Owner<C>) -> R) -> Result<R, Error> {
         let id = self.id();
         // `try_with`: from another thread-local's destructor the table may

@@ -266,7 +266,7 @@ impl<C: Config> WorkInner<C> {
 /// |---|---|---|
 /// | `Queue`, owner online | the caller of `queue`/`flush` (or drain-all), after it claimed the slot, fenced the owner's CPU (`membarrier`) and saw the owner's section close; the owner waits if it opens a section meanwhile | the caller's alone |
 /// | `Remote`, owner online | the caller, at once | each cell under its lock ([`PerCpu::lock_ctx`](crate::PerCpu::lock_ctx) takes it) |
-/// | `Defer`, owner online | the owner, at its next quiescent point ([`Owner::quiescent`](crate::Owner::quiescent), going offline, unbinding) | the owner's |
+/// | `Defer`, owner online | the owner, at the first of: the end of its next local section of the slot, [`Owner::quiescent`](crate::Owner::quiescent), going offline, unbinding | the owner's |
 /// | any mode, work queued from inside the owner's own section, or left after a timeout | the owner, when its local section ends | the owner's |
 /// | any mode, no owner or owner offline | the caller | the caller's (the slot is taken) |
 ///
@@ -381,6 +381,14 @@ impl<C: Config> Work<C> {
 
     /// Waits until the latest queueing has run (`flush_percpu_work`), at most
     /// the domain's flush timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError::Timeout`] past the timeout (the work stays queued and runs
+    /// later); [`FlushError::InLocalSection`] from inside the caller's own local section; [`FlushError::Panicked`]
+    /// when the function panicked; [`FlushError::LockTimeout`] when its
+    /// [`lock_ctx`](crate::PerCpu::lock_ctx) timed out; [`FlushError::Retired`]
+    /// for a retired slot.
     pub fn flush(&self) -> Result<(), FlushError> {
         self.flush_timeout(self.domain.flush_timeout)
     }
@@ -389,6 +397,14 @@ impl<C: Config> Work<C> {
     /// waits, if the owner goes offline or away, the caller runs the work.
     /// From inside the caller's own local section of this domain it returns
     /// [`FlushError::InLocalSection`] at once.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError::Timeout`] past the timeout (the work stays queued and runs
+    /// later); [`FlushError::InLocalSection`] as above; [`FlushError::Panicked`]
+    /// when the function panicked; [`FlushError::LockTimeout`] when its
+    /// [`lock_ctx`](crate::PerCpu::lock_ctx) timed out; [`FlushError::Retired`]
+    /// for a retired slot.
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushError> {
         if let Some(cpu) = caller_in_section(&self.domain) {
             if self.is_pending() {
@@ -542,6 +558,14 @@ impl<C: Config> WorkSet<C> {
     /// flag per slot with a [check](Self::with_check)). From
     /// inside the caller's own local section of this domain it returns
     /// [`FlushError::InLocalSection`] at once, having queued nothing.
+    ///
+    /// # Errors
+    ///
+    /// The first failing slot's error, in slot order: [`FlushError::Timeout`]
+    /// past the deadline (its work stays queued); [`FlushError::InLocalSection`]
+    /// as above; [`FlushError::Panicked`] when a function panicked;
+    /// [`FlushError::LockTimeout`] when a [`lock_ctx`](crate::PerCpu::lock_ctx)
+    /// timed out. Retired slots are skipped, not errors.
     pub fn run(&self) -> Result<(), FlushError> {
         match &self.needs {
             None => self.queue_then_flush(|_| true),
@@ -552,6 +576,10 @@ impl<C: Config> WorkSet<C> {
     /// As [`run`](Self::run), but only on the slots `filter` selects (the
     /// kernel's drainers skip CPUs with nothing cached). `filter` is called
     /// once per slot, before the set's [check](Self::with_check), if any.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
     pub fn run_filtered(&self, mut filter: impl FnMut(usize) -> bool) -> Result<(), FlushError> {
         let chosen: Vec<bool> = self
             .works
@@ -611,6 +639,10 @@ impl<C: Config> Domain<C> {
     /// thread (`queue` and `remote` modes, or an absent or offline owner)
     /// or on the owner's (`defer`, or work left to the owner's section
     /// end); see [`Work`] for the table and what `f` may do.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
     pub fn work(
         &self,
         cpu: usize,
