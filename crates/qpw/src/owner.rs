@@ -211,6 +211,27 @@ impl<C: Config> Domain<C> {
     /// CPU this process may run on), [`Error::SlotOwned`], [`Error::SlotRetired`],
     /// [`Error::AlreadyBound`] (this thread owns another slot of this domain),
     /// [`Error::Os`] when pinning fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, Error, PerCpu};
+    ///
+    /// let domain = Domain::builder().build()?; // one slot per CPU
+    /// let counts = PerCpu::new(&domain, |_| 0u64);
+    /// let cpu = domain.nr_cpus() - 1;
+    /// match domain.bind(cpu) {
+    ///     Ok(mut me) => {
+    ///         assert!(me.is_pinned());
+    ///         *counts.lock(&mut me) += 1;
+    ///     }
+    ///     // This process may not run on that CPU (`taskset`, a cgroup):
+    ///     // bind another, or `bind_unpinned`.
+    ///     Err(Error::CpuNotAllowed { .. }) => {}
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn bind(&self, cpu: usize) -> Result<Owner<C>, Error> {
         Owner::bind(self.clone(), cpu, true)
     }

@@ -239,6 +239,21 @@ impl<T, C: Config> PerCpu<T, C> {
     /// taken, `remote` slots and the RT configurations, a remote thread
     /// holds the cell). Work queued meanwhile is then left to the flusher,
     /// which runs it itself once the owner is outside its section.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, PerCpu};
+    ///
+    /// let domain = Domain::builder().nr_cpus(1).build()?;
+    /// let counts = PerCpu::new(&domain, |_| 0u64);
+    /// let mut me = domain.bind_any()?;
+    /// match counts.try_lock(&mut me) {
+    ///     Some(mut c) => *c += 1, // the fast path
+    ///     None => { /* a drainer holds the slot: take another path */ }
+    /// }
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     #[inline]
     pub fn try_lock<'a>(&'a self, owner: &'a mut Owner<C>) -> Option<LocalGuard<'a, T, C>> {
         let (cell, spin) = self.owner_cell(owner);
@@ -337,6 +352,23 @@ impl<T, C: Config> PerCpu<T, C> {
     ///
     /// [`Error::CpuOutOfRange`], [`Error::OwnerOnline`], [`Error::LockTimeout`],
     /// [`Error::SlotRetired`], [`Error::OwnSlot`], as above.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, Mode, PerCpu};
+    ///
+    /// let domain = Domain::builder().mode(Mode::Queue).nr_cpus(2).build()?;
+    /// let counts = PerCpu::new(&domain, |_| 0u64);
+    /// *counts.remote(1)? += 5; // slot 1 has no owner: any thread may take it
+    /// let mut me = domain.bind_unpinned(0)?;
+    /// *counts.lock(&mut me) += 1;
+    /// // A `queue` slot with an online owner: `Error::OwnerOnline`, queue work instead.
+    /// assert!(counts.remote(0).is_err());
+    /// let _idle = me.offline(); // while offline, remote threads may take the slot
+    /// assert_eq!(*counts.remote(0)? + *counts.remote(1)?, 6);
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
         let slot = self.domain.slot(cpu)?;
         let cell = &self.cells[cpu];

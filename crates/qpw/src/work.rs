@@ -566,6 +566,25 @@ impl<C: Config> WorkSet<C> {
     /// as above; [`FlushError::Panicked`] when a function panicked;
     /// [`FlushError::LockTimeout`] when a [`lock_ctx`](crate::PerCpu::lock_ctx)
     /// timed out. Retired slots are skipped, not errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, PerCpu};
+    /// use std::sync::{atomic::{AtomicU64, Ordering::Relaxed}, Arc};
+    ///
+    /// let domain = Domain::builder().nr_cpus(2).build()?;
+    /// let counts = Arc::new(PerCpu::new(&domain, |slot| slot as u64 + 1)); // 1 and 2
+    /// let total = Arc::new(AtomicU64::new(0));
+    /// let (c, t) = (counts.clone(), total.clone());
+    /// let drain_all = domain.work_all(move |ctx| {
+    ///     let Ok(mut v) = c.lock_ctx(ctx) else { return };
+    ///     t.fetch_add(std::mem::take(&mut *v), Relaxed);
+    /// });
+    /// drain_all.run()?; // no owners: this thread runs each slot's work itself
+    /// assert_eq!(total.load(Relaxed), 3);
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn run(&self) -> Result<(), FlushError> {
         match &self.needs {
             None => self.queue_then_flush(|_| true),
