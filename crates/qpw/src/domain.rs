@@ -270,6 +270,21 @@ impl<C: Config> Domain<C> {
     /// # Errors
     ///
     /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, Mode, ModeReason, SlotMode};
+    ///
+    /// let domain = Domain::builder().mode(Mode::Queue).nr_cpus(1).build()?;
+    /// let info = domain.slot_info(0)?;
+    /// assert_eq!(info.configured, SlotMode::Queue);
+    /// if info.effective == SlotMode::Remote {
+    ///     // The kernel refused membarrier(2) (a seccomp filter): queue runs remote.
+    ///     assert_eq!(info.reason, ModeReason::FenceUnavailable);
+    /// }
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn slot_info(&self, cpu: usize) -> Result<SlotInfo, Error> {
         let slot = self.slot(cpu)?;
         let configured = match slot.mode_reason {

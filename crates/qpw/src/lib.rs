@@ -1,8 +1,8 @@
 //! Per-CPU data whose remote maintenance never interrupts the owners that
 //! must not be interrupted: the Linux kernel's QPW ("Queue PerCPU Work") for
-//! userspace. Threads keep per-CPU caches, batches and counters, each owned
-//! by one thread and touched on its hot path without atomics; any thread can
-//! drain them or read them exactly, by the mode you choose.
+//! userspace. Each thread owns a slot of per-CPU caches, batches or counters
+//! and touches it for a few cycles (no atomic in `queue` and `defer` modes);
+//! any thread drains or reads every slot, the mode says at what cost to owners.
 //!
 //! # A first example
 //!
@@ -39,7 +39,7 @@
 //! | `remote` (`QPW=1`) | 5.7 ticks | 0.8 µs | never | owners must never be interrupted (isolated, real-time CPUs) or drains are frequent |
 //! | `defer` | 3.6-3.7 ticks | 1.2 µs | never | owners loop and reach [`Owner::quiescent`] or section ends often |
 //! | `auto` | per slot | 1.8 µs | never on isolated CPUs | a mix of isolated and housekeeping CPUs |
-//! | [`NoQpw`] (feature off) | 2.8-2.9 ticks | as `queue` | as `queue` | you never want anything but `queue` |
+//! | `queue` under [`NoQpw`] (or the feature off) | 2.8-2.9 ticks | `queue`'s mechanism | as `queue` | you never want anything but `queue` |
 //!
 //! An unpinned `queue` owner's drain fences every CPU of the process, so
 //! pin `queue` owners ([`Domain::bind`]). [`Mode`] has the details.

@@ -543,6 +543,40 @@ impl<C: Config> WorkSet<C> {
     /// after the check is left for the next drain-all. A hint may say "yes"
     /// for a clean slot (a wasted drain), never "no" for a slot whose
     /// contents were there before the drain-all started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, PerCpu};
+    /// use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::{Relaxed, Release, Acquire}};
+    /// use std::sync::Arc;
+    ///
+    /// // The owner sets `dirty[slot]` when the slot gets something; the drain clears it.
+    /// let domain = Domain::builder().nr_cpus(2).build()?;
+    /// let batch = Arc::new(PerCpu::new(&domain, |_| Vec::<u32>::new()));
+    /// let dirty: Arc<[AtomicBool]> = (0..2).map(|_| AtomicBool::new(false)).collect();
+    /// let drained = Arc::new(AtomicU64::new(0));
+    /// let (b, d, n) = (batch.clone(), dirty.clone(), drained.clone());
+    /// let drain_all = domain
+    ///     .work_all(move |ctx| {
+    ///         let slot = ctx.slot();
+    ///         let Ok(mut v) = b.lock_ctx(ctx) else { return };
+    ///         d[slot].store(false, Relaxed);
+    ///         n.fetch_add(v.drain(..).count() as u64, Relaxed);
+    ///     })
+    ///     .with_check({
+    ///         let d = dirty.clone();
+    ///         move |slot| d[slot].load(Acquire)
+    ///     });
+    /// let mut me = domain.bind_unpinned(0)?;
+    /// batch.lock(&mut me).push(7);
+    /// dirty[0].store(true, Release);
+    /// drop(me);
+    /// drain_all.run()?; // slot 1 is clean: skipped
+    /// assert_eq!(drained.load(Relaxed), 1);
+    /// assert_eq!(domain.slot_info(1)?.drains_skipped_clean, 1);
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn with_check(mut self, needs: impl Fn(usize) -> bool + Send + Sync + 'static) -> Self {
         self.needs = Some(Box::new(needs));
         self
