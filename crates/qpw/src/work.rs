@@ -279,6 +279,41 @@ impl<C: Config> WorkInner<C> {
 /// A work never runs concurrently with itself: queued while it runs, it runs
 /// again once the current run ends. Dropping a `Work` never waits: a work
 /// still queued keeps its memory (and closure) alive until it has run.
+///
+/// # Examples
+///
+/// A work that reads one owner's counter exactly while the owner counts:
+///
+/// ```
+/// use qpw::{Domain, PerCpu};
+/// use std::sync::{atomic::{AtomicU64, Ordering::Relaxed}, mpsc, Arc};
+///
+/// let domain = Domain::builder().nr_cpus(2).build()?;
+/// let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
+/// let seen = Arc::new(AtomicU64::new(0));
+/// let (c, s) = (counts.clone(), seen.clone());
+/// let read1 = domain.work(1, move |ctx| {
+///     let Ok(v) = c.lock_ctx(ctx) else { return };
+///     s.store(*v, Relaxed);
+/// })?;
+/// let (stop, stopped) = mpsc::channel::<()>();
+/// let owner = std::thread::spawn({
+///     let (domain, counts) = (domain.clone(), counts.clone());
+///     move || {
+///         let mut me = domain.bind_unpinned(1).unwrap();
+///         while stopped.try_recv().is_err() {
+///             *counts.lock(&mut me) += 1;
+///             me.quiescent(); // where `defer` runs the work
+///         }
+///     }
+/// });
+/// read1.queue();
+/// read1.flush()?; // the read ran, in whichever mode
+/// stop.send(()).unwrap();
+/// owner.join().unwrap();
+/// assert!(seen.load(Relaxed) <= *counts.remote(1)?);
+/// # Ok::<(), qpw::Error>(())
+/// ```
 pub struct Work<C: Config = crate::Standard> {
     inner: Arc<WorkInner<C>>,
     domain: Arc<DomainInner<C>>,
