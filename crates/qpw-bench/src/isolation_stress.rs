@@ -606,7 +606,7 @@ fn run_mode(
     let window = tsc::from_ns(WAKE_WINDOW_NS as f64);
     let (inside, waiting) = match_stalls(&drained.stalls, &intervals, window);
     let (_, remote, contended, pi_waits) = delta(&d.after, &d.before);
-    let (signals, _, _, _) = delta(&d.after_all, &d.before_all);
+    let (fences, _, _, _) = delta(&d.after_all, &d.before_all);
     Ok(StressResult {
         mode: mode.name(),
         owner_policy: o
@@ -620,7 +620,7 @@ fn run_mode(
         hold_ns: o.hold_ns,
         drains: d.lat_ns.len() as u64,
         drains_failed: d.failed,
-        fences: signals,
+        fences,
         works_run_remotely: remote,
         remote_holds: intervals.len() as u64,
         lock_contended: contended,

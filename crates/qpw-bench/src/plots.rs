@@ -297,7 +297,7 @@ pub fn isolation_gaps(runs: &[IsolationRun]) -> Result<String, String> {
             let mut chart = ChartBuilder::on(&area)
                 .caption(
                     format!(
-                        "{}: {} drains, {} signals, gaps > {} ns: {} (baseline {})",
+                        "{}: {} drains, {} fences, gaps > {} ns: {} (baseline {})",
                         r.mode,
                         r.drains,
                         r.fences,

@@ -961,7 +961,7 @@ fn drain_table(points: &[DrainPoint], method: &Method, plan: &Plan) -> String {
          slot's lock (the kernel's spinlock disables preemption, a userspace one cannot). Owners that `spin` in \
          local operations are almost always preempted inside their section; once a caller has waited on one, \
          callers hand work to owners they find standing still in a section (they run it as the section ends, \
-         without a signal), so a drain-all waits for the slowest owner's next turn on a core, not for each \
+         without a fence), so a drain-all waits for the slowest owner's next turn on a core, not for each \
          in turn. Owners that `yield` are descheduled outside their section, as an owner with a core of its \
          own would be, and `remote` then shows the drain's own cost.\n\n",
     );

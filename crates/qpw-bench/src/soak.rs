@@ -15,7 +15,7 @@
 //! - the slab cache's `destroy` finds no leak, and no object was ever seen
 //!   with another owner's pattern (objects are handed between threads and
 //!   freed remotely);
-//! - `remote`, `defer` and `auto`'s isolated slots sent no signal;
+//! - `remote`, `defer` and `auto`'s isolated slots were never fenced;
 //! - no drain failed.
 //!
 //! Any violation is printed and makes the command exit non-zero.
@@ -467,7 +467,7 @@ fn round<C: Config>(
         let m = r.domain.slot_mode(cpu).expect("slot");
         if m != SlotMode::Queue && s.fences() != 0 {
             v.push(format!(
-                "{name}: {m:?} slot {cpu} was sent {} signals",
+                "{name}: {m:?} slot {cpu} was fenced {} times",
                 s.fences()
             ));
         }
@@ -555,7 +555,7 @@ pub fn main(args: &SoakArgs) -> Result<(), String> {
             rep.seconds, rep.seed, args.threads, args.nr_cpus
         );
         println!();
-        println!("| config | rounds | ops | drains | signals | works by owner | works remote | binds | no free slot | threads | remote frees | violations |");
+        println!("| config | rounds | ops | drains | fences | works by owner | works remote | binds | no free slot | threads | remote frees | violations |");
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in &rep.configs {
             println!(

@@ -12,11 +12,12 @@ pub const MAX_BENCH_CPUS: usize = 4096;
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchMode {
-    /// `QPW=0`: the owner runs the work, prompted by a signal.
+    /// `QPW=0`: the caller runs the work after fencing the owner's CPU
+    /// (`membarrier`, one IPI) and seeing its section close.
     Queue,
     /// `QPW=1`: the caller runs the work under the slot's lock.
     Remote,
-    /// The owner runs the work at its quiescent point.
+    /// The owner runs the work at its next section end or quiescent point.
     Defer,
     /// `remote` on the CPUs listed as isolated, `queue` elsewhere.
     Auto,

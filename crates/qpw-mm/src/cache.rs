@@ -84,9 +84,10 @@ impl<C: Config> Drop for CacheShared<C> {
 /// than the one that allocated it simply goes into the freeing slot's sheaf.
 ///
 /// [`flush_all`](Self::flush_all) drains every slot's sheaves into the depot
-/// through qpw's drain-all, so it works in every mode: in `queue` the owners
-/// run it (signalled), in `remote` the caller runs it under each slot's lock,
-/// in `defer` the owners run it at their quiescent points.
+/// through qpw's drain-all, so it works in every mode: in `queue` the caller
+/// runs it once each owner's CPU is fenced and its section closed, in
+/// `remote` the caller runs it under each slot's lock, in `defer` the owners
+/// run it at their next section end or quiescent point.
 ///
 /// ```
 /// use qpw::{Config, Domain, Mode, Standard};
@@ -282,7 +283,7 @@ fn drain_work<C: Config>(domain: &Domain<C>, shared: Arc<CacheShared<C>>) -> Wor
             shared.core.drain_pcs(&mut pcs);
             shared.used[cpu].store(false, Ordering::SeqCst);
         },
-        // Slots whose sheaves hold nothing are neither signalled nor locked.
+        // Slots whose sheaves hold nothing are neither fenced nor locked.
         move |cpu| check.used[cpu].load(Ordering::SeqCst),
     )
 }

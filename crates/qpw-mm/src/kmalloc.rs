@@ -203,7 +203,7 @@ impl<C: Config> Kmalloc<C> {
         let sh = shared.clone();
         let drain = domain.work_all(move |ctx| {
             // Every class's sheaves to its hand-off stack: no lock but the
-            // slot's, no allocation (this may run in a signal handler).
+            // slot's, no allocation (keeps the drain short; see `stack.rs`).
             let cl = sh.classes();
             let Ok(mut pcs) = sh.pcs.lock_ctx(ctx) else {
                 return;

@@ -129,9 +129,9 @@ pub struct SharedPathStats {
     pub exiting: u64,
     /// This thread's binding table was full (too many instances in use).
     pub table_full: u64,
-    /// The thread blocks the qpw signal and the configuration cannot run
-    /// its slot `remote` instead (`NoQpw`, `RtNoQpw`; with QPW such a thread
-    /// binds, its slot in `remote` behaviour).
+    /// Always 0 now: it counted threads that blocked qpw's signal, and qpw
+    /// sends no signal since `queue` mode became a `membarrier` fence. Kept
+    /// so code that reads it still compiles.
     pub signal_blocked: u64,
     /// Binding failed for another reason (a system call failed, ...).
     pub bind_failed: u64,

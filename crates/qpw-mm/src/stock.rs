@@ -256,7 +256,7 @@ impl<C: Config> Stock<C> {
                 }
             },
             {
-                // Slots with no stock are neither signalled nor locked.
+                // Slots with no stock are neither fenced nor locked.
                 let inner = inner.clone();
                 move |cpu| inner.stocked[cpu].load(Ordering::SeqCst)
             },

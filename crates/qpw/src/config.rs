@@ -74,8 +74,28 @@ impl Config for RtNoQpw {
 /// |---|---|---|---|
 /// | `Queue` (`QPW=0`) | flag (plain stores and a plain load) | the caller claims the slot, fences the owner's CPU (`membarrier`), waits for its section to close, runs it | once per drain (an IPI; no signal, no handler) |
 /// | `Remote` (`QPW=1`) | slot lock | the caller takes the slot lock and runs it | never |
-/// | `Defer` | flag | queued; run at the owner's next quiescent point, or by the caller while the owner is offline | never |
+/// | `Defer` | flag | queued; run by the owner at the end of its next local section of the slot, at [`Owner::quiescent`](crate::Owner::quiescent), going offline or unbinding; by the caller while the owner is offline or absent | never |
 /// | `Auto` | per slot | `Remote` on isolated CPUs, `Queue` elsewhere | never on isolated CPUs |
+///
+/// # Choosing a mode
+///
+/// - `Queue`: drains are rare and the owners may take one IPI per drain;
+///   the cheapest owner path of the modes (3.5-3.6 TSC ticks per
+///   lock+unlock on a 2-CPU VM), the slowest drain (p50 11.6-13.8 µs).
+///   Pin its owners ([`Domain::bind`](crate::Domain::bind)): an unpinned
+///   owner's drain fences every CPU of the process.
+/// - `Remote`: the owners must never be interrupted (isolated or real-time
+///   CPUs), or drains are frequent: one uncontended atomic on the owner's
+///   path (5.7 ticks), the fastest drain (p50 0.8 µs).
+/// - `Defer`: the owners reach quiescent points or section ends often (a
+///   loop): the owner's path as `Queue` (3.6-3.7 ticks), no interruption,
+///   drains wait for the owner (p50 1.2 µs for a busy owner).
+/// - `Auto`: isolated CPUs beside housekeeping ones; `Remote` where an
+///   interruption hurts, `Queue` elsewhere (drain p50 1.8 µs).
+///
+/// Without the `qpw` feature ([`NoQpw`]) only `Queue` exists and the owner's
+/// path is cheaper still (2.8-2.9 ticks). The crate documentation has the
+/// full table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Mode {
@@ -85,7 +105,14 @@ pub enum Mode {
     Queue,
     /// QPW proper: the caller runs the work under the slot's lock.
     Remote,
-    /// The owner runs the work at its next quiescent point; while offline, the caller does.
+    /// The owner runs the work on its own thread at the first of: the end
+    /// of its next local section of the slot (the drop of any
+    /// [`LocalGuard`](crate::LocalGuard) of the slot),
+    /// [`Owner::quiescent`](crate::Owner::quiescent), going
+    /// [offline](crate::Owner::offline), unbinding. While the owner is
+    /// offline or absent the caller runs it. So an owner calls `quiescent()`
+    /// only where it may go long without a local section (waiting,
+    /// computing); one that locks its slot often needs none.
     Defer,
     /// `Remote` on the listed (isolated) CPUs, `Queue` on the others. `None`
     /// reads `/sys/devices/system/cpu/isolated` and `.../nohz_full` when the
@@ -102,7 +129,8 @@ pub enum SlotMode {
     Queue,
     /// Work is run by the caller under the slot lock.
     Remote,
-    /// Work is run at the owner's quiescent point or by the caller while the owner is offline.
+    /// Work is run by the owner at its next section end or quiescent point,
+    /// or by the caller while the owner is offline.
     Defer,
 }
 
@@ -170,6 +198,11 @@ impl Mode {
     /// let err = Mode::parse("bogus").unwrap_err().to_string();
     /// assert!(err.contains("QPW") && err.contains("remote"));
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadMode`] for a value that is not one of [`ACCEPTED`], or an
+    /// `auto:` list that does not parse.
     pub fn parse(s: &str) -> Result<Mode, Error> {
         let t = s.trim();
         let lower = t.to_ascii_lowercase();

@@ -123,6 +123,15 @@ impl<C: Config> Builder<C> {
     /// once; where the kernel refuses, those slots run `remote`
     /// ([`ModeReason::FenceUnavailable`]), or, in a configuration without
     /// `remote` mode, the build fails with [`Error::FenceUnavailable`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadCpuCount`] for a slot count of 0 or above [`MAX_CPUS`];
+    /// [`Error::ModeNotCompiled`] for a mode other than `queue` without the
+    /// `qpw` feature; [`Error::BadMode`] for a bad `QPW` variable;
+    /// [`Error::CpuOutOfRange`] for an `auto` CPU beyond the slots;
+    /// [`Error::FenceUnavailable`] as above; [`Error::Os`] when the CPUs this
+    /// process may run on cannot be read.
     pub fn build(self) -> Result<Domain<C>, Error> {
         let allowed = crate::sys::possible_cpus()?;
         let default_n = allowed.iter().max().map_or(1, |m| m + 1);
@@ -246,6 +255,10 @@ impl<C: Config> Domain<C> {
 
     /// The mode of one slot (an `auto` domain mixes them; see
     /// [`slot_info`](Self::slot_info) for why).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
     pub fn slot_mode(&self, cpu: usize) -> Result<SlotMode, Error> {
         Ok(self.slot(cpu)?.mode)
     }
@@ -253,6 +266,25 @@ impl<C: Config> Domain<C> {
     /// How slot `cpu` runs and why: the mode the domain asked for it, the
     /// mode it runs in (`remote` for a `queue` slot when the kernel refused
     /// the fence), the reason, and the drain-alls that skipped it as clean.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, Mode, ModeReason, SlotMode};
+    ///
+    /// let domain = Domain::builder().mode(Mode::Queue).nr_cpus(1).build()?;
+    /// let info = domain.slot_info(0)?;
+    /// assert_eq!(info.configured, SlotMode::Queue);
+    /// if info.effective == SlotMode::Remote {
+    ///     // The kernel refused membarrier(2) (a seccomp filter): queue runs remote.
+    ///     assert_eq!(info.reason, ModeReason::FenceUnavailable);
+    /// }
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn slot_info(&self, cpu: usize) -> Result<SlotInfo, Error> {
         let slot = self.slot(cpu)?;
         let configured = match slot.mode_reason {
@@ -284,6 +316,10 @@ impl<C: Config> Domain<C> {
     }
 
     /// The counters of one slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
     pub fn stats(&self, cpu: usize) -> Result<SlotStats, Error> {
         Ok(self.slot(cpu)?.counters.snapshot())
     }
@@ -298,11 +334,19 @@ impl<C: Config> Domain<C> {
     }
 
     /// Whether slot `cpu` has an owner (online or offline), or is retired.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
     pub fn is_owned(&self, cpu: usize) -> Result<bool, Error> {
         Ok(self.slot(cpu)?.state() & !BUSY != FREE)
     }
 
     /// Whether slot `cpu`'s owner is offline (see [`Owner::offline`](crate::Owner::offline)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
     pub fn is_offline(&self, cpu: usize) -> Result<bool, Error> {
         Ok(self.slot(cpu)?.state() & !BUSY == OFFLINE)
     }
@@ -310,6 +354,10 @@ impl<C: Config> Domain<C> {
     /// Whether slot `cpu` is retired: in a `fork()` child, its owner's
     /// thread vanished leaving the slot in a state that may be half-changed,
     /// so nothing touches it again (drain-alls skip it, binding it fails).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
     pub fn is_retired(&self, cpu: usize) -> Result<bool, Error> {
         Ok(self.slot(cpu)?.state() & RETIRED != 0)
     }

@@ -46,7 +46,9 @@ pub enum Error {
         /// The slot.
         cpu: usize,
     },
-    /// Every slot has an owner.
+    /// Every slot has an owner (or is retired). Give the domain more slots
+    /// with [`Builder::nr_cpus`](crate::Builder::nr_cpus), or bind fewer
+    /// threads at a time.
     NoFreeSlot {
         /// The domain's slot count.
         nr_cpus: usize,
@@ -140,7 +142,13 @@ impl fmt::Display for Error {
                 "cannot pin to CPU {cpu}: it is not in this process's affinity mask (allowed: {allowed})"
             ),
             Error::SlotOwned { cpu } => write!(f, "slot {cpu} is already owned by another thread"),
-            Error::NoFreeSlot { nr_cpus } => write!(f, "all {nr_cpus} slots are owned"),
+            Error::NoFreeSlot { nr_cpus } => write!(
+                f,
+                "all {nr_cpus} slots are owned: build the domain with more slots \
+                 (`Builder::nr_cpus(n)`, n at least the number of threads that bind; \
+                 slots beyond the CPUs are owned by unpinned threads), or bind fewer \
+                 threads at a time (an `Owner` dropped frees its slot)"
+            ),
             Error::AlreadyBound { cpu } => {
                 write!(f, "this thread already owns slot {cpu} of this domain")
             }

@@ -64,6 +64,36 @@ impl<C: Config> Domain<C> {
     /// is offline, so an idle thread never holds up a drain. Called from a
     /// thread-local destructor after the thread's table of implicit owners
     /// is gone, it returns [`Error::ThreadExiting`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Reentrant`] when called for this domain from inside its own
+    /// closure; [`Error::ThreadExiting`] as above; on first use, the errors of
+    /// [`bind_any`](Self::bind_any) ([`Error::NoFreeSlot`] when every slot is
+    /// owned: give the domain more with [`Builder::nr_cpus`](crate::Builder::nr_cpus)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, PerCpu};
+    /// use std::sync::Arc;
+    ///
+    /// let domain = Domain::builder().nr_cpus(4).build()?;
+    /// let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
+    /// let threads: Vec<_> = (0..4)
+    ///     .map(|_| {
+    ///         let (domain, counts) = (domain.clone(), counts.clone());
+    ///         // No `bind`: each thread gets a slot on its first call.
+    ///         std::thread::spawn(move || domain.with_local(|me| *counts.lock(me) += 1))
+    ///     })
+    ///     .collect();
+    /// for t in threads {
+    ///     t.join().unwrap()?;
+    /// }
+    /// let total: u64 = (0..4).map(|s| *counts.remote(s).unwrap()).sum(); // the threads have exited
+    /// assert_eq!(total, 4);
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn with_local<R>(&self, f: impl FnOnce(&mut Owner<C>) -> R) -> Result<R, Error> {
         let id = self.id();
         // `try_with`: from another thread-local's destructor the table may

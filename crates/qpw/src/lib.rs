@@ -1,6 +1,109 @@
 //! Per-CPU data whose remote maintenance never interrupts the owners that
 //! must not be interrupted: the Linux kernel's QPW ("Queue PerCPU Work") for
-//! userspace.
+//! userspace. Each thread owns a slot of per-CPU caches, batches or counters
+//! and touches it for a few cycles (no atomic in `queue` and `defer` modes);
+//! any thread drains or reads every slot, the mode says at what cost to owners.
+//!
+//! # A first example
+//!
+//! ```
+//! use qpw::{Domain, PerCpu};
+//! use std::sync::{atomic::{AtomicU64, Ordering::Relaxed}, Arc};
+//!
+//! let domain = Domain::builder().nr_cpus(2).build()?; // 2 slots, mode from QPW
+//! let counts = Arc::new(PerCpu::new(&domain, |_slot| 0u64)); // a counter per slot
+//! let total = Arc::new(AtomicU64::new(0));
+//! let (c, t) = (counts.clone(), total.clone());
+//! let drain_all = domain.work_all(move |ctx| { // one work per slot
+//!     let Ok(mut v) = c.lock_ctx(ctx) else { return }; // Err: the deadline passed
+//!     t.fetch_add(std::mem::take(&mut *v), Relaxed);
+//! });
+//! let mut me = domain.bind_any()?; // this thread owns a free slot
+//! for _ in 0..1000 { *counts.lock(&mut me) += 1; } // the owner's hot path
+//! drain_all.run()?; // from any thread: every slot's count moves into `total`
+//! assert_eq!(total.load(Relaxed), 1000);
+//! # Ok::<(), qpw::Error>(())
+//! ```
+//!
+//! # Choosing a mode
+//!
+//! The mode comes from the `QPW` variable (`0`, `1`, `defer`, `auto`,
+//! `auto:2-7`) or [`Builder::mode`]. Costs measured on a 2-CPU VM
+//! (`qpw-bench locks` and `qpw-bench isolation`, quiet machine; TSC ticks
+//! per owner lock+unlock pair, drain p50 of one busy owner at 1,000
+//! drains/s):
+//!
+//! | mode | owner lock+unlock | drain p50 | owner interrupted | choose it when |
+//! |---|---|---|---|---|
+//! | `queue` (`QPW=0`) | 3.5-3.6 ticks | 11.6-13.8 µs | once per drain: one IPI to the owner's CPU | drains are rare and owners may be interrupted |
+//! | `remote` (`QPW=1`) | 5.7 ticks | 0.8 µs | never | owners must never be interrupted (isolated, real-time CPUs) or drains are frequent |
+//! | `defer` | 3.6-3.7 ticks | 1.2 µs | never | owners loop and reach [`Owner::quiescent`] or section ends often |
+//! | `auto` | per slot | 1.8 µs | never on isolated CPUs | a mix of isolated and housekeeping CPUs |
+//! | `queue` under [`NoQpw`] (or the feature off) | 2.8-2.9 ticks | `queue`'s mechanism | as `queue` | you never want anything but `queue` |
+//!
+//! An unpinned `queue` owner's drain fences every CPU of the process, so
+//! pin `queue` owners ([`Domain::bind`]). [`Mode`] has the details.
+//!
+//! # Where work runs
+//!
+//! A work function always runs as ordinary code on an ordinary thread: it
+//! may allocate, free, lock a `Mutex` and drop the last `Arc` of anything.
+//! In `queue` and `remote` modes it runs on the thread that queued or
+//! flushed it (in `queue` mode after fencing the owner's CPU and waiting
+//! for its local section to close; the owner, if it opens a section
+//! meanwhile, waits in the kernel with priority inheritance until the work
+//! is done). In `defer` mode it runs on the owner's thread, at the end of
+//! the owner's next local section of that slot, at [`Owner::quiescent`],
+//! when the owner goes [offline](Owner::offline) and when it unbinds; so an
+//! owner needs to call `quiescent()` only where it may go long without a
+//! local section. For an absent or offline owner, in every mode, the caller
+//! runs it. A work must not wait for something only its slot's owner can
+//! do. [`Work`] has the table. Signal masks, `sigwait` threads and `EINTR`
+//! are the application's own business: qpw sends no signal.
+//!
+//! `queue` needs `membarrier(2)` (Linux 4.14; the targeted form of 5.10).
+//! Where the kernel refuses it (`ENOSYS`, or `EPERM` under a seccomp
+//! filter) its slots run `remote` ([`ModeReason::FenceUnavailable`] in
+//! [`Domain::slot_info`]); a configuration without `remote` mode fails to
+//! build with [`Error::FenceUnavailable`].
+//!
+//! A work function that panics is caught (the drain goes on, the slot stays
+//! usable, and the flush returns [`FlushError::Panicked`]). Treat it as a
+//! bug, not as control flow.
+//!
+//! # Slots
+//!
+//! A [`Domain`] has a fixed number of slots, one per CPU this process may
+//! run on unless [`Builder::nr_cpus`] says otherwise. A thread owns at most
+//! one slot of a domain: [`Domain::bind`] takes slot `n` and pins the
+//! thread to CPU `n`, [`Domain::bind_unpinned`] takes it without pinning,
+//! [`Domain::bind_any`] takes any free slot, and [`Domain::with_local`]
+//! borrows one for a call. A [`PerCpu`] holds one value per slot. With more
+//! threads than CPUs, build the domain with `nr_cpus(n)` at least the
+//! number of threads that bind (slots beyond the CPUs are owned by unpinned
+//! threads) and bind them with `bind_any`; otherwise a bind past the last
+//! slot fails with [`Error::NoFreeSlot`]. A thread holds one local section
+//! of a domain at a time, across all its `PerCpu`s (see [`PerCpu::lock`]).
+//!
+//! # Cargo features
+//!
+//! - `qpw` (default): the modes. Off, it is the kernel's `CONFIG_QPW=n`:
+//!   only `queue` exists, the owner's hot path carries no mode branch, and
+//!   [`Standard`] behaves as [`NoQpw`]. Code that names no mode compiles
+//!   either way.
+//!
+//! # More
+//!
+//! - [`Work`], [`WorkSet`]: queue, flush and drain-all; [`WorkSet::with_check`]
+//!   for drains that skip clean slots.
+//! - [`PerCpu`]: local ([`lock`](PerCpu::lock)), remote
+//!   ([`remote`](PerCpu::remote), [`try_remote`](PerCpu::try_remote)) and
+//!   in-work ([`lock_ctx`](PerCpu::lock_ctx)) access.
+//! - [`SlotStats`], [`SlotInfo`]: what each slot did and why it runs its mode.
+//! - [`register_fork_hook`]: consumers with locks of their own.
+//! - [`qpw-mm`](https://docs.rs/qpw-mm): the kernel's consumers on qpw (a
+//!   per-CPU slab allocator with a `GlobalAlloc`, LRU batches, a charge
+//!   stock); `qpw-bench` in the repository measures every mode.
 //!
 //! # The idea
 //!
@@ -39,45 +142,6 @@
 //! | `qpw=` boot option | [`Mode`], from the `QPW` variable or [`Builder::mode`] |
 //! | `PREEMPT_RT` | the [`Rt`] configuration: the local lock is always the spinlock |
 //!
-//! # Example: a per-CPU counter drained by another thread
-//!
-//! ```
-//! use qpw::{Config, Domain, Mode, PerCpu, Standard};
-//! use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
-//!
-//! // `remote` needs the `qpw` feature (CONFIG_QPW); without it only `queue` exists.
-//! let mode = if Standard::QPW { Mode::Remote } else { Mode::Queue };
-//! let domain: Domain = Domain::builder().mode(mode).nr_cpus(2).build()?;
-//! let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
-//! let total = Arc::new(AtomicU64::new(0));
-//!
-//! // The drain: move each slot's count into the total.
-//! let drain = domain.work_all({
-//!     let (counts, total) = (counts.clone(), total.clone());
-//!     move |ctx| {
-//!         let Ok(mut c) = counts.lock_ctx(ctx) else { return };
-//!         total.fetch_add(std::mem::take(&mut *c), Ordering::Relaxed);
-//!     }
-//! });
-//!
-//! let owner = std::thread::spawn({
-//!     let (domain, counts) = (domain.clone(), counts.clone());
-//!     move || {
-//!         let mut me = domain.bind_unpinned(1).unwrap();
-//!         for _ in 0..1000 {
-//!             *counts.lock(&mut me) += 1; // the hot path
-//!             me.quiescent();             // a no-op unless mode is defer
-//!         }
-//!     }
-//! });
-//! owner.join().unwrap();
-//! drain.run().unwrap(); // drain-all: every slot, and the caller knows it is done
-//! assert_eq!(total.load(Ordering::Relaxed), 1000);
-//! // `remote` mode never fences; in `queue` mode the owner had left before the drain.
-//! assert_eq!(domain.total_stats().fences(), 0);
-//! # Ok::<(), qpw::Error>(())
-//! ```
-//!
 //! # Rules kept (each tested)
 //!
 //! 1. At any instant at most one context touches a slot's data.
@@ -96,29 +160,6 @@
 //! 8. Every wait is bounded, one deadline per drain-all, and nobody waits
 //!    on itself (see *Waits and their bounds*).
 //! 9. After `fork()` the child can use everything (see *fork*).
-//!
-//! # Where work runs
-//!
-//! A work function always runs as ordinary code on an ordinary thread: it
-//! may allocate, free, lock a `Mutex` and drop the last `Arc` of anything.
-//! In `queue` and `remote` modes it runs on the thread that queued or
-//! flushed it (in `queue` mode after fencing the owner's CPU and waiting
-//! for its local section to close; the owner, if it opens a section
-//! meanwhile, waits in the kernel with priority inheritance until the work
-//! is done); in `defer` mode on the owner's thread at a quiescent point;
-//! for an absent or offline owner on the caller's. [`Work`] has the table.
-//! Signal masks, `sigwait` threads and `EINTR` are the application's own
-//! business: qpw sends nothing.
-//!
-//! `queue` needs `membarrier(2)` (Linux 4.14; the targeted form of 5.10).
-//! Where the kernel refuses it (`ENOSYS`, or `EPERM` under a seccomp
-//! filter) its slots run `remote` ([`ModeReason::FenceUnavailable`] in
-//! [`Domain::slot_info`]); a configuration without `remote` mode fails to
-//! build with [`Error::FenceUnavailable`].
-//!
-//! A work function that panics is caught (the drain goes on, the slot stays
-//! usable, and the flush returns [`FlushError::Panicked`]). Treat it as a
-//! bug, not as control flow.
 //!
 //! # Drains that leave clean slots alone
 //!

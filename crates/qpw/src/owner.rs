@@ -124,6 +124,13 @@ impl<C: Config> Owner<C> {
     /// A quiescent point: runs the work queued for this slot (the end of an
     /// owner's loop iteration, as the return to userspace is for the kernel).
     /// Costs one load when nothing is queued. Returns whether any work ran.
+    ///
+    /// Only `defer` slots need it, and only where the owner may go long
+    /// without a local section: `defer` work also runs when any local
+    /// section of the slot ends, when the owner goes offline and when it
+    /// unbinds. In the other modes the caller runs the work; this runs only
+    /// work left to the owner (queued from inside its own section, or left
+    /// after a timeout).
     #[inline]
     pub fn quiescent(&mut self) -> bool {
         let slot = self.slot_state();
@@ -197,17 +204,57 @@ impl<C: Config> Domain<C> {
     /// only (an unpinned owner's fence every CPU of the process), so the
     /// thread must not change its own CPU affinity while bound: a drain
     /// would fence a CPU it no longer runs on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] (not a slot), [`Error::CpuNotAllowed`] (not a
+    /// CPU this process may run on), [`Error::SlotOwned`], [`Error::SlotRetired`],
+    /// [`Error::AlreadyBound`] (this thread owns another slot of this domain),
+    /// [`Error::Os`] when pinning fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, Error, PerCpu};
+    ///
+    /// let domain = Domain::builder().build()?; // one slot per CPU
+    /// let counts = PerCpu::new(&domain, |_| 0u64);
+    /// let cpu = domain.nr_cpus() - 1;
+    /// match domain.bind(cpu) {
+    ///     Ok(mut me) => {
+    ///         assert!(me.is_pinned());
+    ///         *counts.lock(&mut me) += 1;
+    ///     }
+    ///     // This process may not run on that CPU (`taskset`, a cgroup):
+    ///     // bind another, or `bind_unpinned`.
+    ///     Err(Error::CpuNotAllowed { .. }) => {}
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn bind(&self, cpu: usize) -> Result<Owner<C>, Error> {
         Owner::bind(self.clone(), cpu, true)
     }
 
     /// Binds the calling thread to slot `cpu` without pinning it (slots
     /// beyond the machine's CPUs, or threads the scheduler should place).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`], [`Error::SlotOwned`], [`Error::SlotRetired`],
+    /// [`Error::AlreadyBound`], as [`bind`](Self::bind).
     pub fn bind_unpinned(&self, cpu: usize) -> Result<Owner<C>, Error> {
         Owner::bind(self.clone(), cpu, false)
     }
 
     /// Binds the calling thread, unpinned, to the first free slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoFreeSlot`] when every slot is owned or retired (build the
+    /// domain with [`Builder::nr_cpus`](crate::Builder::nr_cpus) at least the number of
+    /// threads that bind, or let threads that are done unbind);
+    /// [`Error::AlreadyBound`] when this thread owns a slot of this domain.
     pub fn bind_any(&self) -> Result<Owner<C>, Error> {
         if let Some(cpu) = crate::owned::owned_in(self.id()) {
             return Err(Error::AlreadyBound { cpu });

@@ -168,7 +168,34 @@ impl<T, C: Config> PerCpu<T, C> {
     /// a `queue` drainer holds the slot, the section waits for it, in the
     /// kernel with priority inheritance); with `remote` slots or the RT
     /// policy it is the cell's spinlock too. Work queued for this slot
-    /// during the section and left to the owner runs when the guard drops.
+    /// during the section and left to the owner runs when the guard drops
+    /// (in `defer` mode, every work queued for the slot runs then).
+    ///
+    /// # One local section per domain
+    ///
+    /// The guard borrows the [`Owner`] mutably, so a thread holds one local
+    /// section of a domain at a time, across all the domain's `PerCpu`s:
+    /// holding a guard of `a` while locking `b` with the same owner is
+    /// rejected at compile time (E0499, "cannot borrow `me` as mutable more
+    /// than once"). The way around: put the values used together in one
+    /// `PerCpu` (a struct), or take them one after the other:
+    ///
+    /// ```
+    /// use qpw::{Domain, PerCpu};
+    ///
+    /// let domain = Domain::builder().nr_cpus(1).build()?;
+    /// let hits = PerCpu::new(&domain, |_| 0u64);
+    /// let both = PerCpu::new(&domain, |_| (0u64, 0u64)); // used together: one cell
+    /// let mut me = domain.bind_any()?;
+    /// // let h = hits.lock(&mut me); let b = both.lock(&mut me); // E0499
+    /// *hits.lock(&mut me) += 1; // the first guard drops here
+    /// let mut b = both.lock(&mut me); // then the second section
+    /// b.0 += 1;
+    /// b.1 += 2;
+    /// drop(b);
+    /// assert_eq!(*hits.lock(&mut me), 1);
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     #[inline(always)]
     pub fn lock<'a>(&'a self, owner: &'a mut Owner<C>) -> LocalGuard<'a, T, C> {
         let (cell, spin) = self.owner_cell(owner);
@@ -212,6 +239,21 @@ impl<T, C: Config> PerCpu<T, C> {
     /// taken, `remote` slots and the RT configurations, a remote thread
     /// holds the cell). Work queued meanwhile is then left to the flusher,
     /// which runs it itself once the owner is outside its section.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, PerCpu};
+    ///
+    /// let domain = Domain::builder().nr_cpus(1).build()?;
+    /// let counts = PerCpu::new(&domain, |_| 0u64);
+    /// let mut me = domain.bind_any()?;
+    /// match counts.try_lock(&mut me) {
+    ///     Some(mut c) => *c += 1, // the fast path
+    ///     None => { /* a drainer holds the slot: take another path */ }
+    /// }
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     #[inline]
     pub fn try_lock<'a>(&'a self, owner: &'a mut Owner<C>) -> Option<LocalGuard<'a, T, C>> {
         let (cell, spin) = self.owner_cell(owner);
@@ -251,6 +293,11 @@ impl<T, C: Config> PerCpu<T, C> {
     /// it again. A function that locks several cells decides itself what a
     /// timeout at its second lock means for its first step. In every other
     /// context it never fails.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockTimeout`] when a remote wait for the cell's lock reached the
+    /// drain's deadline, as above.
     #[inline]
     pub fn lock_ctx<'a>(&'a self, ctx: &'a mut WorkCtx<'_, C>) -> Result<CtxGuard<'a, T>, Error> {
         self.check_domain(ctx.slot.domain_id);
@@ -300,6 +347,28 @@ impl<T, C: Config> PerCpu<T, C> {
     /// otherwise: queue work instead). A retired slot gives [`Error::SlotRetired`];
     /// a `remote` slot the calling thread owns gives [`Error::OwnSlot`] (its
     /// own sections would wait on the guard).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`], [`Error::OwnerOnline`], [`Error::LockTimeout`],
+    /// [`Error::SlotRetired`], [`Error::OwnSlot`], as above.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, Mode, PerCpu};
+    ///
+    /// let domain = Domain::builder().mode(Mode::Queue).nr_cpus(2).build()?;
+    /// let counts = PerCpu::new(&domain, |_| 0u64);
+    /// *counts.remote(1)? += 5; // slot 1 has no owner: any thread may take it
+    /// let mut me = domain.bind_unpinned(0)?;
+    /// *counts.lock(&mut me) += 1;
+    /// // A `queue` slot with an online owner: `Error::OwnerOnline`, queue work instead.
+    /// assert!(counts.remote(0).is_err());
+    /// let _idle = me.offline(); // while offline, remote threads may take the slot
+    /// assert_eq!(*counts.remote(0)? + *counts.remote(1)?, 6);
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
         let slot = self.domain.slot(cpu)?;
         let cell = &self.cells[cpu];
@@ -342,6 +411,11 @@ impl<T, C: Config> PerCpu<T, C> {
     /// but never waits: [`Error::WouldBlock`] when another context holds the
     /// cell (`remote` mode) or the slot (a remote thread has taken an absent
     /// or offline owner's slot), [`Error::OwnerOnline`] as `remote` gives it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`], [`Error::WouldBlock`], [`Error::OwnerOnline`],
+    /// [`Error::SlotRetired`], [`Error::OwnSlot`], as [`remote`](Self::remote).
     pub fn try_remote(&self, cpu: usize) -> Result<RemoteGuard<'_, T, C>, Error> {
         let slot = self.domain.slot(cpu)?;
         let cell = &self.cells[cpu];

@@ -266,7 +266,7 @@ impl<C: Config> WorkInner<C> {
 /// |---|---|---|
 /// | `Queue`, owner online | the caller of `queue`/`flush` (or drain-all), after it claimed the slot, fenced the owner's CPU (`membarrier`) and saw the owner's section close; the owner waits if it opens a section meanwhile | the caller's alone |
 /// | `Remote`, owner online | the caller, at once | each cell under its lock ([`PerCpu::lock_ctx`](crate::PerCpu::lock_ctx) takes it) |
-/// | `Defer`, owner online | the owner, at its next quiescent point ([`Owner::quiescent`](crate::Owner::quiescent), going offline, unbinding) | the owner's |
+/// | `Defer`, owner online | the owner, at the first of: the end of its next local section of the slot, [`Owner::quiescent`](crate::Owner::quiescent), going offline, unbinding | the owner's |
 /// | any mode, work queued from inside the owner's own section, or left after a timeout | the owner, when its local section ends | the owner's |
 /// | any mode, no owner or owner offline | the caller | the caller's (the slot is taken) |
 ///
@@ -279,6 +279,41 @@ impl<C: Config> WorkInner<C> {
 /// A work never runs concurrently with itself: queued while it runs, it runs
 /// again once the current run ends. Dropping a `Work` never waits: a work
 /// still queued keeps its memory (and closure) alive until it has run.
+///
+/// # Examples
+///
+/// A work that reads one owner's counter exactly while the owner counts:
+///
+/// ```
+/// use qpw::{Domain, PerCpu};
+/// use std::sync::{atomic::{AtomicU64, Ordering::Relaxed}, mpsc, Arc};
+///
+/// let domain = Domain::builder().nr_cpus(2).build()?;
+/// let counts = Arc::new(PerCpu::new(&domain, |_| 0u64));
+/// let seen = Arc::new(AtomicU64::new(0));
+/// let (c, s) = (counts.clone(), seen.clone());
+/// let read1 = domain.work(1, move |ctx| {
+///     let Ok(v) = c.lock_ctx(ctx) else { return };
+///     s.store(*v, Relaxed);
+/// })?;
+/// let (stop, stopped) = mpsc::channel::<()>();
+/// let owner = std::thread::spawn({
+///     let (domain, counts) = (domain.clone(), counts.clone());
+///     move || {
+///         let mut me = domain.bind_unpinned(1).unwrap();
+///         while stopped.try_recv().is_err() {
+///             *counts.lock(&mut me) += 1;
+///             me.quiescent(); // where `defer` runs the work
+///         }
+///     }
+/// });
+/// read1.queue();
+/// read1.flush()?; // the read ran, in whichever mode
+/// stop.send(()).unwrap();
+/// owner.join().unwrap();
+/// assert!(seen.load(Relaxed) <= *counts.remote(1)?);
+/// # Ok::<(), qpw::Error>(())
+/// ```
 pub struct Work<C: Config = crate::Standard> {
     inner: Arc<WorkInner<C>>,
     domain: Arc<DomainInner<C>>,
@@ -381,6 +416,14 @@ impl<C: Config> Work<C> {
 
     /// Waits until the latest queueing has run (`flush_percpu_work`), at most
     /// the domain's flush timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError::Timeout`] past the timeout (the work stays queued and runs
+    /// later); [`FlushError::InLocalSection`] from inside the caller's own local section; [`FlushError::Panicked`]
+    /// when the function panicked; [`FlushError::LockTimeout`] when its
+    /// [`lock_ctx`](crate::PerCpu::lock_ctx) timed out; [`FlushError::Retired`]
+    /// for a retired slot.
     pub fn flush(&self) -> Result<(), FlushError> {
         self.flush_timeout(self.domain.flush_timeout)
     }
@@ -389,6 +432,14 @@ impl<C: Config> Work<C> {
     /// waits, if the owner goes offline or away, the caller runs the work.
     /// From inside the caller's own local section of this domain it returns
     /// [`FlushError::InLocalSection`] at once.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError::Timeout`] past the timeout (the work stays queued and runs
+    /// later); [`FlushError::InLocalSection`] as above; [`FlushError::Panicked`]
+    /// when the function panicked; [`FlushError::LockTimeout`] when its
+    /// [`lock_ctx`](crate::PerCpu::lock_ctx) timed out; [`FlushError::Retired`]
+    /// for a retired slot.
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushError> {
         if let Some(cpu) = caller_in_section(&self.domain) {
             if self.is_pending() {
@@ -527,6 +578,40 @@ impl<C: Config> WorkSet<C> {
     /// after the check is left for the next drain-all. A hint may say "yes"
     /// for a clean slot (a wasted drain), never "no" for a slot whose
     /// contents were there before the drain-all started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, PerCpu};
+    /// use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::{Relaxed, Release, Acquire}};
+    /// use std::sync::Arc;
+    ///
+    /// // The owner sets `dirty[slot]` when the slot gets something; the drain clears it.
+    /// let domain = Domain::builder().nr_cpus(2).build()?;
+    /// let batch = Arc::new(PerCpu::new(&domain, |_| Vec::<u32>::new()));
+    /// let dirty: Arc<[AtomicBool]> = (0..2).map(|_| AtomicBool::new(false)).collect();
+    /// let drained = Arc::new(AtomicU64::new(0));
+    /// let (b, d, n) = (batch.clone(), dirty.clone(), drained.clone());
+    /// let drain_all = domain
+    ///     .work_all(move |ctx| {
+    ///         let slot = ctx.slot();
+    ///         let Ok(mut v) = b.lock_ctx(ctx) else { return };
+    ///         d[slot].store(false, Relaxed);
+    ///         n.fetch_add(v.drain(..).count() as u64, Relaxed);
+    ///     })
+    ///     .with_check({
+    ///         let d = dirty.clone();
+    ///         move |slot| d[slot].load(Acquire)
+    ///     });
+    /// let mut me = domain.bind_unpinned(0)?;
+    /// batch.lock(&mut me).push(7);
+    /// dirty[0].store(true, Release);
+    /// drop(me);
+    /// drain_all.run()?; // slot 1 is clean: skipped
+    /// assert_eq!(drained.load(Relaxed), 1);
+    /// assert_eq!(domain.slot_info(1)?.drains_skipped_clean, 1);
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn with_check(mut self, needs: impl Fn(usize) -> bool + Send + Sync + 'static) -> Self {
         self.needs = Some(Box::new(needs));
         self
@@ -542,6 +627,33 @@ impl<C: Config> WorkSet<C> {
     /// flag per slot with a [check](Self::with_check)). From
     /// inside the caller's own local section of this domain it returns
     /// [`FlushError::InLocalSection`] at once, having queued nothing.
+    ///
+    /// # Errors
+    ///
+    /// The first failing slot's error, in slot order: [`FlushError::Timeout`]
+    /// past the deadline (its work stays queued); [`FlushError::InLocalSection`]
+    /// as above; [`FlushError::Panicked`] when a function panicked;
+    /// [`FlushError::LockTimeout`] when a [`lock_ctx`](crate::PerCpu::lock_ctx)
+    /// timed out. Retired slots are skipped, not errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qpw::{Domain, PerCpu};
+    /// use std::sync::{atomic::{AtomicU64, Ordering::Relaxed}, Arc};
+    ///
+    /// let domain = Domain::builder().nr_cpus(2).build()?;
+    /// let counts = Arc::new(PerCpu::new(&domain, |slot| slot as u64 + 1)); // 1 and 2
+    /// let total = Arc::new(AtomicU64::new(0));
+    /// let (c, t) = (counts.clone(), total.clone());
+    /// let drain_all = domain.work_all(move |ctx| {
+    ///     let Ok(mut v) = c.lock_ctx(ctx) else { return };
+    ///     t.fetch_add(std::mem::take(&mut *v), Relaxed);
+    /// });
+    /// drain_all.run()?; // no owners: this thread runs each slot's work itself
+    /// assert_eq!(total.load(Relaxed), 3);
+    /// # Ok::<(), qpw::Error>(())
+    /// ```
     pub fn run(&self) -> Result<(), FlushError> {
         match &self.needs {
             None => self.queue_then_flush(|_| true),
@@ -552,6 +664,10 @@ impl<C: Config> WorkSet<C> {
     /// As [`run`](Self::run), but only on the slots `filter` selects (the
     /// kernel's drainers skip CPUs with nothing cached). `filter` is called
     /// once per slot, before the set's [check](Self::with_check), if any.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
     pub fn run_filtered(&self, mut filter: impl FnMut(usize) -> bool) -> Result<(), FlushError> {
         let chosen: Vec<bool> = self
             .works
@@ -611,6 +727,10 @@ impl<C: Config> Domain<C> {
     /// thread (`queue` and `remote` modes, or an absent or offline owner)
     /// or on the owner's (`defer`, or work left to the owner's section
     /// end); see [`Work`] for the table and what `f` may do.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CpuOutOfRange`] when `cpu` is not a slot of this domain.
     pub fn work(
         &self,
         cpu: usize,

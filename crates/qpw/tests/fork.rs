@@ -5,8 +5,8 @@
 //! too and forks 200 times. Each child, where only the forking thread
 //! exists: keeps using the main thread's slot (its thread id changed), has
 //! a new thread bind a free slot, run a local section, a drain-all and a
-//! work on the main thread's slot (in `queue` mode that signals the main
-//! thread by its new id), while the main thread runs a drain-all too. The
+//! work on the main thread's slot (in `queue` mode that fences the main
+//! thread, under its new id), while the main thread runs a drain-all too. The
 //! child exits 0 only if all of that succeeded; the parent waits for it with
 //! a time limit and kills it past that (a hang).
 

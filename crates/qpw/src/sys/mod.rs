@@ -1,4 +1,4 @@
-//! Platform code, chosen in one place: signals, pinning, CPU discovery.
+//! Platform code, chosen in one place: the fence, futexes, pinning, CPU discovery.
 //!
 //! Nothing outside this module calls `libc`. Under `--cfg qpw_loom` the model
 //! version stands in, so the protocol can be checked without the OS.
