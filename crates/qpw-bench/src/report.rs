@@ -50,9 +50,9 @@ pub fn default_out() -> PathBuf {
 /// How long each preset runs, for `--help` (the README says the same).
 pub const DURATIONS: &str =
     "How long it runs, on the project's 2-CPU virtual machine with nothing else \
-running: the default preset about 1.5 minutes (85 s measured, before the SCHED_FIFO runs became \
-opt-in with --fifo); --quick 20 s (measured on a busy machine: an upper bound); --full: several \
-times the default, not measured yet. Progress lines with an estimate of the time \
+running: the default preset about 1.5 minutes (96 s measured on 2026-12-08, its short real-program \
+section included, the binaries already built); --quick 20 s (measured on a busy machine: an upper \
+bound); --full: several times the default, not measured yet. Progress lines with an estimate of the time \
 left go to stderr.";
 
 /// Options of `qpw-bench report`. The presets set every size; the options
