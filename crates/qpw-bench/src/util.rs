@@ -90,6 +90,16 @@ pub fn parse_fifo_prio(s: &str) -> Result<i32, String> {
     }
 }
 
+/// A count of 1 to 100 (`what`: the noun the messages use, e.g.
+/// "repetitions", "rounds").
+pub fn parse_count_to_100(s: &str, what: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} {what} is out of range: use 1 to 100")),
+        Err(_) => Err(format!("`{s}` is not a number of {what}")),
+    }
+}
+
 /// Parses a positive, finite number of seconds (`--seconds 0.2`).
 pub fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {

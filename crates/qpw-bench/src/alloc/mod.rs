@@ -44,11 +44,7 @@ pub fn parse_scale(s: &str) -> Result<f64, String> {
 }
 
 fn parse_reps(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if (1..=100).contains(&n) => Ok(n),
-        Ok(n) => Err(format!("{n} repetitions is out of range: use 1 to 100")),
-        Err(_) => Err(format!("`{s}` is not a number of repetitions")),
-    }
+    crate::util::parse_count_to_100(s, "repetitions")
 }
 
 /// Options of `qpw-bench alloc`.

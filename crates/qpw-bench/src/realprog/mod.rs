@@ -38,11 +38,7 @@ use std::time::Duration;
 use table::{RealprogReport, Skip};
 
 fn parse_rounds(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if (1..=100).contains(&n) => Ok(n),
-        Ok(n) => Err(format!("{n} rounds is out of range: use 1 to 100")),
-        Err(_) => Err(format!("`{s}` is not a number of rounds")),
-    }
+    crate::util::parse_count_to_100(s, "rounds")
 }
 
 /// Options of `qpw-bench realprog`.
